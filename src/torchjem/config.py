@@ -1,0 +1,288 @@
+"""Typed run configuration: dataclasses, YAML files, dotted command-line overrides, validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that is not valid; the message says what was expected."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # built-in data set name, or a reader name (see torchjem.data)
+    root: str | None = None  # directory or file for data read from disk
+    val_size: float = 0.1  # fraction (< 1) or count (>= 1) of training images held out
+    split_seed: int = 0  # seed of the train/validation split, independent of the run seed
+    labels_per_class: int | None = None  # semi-supervised: labels kept per class (rest p(x) only)
+    classes: list[int] | None = None  # train on these classes only (others become an OOD set)
+    augment: bool = False  # pad-and-crop (+ flip where the data set allows it) on training batches
+    flip: bool | None = None  # horizontal flip; None = the data set's default
+    limit: int | None = None  # use at most this many training images (quick runs)
+
+
+@dataclass
+class NetConfig:
+    name: str = "convnet"  # a name in torchjem.nets (see `jem nets`)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the net's constructor
+    energy_head: bool = False  # separate scalar energy head instead of logsumexp of the logits
+
+
+@dataclass
+class SGLDConfig:
+    steps: int = 20  # SGLD steps per training iteration
+    step_size: float = 1.0
+    noise: float = 0.01
+    clamp: bool = False  # clamp samples to the data range [-1, 1]
+    grad_clamp: float | None = None  # clamp the input gradient elementwise (JEM++)
+
+
+@dataclass
+class BufferConfig:
+    size: int = 10000
+    reinit_freq: float = 0.05
+    init: str = "uniform"  # uniform | gaussian (per-class Gaussian fitted to the data, JEM++)
+
+
+@dataclass
+class ObjectiveConfig:
+    pyx: float = 1.0  # weight of log p(y|x) (cross-entropy)
+    px: float = 1.0  # weight of log p(x)
+    pxy: float = 0.0  # weight of log p(x|y)
+    data_noise: float = 0.03  # Gaussian noise sigma added to data inputs
+    energy_l2: float = 0.0  # weight of the L2 penalty on energies
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # adam | sgd
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    warmup_iters: int = 1000  # linear learning-rate ramp over these iterations
+    decay_epochs: list[int] = field(default_factory=lambda: [160, 180])
+    decay_rate: float = 0.3
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 150
+    max_steps: int | None = None  # stop after this many iterations (overrides epochs)
+    batch_size: int = 64
+    clf_only: bool = False  # train the same network as a plain classifier (the baseline)
+    eval_every: int = 1  # validation every N epochs
+    save_every: int = 10  # keep a checkpoint every N epochs (besides last and best)
+    log_every: int = 20  # iterations between metric lines (and host synchronisation)
+
+
+@dataclass
+class DivergenceConfig:
+    max_loss: float = 1e8  # |loss| above this is divergence (the reference code's threshold)
+    max_energy: float = 1e5  # |mean energy| of data or samples above this is divergence
+    max_retries: int = 3  # rewinds before giving up
+    lr_factor: float = 0.5  # multiply the learning rate by this at each rewind (1 = keep)
+    check_every: int = 1  # iterations between checks; a check synchronises with the device
+    snapshot_every: int = 100  # iterations between in-memory good states to rewind to
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    net: NetConfig = field(default_factory=NetConfig)
+    sgld: SGLDConfig = field(default_factory=SGLDConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
+    seed: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    out: str = "runs/train"  # run directory
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> Config:
+        """Raise ConfigError naming the first invalid value; returns self."""
+        checks = [
+            ("data.val_size", self.data.val_size >= 0, ">= 0"),
+            ("data.labels_per_class", self.data.labels_per_class is None or self.data.labels_per_class > 0, "> 0"),
+            ("data.limit", self.data.limit is None or self.data.limit > 0, "> 0"),
+            ("sgld.steps", self.sgld.steps >= 0, ">= 0"),
+            ("sgld.step_size", self.sgld.step_size > 0, "> 0"),
+            ("sgld.noise", self.sgld.noise >= 0, ">= 0"),
+            ("sgld.grad_clamp", self.sgld.grad_clamp is None or self.sgld.grad_clamp > 0, "> 0"),
+            ("buffer.size", self.buffer.size > 0, "> 0"),
+            ("buffer.reinit_freq", 0 <= self.buffer.reinit_freq <= 1, "in [0, 1]"),
+            ("buffer.init", self.buffer.init in ("uniform", "gaussian"), "uniform or gaussian"),
+            ("objective.pyx", self.objective.pyx >= 0, ">= 0"),
+            ("objective.px", self.objective.px >= 0, ">= 0"),
+            ("objective.pxy", self.objective.pxy >= 0, ">= 0"),
+            ("objective.data_noise", self.objective.data_noise >= 0, ">= 0"),
+            ("objective.energy_l2", self.objective.energy_l2 >= 0, ">= 0"),
+            ("optim.name", self.optim.name in ("adam", "sgd"), "adam or sgd"),
+            ("optim.lr", self.optim.lr > 0, "> 0"),
+            ("optim.betas", len(self.optim.betas) == 2 and all(0 <= b < 1 for b in self.optim.betas), "two values in [0, 1)"),
+            ("optim.warmup_iters", self.optim.warmup_iters >= 0, ">= 0"),
+            ("optim.decay_rate", 0 < self.optim.decay_rate <= 1, "in (0, 1]"),
+            ("train.epochs", self.train.epochs > 0, "> 0"),
+            ("train.max_steps", self.train.max_steps is None or self.train.max_steps > 0, "> 0"),
+            ("train.batch_size", self.train.batch_size > 0, "> 0"),
+            ("train.eval_every", self.train.eval_every > 0, "> 0"),
+            ("train.save_every", self.train.save_every > 0, "> 0"),
+            ("train.log_every", self.train.log_every > 0, "> 0"),
+            ("divergence.max_retries", self.divergence.max_retries >= 0, ">= 0"),
+            ("divergence.lr_factor", 0 < self.divergence.lr_factor <= 1, "in (0, 1]"),
+            ("divergence.check_every", self.divergence.check_every > 0, "> 0"),
+            ("divergence.snapshot_every", self.divergence.snapshot_every > 0, "> 0"),
+            ("device", self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "auto, cpu, cuda or cuda:N"),
+        ]
+        for key, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"config {key} = {_get(self, key)!r} is invalid: expected {expected}")
+        if self.objective.pyx == 0 and self.objective.px == 0 and self.objective.pxy == 0:
+            raise ConfigError("config objective: every loss weight is 0; set pyx, px or pxy > 0")
+        if self.objective.pxy > 0 and self.net.energy_head:
+            raise ConfigError("config objective.pxy > 0 needs net.energy_head = false (p(x|y) uses the logits)")
+        return self
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    """Coerce a YAML/CLI value to the field's type, or raise ConfigError."""
+    origin, args = get_origin(hint), get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"config {key} may not be null")
+    if args and type(None) in args:  # Optional[X]
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key)
+    if origin is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_convert(v, args[0], key) for v in value] if args else list(value)
+    if origin is dict or hint is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config {key} expects a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"config {key} expects true or false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"config {key} expects a number, got {value!r}")
+        try:
+            number = float(value) if hint is float else value
+            if hint is int:
+                if isinstance(value, str):
+                    number = float(value)
+                if float(number) != int(float(number)):
+                    raise ValueError
+                number = int(float(number))
+            return number
+        except (TypeError, ValueError):
+            raise ConfigError(f"config {key} expects {hint.__name__}, got {value!r}") from None
+    if hint is str:
+        return str(value)
+    return value
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    hints = get_type_hints(type(obj))
+    names = [f.name for f in fields(obj)]
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config option {full!r}{hint}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config {full} is a section; give a mapping, not {value!r}")
+            _apply(current, value, f"{full}.")
+        else:
+            setattr(obj, key, _convert(value, hints[key], full))
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['train.epochs=5', 'net.kwargs.width=32'] -> nested dict (values parsed as YAML)."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else None
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override")
+        node[parts[-1]] = value
+    return nested
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; values in ``extra`` win."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    base: Config | None = None,
+) -> Config:
+    """Build a validated Config from defaults (or ``base``), a YAML file and overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+        values = loaded
+    if overrides:
+        extra = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        values = merge(values, extra)
+    cfg = from_dict(base.to_dict()) if base is not None else Config()
+    _apply(cfg, values)
+    return cfg.validate()
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Config from a plain dict (as saved in a run directory), validated."""
+    cfg = Config()
+    _apply(cfg, values)
+    return cfg.validate()
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,148 @@
+"""Data sets as in-memory tensors in [-1, 1], split into train / validation / test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+_LOADERS: dict[str, Callable[..., DataSplits]] = {}
+
+
+@dataclass
+class DataSplits:
+    """Train / validation / test tensors. ``x`` float in [-1, 1] (N, C, H, W) or (N, C, L)."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    n_classes: int
+    flip: bool = False  # whether horizontal flips are a valid augmentation
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def to(self, device: torch.device | str) -> DataSplits:
+        for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+
+def register_dataset(name: str) -> Callable[[Callable[..., DataSplits]], Callable[..., DataSplits]]:
+    def wrap(fn: Callable[..., DataSplits]) -> Callable[..., DataSplits]:
+        _LOADERS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_datasets() -> list[str]:
+    return sorted(_LOADERS)
+
+
+def split_train_val(
+    x: torch.Tensor, y: torch.Tensor, val_size: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded split; ``val_size`` < 1 is a fraction, >= 1 a count."""
+    n_val = int(round(val_size * len(x))) if val_size < 1 else int(val_size)
+    if n_val >= len(x):
+        raise ValueError(f"data.val_size={val_size} leaves no training data out of {len(x)} images")
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    val, train = perm[:n_val], perm[n_val:]
+    return x[train], y[train], x[val], y[val]
+
+
+@register_dataset("digits")
+def load_digits(val_size: float = 0.1, split_seed: int = 0, **_: object) -> DataSplits:
+    """scikit-learn's 8x8 digits (1,797 images, shipped with the package), 1x8x8 in [-1, 1].
+
+    A fixed test split of 20% (seed 0, stratified) that never depends on the run; the rest is
+    split into train and validation by ``split_seed``.
+    """
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sk_digits()
+    x = (bunch.images.astype(np.float32) / 16.0) * 2 - 1
+    y = bunch.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    xt, yt = torch.from_numpy(x_tr)[:, None], torch.from_numpy(y_tr)
+    x_train, y_train, x_val, y_val = split_train_val(xt, yt, val_size, split_seed)
+    return DataSplits(
+        "digits", x_train, y_train, x_val, y_val,
+        torch.from_numpy(x_te)[:, None], torch.from_numpy(y_te), n_classes=10, flip=False,
+        class_names=[str(i) for i in range(10)],
+    )
+
+
+def check_data(x: torch.Tensor, y: torch.Tensor, n_classes: int, what: str) -> None:
+    """Raise a clear error for wrong shapes, labels out of range, NaN or out-of-range pixels."""
+    if x.ndim < 3:
+        raise ValueError(f"{what}: inputs must be (N, C, ...) with a channel axis, got shape {tuple(x.shape)}")
+    if len(x) == 0:
+        raise ValueError(f"{what}: the set is empty")
+    if y.ndim != 1 or len(y) != len(x):
+        raise ValueError(f"{what}: labels must be shape ({len(x)},), got {tuple(y.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what}: inputs contain NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1.0001 or hi > 1.0001:
+        raise ValueError(f"{what}: inputs must lie in [-1, 1], found [{lo:.3g}, {hi:.3g}]")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise ValueError(f"{what}: labels must be in [0, {n_classes - 1}], found [{int(y.min())}, {int(y.max())}]")
+
+
+def load_data(
+    name: str,
+    root: str | None = None,
+    val_size: float = 0.1,
+    split_seed: int = 0,
+    classes: list[int] | None = None,
+    limit: int | None = None,
+) -> DataSplits:
+    """Load a registered data set by name, optionally restricted to some classes.
+
+    With ``classes``, labels are re-indexed to 0..len(classes)-1 in the given order.
+    """
+    if name not in _LOADERS:
+        raise ValueError(f"unknown data set {name!r}; available: {', '.join(list_datasets())}")
+    data = _LOADERS[name](root=root, val_size=val_size, split_seed=split_seed)
+    if classes is not None:
+        data = restrict_classes(data, classes)
+    if limit is not None:
+        data.x_train, data.y_train = data.x_train[:limit], data.y_train[:limit]
+    for split in ("train", "val", "test"):
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        if split == "val" and len(x) == 0:
+            continue
+        check_data(x, y, data.n_classes, f"data set {name!r} ({split} split)")
+    return data
+
+
+def restrict_classes(data: DataSplits, classes: list[int]) -> DataSplits:
+    """Keep only ``classes`` (re-labelled 0..k-1)."""
+    if len(set(classes)) != len(classes) or any(not 0 <= c < data.n_classes for c in classes):
+        raise ValueError(f"data.classes={classes} must be distinct labels in [0, {data.n_classes - 1}]")
+    lut = torch.full((data.n_classes,), -1, dtype=torch.long)
+    lut[torch.tensor(classes)] = torch.arange(len(classes))
+    out = {}
+    for split in ("train", "val", "test"):
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        keep = lut[y] >= 0
+        out[f"x_{split}"], out[f"y_{split}"] = x[keep], lut[y[keep]]
+    names = [data.class_names[c] for c in classes] if data.class_names else []
+    return DataSplits(data.name, **out, n_classes=len(classes), flip=data.flip, class_names=names)
+
+
+def held_out_classes(data: DataSplits, classes: list[int]) -> torch.Tensor:
+    """Test images of the classes *not* in ``classes``: the held-out-class OOD set."""
+    keep = ~torch.isin(data.y_test, torch.tensor(classes))
+    return data.x_test[keep]
