@@ -38,16 +38,16 @@ class NetConfig:
 @dataclass
 class SGLDConfig:
     steps: int = 20  # SGLD steps per training iteration
-    step_size: float = 1.0
-    noise: float = 0.01
+    step_size: float = 1.0  # alpha: x += alpha * d log p(x) / dx
+    noise: float = 0.01  # sigma of the Gaussian noise added each step
     clamp: bool = False  # clamp samples to the data range [-1, 1]
     grad_clamp: float | None = None  # clamp the input gradient elementwise (JEM++)
 
 
 @dataclass
 class BufferConfig:
-    size: int = 10000
-    reinit_freq: float = 0.05
+    size: int = 10000  # replay buffer entries (rounded down to a multiple of the classes)
+    reinit_freq: float = 0.05  # fraction of chains restarted from fresh noise
     init: str = "uniform"  # uniform | gaussian (per-class Gaussian fitted to the data, JEM++)
 
 
@@ -63,20 +63,20 @@ class ObjectiveConfig:
 @dataclass
 class OptimConfig:
     name: str = "adam"  # adam | sgd
-    lr: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    lr: float = 1e-4  # peak learning rate
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam only
     momentum: float = 0.9  # sgd only
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # L2 weight decay
     warmup_iters: int = 1000  # linear learning-rate ramp over these iterations
-    decay_epochs: list[int] = field(default_factory=lambda: [160, 180])
-    decay_rate: float = 0.3
+    decay_epochs: list[int] = field(default_factory=lambda: [160, 180])  # lr step decay at these epochs
+    decay_rate: float = 0.3  # lr multiplier at each decay epoch
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 150
+    epochs: int = 150  # passes over the training set
     max_steps: int | None = None  # stop after this many iterations (overrides epochs)
-    batch_size: int = 64
+    batch_size: int = 64  # images per iteration (and SGLD chains per iteration)
     clf_only: bool = False  # train the same network as a plain classifier (the baseline)
     eval_every: int = 1  # validation every N epochs
     save_every: int = 10  # keep a checkpoint every N epochs (besides last and best)
@@ -130,7 +130,11 @@ class Config:
             ("objective.energy_l2", self.objective.energy_l2 >= 0, ">= 0"),
             ("optim.name", self.optim.name in ("adam", "sgd"), "adam or sgd"),
             ("optim.lr", self.optim.lr > 0, "> 0"),
-            ("optim.betas", len(self.optim.betas) == 2 and all(0 <= b < 1 for b in self.optim.betas), "two values in [0, 1)"),
+            (
+                "optim.betas",
+                len(self.optim.betas) == 2 and all(0 <= b < 1 for b in self.optim.betas),
+                "two values in [0, 1)",
+            ),
             ("optim.warmup_iters", self.optim.warmup_iters >= 0, ">= 0"),
             ("optim.decay_rate", 0 < self.optim.decay_rate <= 1, "in (0, 1]"),
             ("train.epochs", self.train.epochs > 0, "> 0"),
@@ -143,7 +147,11 @@ class Config:
             ("divergence.lr_factor", 0 < self.divergence.lr_factor <= 1, "in (0, 1]"),
             ("divergence.check_every", self.divergence.check_every > 0, "> 0"),
             ("divergence.snapshot_every", self.divergence.snapshot_every > 0, "> 0"),
-            ("device", self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "auto, cpu, cuda or cuda:N"),
+            (
+                "device",
+                self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+                "auto, cpu, cuda or cuda:N",
+            ),
         ]
         for key, ok, expected in checks:
             if not ok:
@@ -286,3 +294,28 @@ def save_config(cfg: Config, path: str | Path) -> None:
     from .checkpoint import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def config_reference() -> str:
+    """Every config option with its default and meaning (from the dataclass source comments)."""
+    import inspect
+
+    lines = []
+    for f in fields(Config):
+        default = getattr(Config(), f.name)
+        if not dataclasses.is_dataclass(default):
+            continue
+        lines.append(f"{f.name}:")
+        comments = {}
+        for src in inspect.getsource(type(default)).splitlines():
+            if ":" in src and "#" in src:
+                comments[src.split(":")[0].strip()] = src.split("#", 1)[1].strip()
+        for g in fields(default):
+            value = getattr(default, g.name)
+            note = f"  # {comments[g.name]}" if g.name in comments else ""
+            shown = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+            lines.append(f"  {g.name}: {shown}{note}")
+    lines.append("seed: 1  # seeds every RNG of the run")
+    lines.append("device: auto  # auto | cpu | cuda | cuda:N")
+    lines.append("out: runs/train  # run directory")
+    return "\n".join(lines)

@@ -1,10 +1,10 @@
 """A run directory: where a run writes, and how to load what it wrote.
 
-    RUN_DIR/config.yaml        resolved config
-    RUN_DIR/metrics.jsonl      one JSON object per line (iterations, epochs, events)
-    RUN_DIR/train.log          the log
-    RUN_DIR/checkpoints/       last.pt, best.pt, epoch_NNNN.pt
-    RUN_DIR/samples/           PNG sample grids
+RUN_DIR/config.yaml        resolved config
+RUN_DIR/metrics.jsonl      one JSON object per line (iterations, epochs, events)
+RUN_DIR/train.log          the log
+RUN_DIR/checkpoints/       last.pt, best.pt, epoch_NNNN.pt
+RUN_DIR/samples/           PNG sample grids
 """
 
 from __future__ import annotations
@@ -61,7 +61,12 @@ def build_jem(cfg: Config, shape: tuple[int, ...], n_classes: int) -> JEM:
     except ValueError as e:
         raise ConfigError(f"config net.name: {e}") from None
     kwargs = dict(cfg.net.kwargs)
-    defaults = {"in_channels": shape[0], "in_features": math.prod(shape), "n_classes": n_classes}
+    defaults = {
+        "in_channels": shape[0],
+        "in_features": math.prod(shape),
+        "n_classes": n_classes,
+        "image_size": shape[-1],
+    }
     for key, value in defaults.items():
         if key in params and key not in kwargs:
             kwargs[key] = value

@@ -173,9 +173,7 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict) -> None:
         x = state["x"]
         if tuple(x.shape) != (self.size, *self.shape):
-            raise ValueError(
-                f"replay buffer state has shape {tuple(x.shape)}, expected {(self.size, *self.shape)}"
-            )
+            raise ValueError(f"replay buffer state has shape {tuple(x.shape)}, expected {(self.size, *self.shape)}")
         self.x = x.to(self.device, self.x.dtype).clone()
         self.init = state.get("init", self.init)
         self.reinit_freq = state.get("reinit_freq", self.reinit_freq)

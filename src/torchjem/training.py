@@ -73,7 +73,9 @@ class Trainer:
         self.data = data or load_data(d.name, d.root, d.val_size, d.split_seed, d.classes, d.limit)
         self.shape, self.n_classes = self.data.shape, self.data.n_classes
         seed_everything(cfg.seed)
-        self.jem: JEM = (as_jem(model) if model is not None else build_jem(cfg, self.shape, self.n_classes)).to(self.device)
+        self.jem: JEM = (as_jem(model) if model is not None else build_jem(cfg, self.shape, self.n_classes)).to(
+            self.device
+        )
         self._check_model()
         self.model: nn.Module = self.jem  # what the loss runs through (DDP wraps it here)
         self.objective = HybridObjective(
@@ -94,7 +96,9 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.x_train = self.data.x_train.to(self.device)
         self.y_train = self.data.y_train.to(self.device)
-        self.labelled = labelled_mask(self.data.y_train, d.labels_per_class, self.n_classes, d.split_seed).to(self.device)
+        self.labelled = labelled_mask(self.data.y_train, d.labels_per_class, self.n_classes, d.split_seed).to(
+            self.device
+        )
         self.steps_per_epoch = max(1, len(self.x_train) // cfg.train.batch_size)
         self.step = 0
         self.epoch = 0  # completed epochs
@@ -111,11 +115,17 @@ class Trainer:
             with torch.no_grad():
                 out = self.jem.eval().logits(probe)
         except RuntimeError as e:
-            raise ValueError(f"the network cannot take inputs of shape {tuple(probe.shape[1:])} from data set {self.data.name!r}: {e}") from None
+            raise ValueError(
+                f"the network cannot take inputs of shape {tuple(probe.shape[1:])} "
+                f"from data set {self.data.name!r}: {e}"
+            ) from None
         finally:
             self.jem.train()
         if out.ndim != 2 or out.shape[1] != self.n_classes:
-            raise ValueError(f"the network returns shape {tuple(out.shape)}; expected (N, {self.n_classes}) logits for {self.n_classes} classes")
+            raise ValueError(
+                f"the network returns shape {tuple(out.shape)}; "
+                f"expected (N, {self.n_classes}) logits for {self.n_classes} classes"
+            )
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
@@ -165,12 +175,21 @@ class Trainer:
         return path
 
     @classmethod
-    def resume(cls, run_dir: str | Path, model: nn.Module | None = None, progress: bool = True, **overrides: Any) -> Trainer:
-        """Continue a run from its last checkpoint, with its saved config."""
+    def resume(
+        cls,
+        run_dir: str | Path,
+        model: nn.Module | None = None,
+        progress: bool = True,
+        overrides: list[str] | None = None,
+    ) -> Trainer:
+        """Continue a run from its last checkpoint, with its saved config (plus ``overrides``,
+        e.g. a longer ``train.epochs``)."""
         run = RunDir(run_dir)
         ckpt = run.checkpoint("last")
         if not ckpt.is_file():
-            raise FileNotFoundError(f"cannot resume {str(run.path)!r}: no checkpoint at {ckpt} (it is written after the first epoch)")
+            raise FileNotFoundError(
+                f"cannot resume {str(run.path)!r}: no checkpoint at {ckpt} (it is written after the first epoch)"
+            )
         state = load_checkpoint(ckpt)
         cfg = from_dict(state["config"])
         if overrides:
@@ -230,7 +249,9 @@ class Trainer:
             f"lr scale now {self.lr_scale:.3g} (recovery {self.retries}/{d.max_retries})"
         )
         log.warning(msg)
-        self._event("recovery", cause=cause, at_step=bad_step, rewound_to=self.step, lr_scale=self.lr_scale, retry=self.retries)
+        self._event(
+            "recovery", cause=cause, at_step=bad_step, rewound_to=self.step, lr_scale=self.lr_scale, retry=self.retries
+        )
 
     # -- logging -------------------------------------------------------------------------
     def _write_metrics(self, record: dict[str, Any]) -> None:
@@ -290,7 +311,15 @@ class Trainer:
         try:
             save_config(self.cfg, self.run.config)
             mode = "classifier (clf_only)" if cfg.clf_only else "JEM"
-            log.info("training %s on %s (%d images, %s) on %s into %s", mode, self.data.name, len(self.x_train), "x".join(map(str, self.shape)), self.device, self.run.path)
+            log.info(
+                "training %s on %s (%d images, %s) on %s into %s",
+                mode,
+                self.data.name,
+                len(self.x_train),
+                "x".join(map(str, self.shape)),
+                self.device,
+                self.run.path,
+            )
             return self._loop()
         finally:
             log.removeHandler(handler)
@@ -306,7 +335,14 @@ class Trainer:
         cfg, div = self.cfg.train, self.cfg.divergence
         self._take_snapshot()
         total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
-        bar = tqdm(total=total, initial=min(self.step, total), disable=not self.progress, desc="train", unit="it", dynamic_ncols=True)
+        bar = tqdm(
+            total=total,
+            initial=min(self.step, total),
+            disable=not self.progress,
+            desc="train",
+            unit="it",
+            dynamic_ncols=True,
+        )
         sums: dict[str, torch.Tensor] = {}
         count, t0 = 0, time.perf_counter()
         last_val: dict[str, float] = {}
@@ -329,7 +365,13 @@ class Trainer:
                 if self.step % cfg.log_every == 0 and count:
                     means = dict(zip(sums, (torch.stack(list(sums.values())) / count).tolist()))
                     dt = time.perf_counter() - t0
-                    record = {"step": self.step, "epoch": self.epoch, "lr": self.lr_at(self.step, self.epoch), **means, "it_per_s": count / dt}
+                    record = {
+                        "step": self.step,
+                        "epoch": self.epoch,
+                        "lr": self.lr_at(self.step, self.epoch),
+                        **means,
+                        "it_per_s": count / dt,
+                    }
                     self._write_metrics(record)
                     bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means.get('acc', float('nan')):.3f}")
                     sums, count, t0 = {}, 0, time.perf_counter()
@@ -370,7 +412,9 @@ class Trainer:
         return val
 
 
-def train(cfg: Config, data: DataSplits | None = None, model: nn.Module | None = None, progress: bool = True) -> Trainer:
+def train(
+    cfg: Config, data: DataSplits | None = None, model: nn.Module | None = None, progress: bool = True
+) -> Trainer:
     """Build a Trainer and fit it; returns the trainer (model, buffer, run directory)."""
     trainer = Trainer(cfg, data, model, progress)
     trainer.fit()

@@ -77,8 +77,15 @@ def load_digits(val_size: float = 0.1, split_seed: int = 0, **_: object) -> Data
     xt, yt = torch.from_numpy(x_tr)[:, None], torch.from_numpy(y_tr)
     x_train, y_train, x_val, y_val = split_train_val(xt, yt, val_size, split_seed)
     return DataSplits(
-        "digits", x_train, y_train, x_val, y_val,
-        torch.from_numpy(x_te)[:, None], torch.from_numpy(y_te), n_classes=10, flip=False,
+        "digits",
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        torch.from_numpy(x_te)[:, None],
+        torch.from_numpy(y_te),
+        n_classes=10,
+        flip=False,
         class_names=[str(i) for i in range(10)],
     )
 

@@ -17,7 +17,9 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> 
     jem.eval()
     try:
         device = next(jem.parameters()).device
-        return torch.cat([jem.logits(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+        return torch.cat(
+            [jem.logits(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+        )
     finally:
         jem.train(was)
 

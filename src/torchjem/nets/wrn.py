@@ -33,9 +33,7 @@ class WideBasic(nn.Module):
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.act = nn.LeakyReLU(slope)
         self.shortcut = (
-            nn.Conv2d(c_in, c_out, 1, stride=stride, bias=True)
-            if stride != 1 or c_in != c_out
-            else nn.Identity()
+            nn.Conv2d(c_in, c_out, 1, stride=stride, bias=True) if stride != 1 or c_in != c_out else nn.Identity()
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
