@@ -51,6 +51,27 @@ def labelled_mask(y: torch.Tensor, per_class: int | None, n_classes: int, seed: 
     return mask
 
 
+class _Window:
+    """Running sums of per-step diagnostics, kept on the device until flushed."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count, self.t0 = 0, time.perf_counter()
+
+    def add(self, stats: dict[str, torch.Tensor]) -> None:
+        for k, v in stats.items():
+            self.sums[k] = self.sums[k] + v.float() if k in self.sums else v.float()
+        self.count += 1
+
+    def flush(self) -> dict[str, float] | None:
+        if not self.count:
+            return None
+        means = dict(zip(self.sums, (torch.stack(list(self.sums.values())) / self.count).tolist()))
+        means["it_per_s"] = self.count / (time.perf_counter() - self.t0)
+        self.sums, self.count, self.t0 = {}, 0, time.perf_counter()
+        return means
+
+
 class Trainer:
     """Hybrid JEM training (or a plain classifier with ``train.clf_only``) into a run directory.
 
@@ -335,53 +356,33 @@ class Trainer:
         cfg, div = self.cfg.train, self.cfg.divergence
         self._take_snapshot()
         total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
-        bar = tqdm(
-            total=total,
-            initial=min(self.step, total),
-            disable=not self.progress,
-            desc="train",
-            unit="it",
-            dynamic_ncols=True,
-        )
-        sums: dict[str, torch.Tensor] = {}
-        count, t0 = 0, time.perf_counter()
+        bar = tqdm(total=total, initial=min(self.step, total), disable=not self.progress, desc="train", unit="it")
+        window = _Window()
         last_val: dict[str, float] = {}
         while not self._done():
             for x, y, lab in self._batches(self.epoch):
                 stats = self.train_step(x, y, lab)
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0) + v.float()
-                count += 1
+                window.add(stats)
                 bar.update(1)
                 if self.step % div.check_every == 0:
                     cause = self._diverged(stats)
                     if cause:
                         self._recover(cause)
-                        sums, count = {}, 0
+                        window = _Window()
                         bar.n = self.step
                         continue
                     if self.step - self._snapshot_step >= div.snapshot_every:
                         self._take_snapshot()
-                if self.step % cfg.log_every == 0 and count:
-                    means = dict(zip(sums, (torch.stack(list(sums.values())) / count).tolist()))
-                    dt = time.perf_counter() - t0
-                    record = {
-                        "step": self.step,
-                        "epoch": self.epoch,
-                        "lr": self.lr_at(self.step, self.epoch),
-                        **means,
-                        "it_per_s": count / dt,
-                    }
-                    self._write_metrics(record)
-                    bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means.get('acc', float('nan')):.3f}")
-                    sums, count, t0 = {}, 0, time.perf_counter()
-                if cfg.max_steps is not None and self.step >= cfg.max_steps:
+                if self.step % cfg.log_every == 0:
+                    self._log_window(window, bar)
+                if self._done():
                     break
             else:
                 self._end_epoch()
                 last_val = self._maybe_validate() or last_val
                 continue
             break  # max_steps reached mid-epoch
+        self._log_window(window, bar)
         bar.close()
         if cfg.max_steps is not None:
             last_val = self.validate()
@@ -389,6 +390,15 @@ class Trainer:
         self._event("done", retries=self.retries, **last_val)
         log.info("done: step %d, epoch %d, %s", self.step, self.epoch, last_val)
         return {"step": self.step, "epoch": self.epoch, "retries": self.retries, **last_val}
+
+    def _log_window(self, window: _Window, bar: tqdm) -> None:
+        """Write the mean diagnostics since the last line (one host synchronisation)."""
+        means = window.flush()
+        if means is None:
+            return
+        record = {"step": self.step, "epoch": self.epoch, "lr": self.lr_at(self.step, self.epoch), **means}
+        self._write_metrics(record)
+        bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means.get('acc', float('nan')):.3f}")
 
     def _end_epoch(self) -> None:
         self.epoch += 1

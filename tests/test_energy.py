@@ -1,0 +1,45 @@
+import torch
+from torch import nn
+
+from torchjem import JEM
+from torchjem.nets import create_net
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.SiLU(), nn.Linear(32, 5))
+
+
+def test_energy_identities():
+    jem = JEM(_net())
+    x = torch.randn(7, 1, 4, 4)
+    y = torch.randint(0, 5, (7,))
+    logits = jem.logits(x)
+    assert torch.allclose(jem.log_px(x), logits.logsumexp(1))
+    assert torch.allclose(jem.energy(x), -logits.logsumexp(1))
+    assert torch.allclose(jem.log_pxy(x, y), logits[torch.arange(7), y])
+    assert torch.allclose(jem.energy(x, y), -logits[torch.arange(7), y])
+    # log p(y|x) = log p(x, y) - log p(x), and it normalises over classes
+    assert torch.allclose(jem.log_py_given_x(x, y), jem.log_pxy(x, y) - jem.log_px(x), atol=1e-6)
+    assert torch.allclose(jem.log_py_given_x(x).exp().sum(1), torch.ones(7), atol=1e-6)
+    assert torch.equal(jem(x), logits)
+
+
+def test_energy_head_variant_uses_its_own_scalar():
+    backbone = create_net("convnet", n_classes=0, width=4)
+    jem = JEM(backbone, energy_head=True, n_classes=10, feature_dim=backbone.feature_dim)
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    assert jem.logits(x).shape == (3, 10)
+    assert jem.log_px(x).shape == (3,)
+    expected = jem.energy_head(backbone(x)).squeeze(1)
+    assert torch.allclose(jem.log_px(x), expected)
+    assert not torch.allclose(jem.log_px(x), jem.logits(x).logsumexp(1))
+
+
+def test_energy_head_needs_sizes():
+    try:
+        JEM(nn.Linear(3, 3), energy_head=True)
+    except ValueError as e:
+        assert "n_classes" in str(e)
+    else:
+        raise AssertionError("expected a ValueError")

@@ -1,0 +1,179 @@
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from torchjem import DivergenceError, HybridObjective, Trainer, load_run
+from torchjem.checkpoint import load_checkpoint, save_checkpoint
+from torchjem.evaluate.classification import classification
+from torchjem.training import labelled_mask
+
+
+class Faulty:
+    """Wraps an objective: NaN loss on the given calls, KeyboardInterrupt at ``kill_at``."""
+
+    def __init__(self, inner, nan_at=(), kill_at=None):
+        self.inner, self.nan_at, self.kill_at, self.calls = inner, set(nan_at), kill_at, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.kill_at:
+            raise KeyboardInterrupt("simulated kill")
+        loss, stats = self.inner(*args, **kwargs)
+        if self.calls in self.nan_at or "always" in self.nan_at:
+            loss = loss * float("nan")
+            stats["loss"] = loss.detach()
+        return loss, stats
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = tiny_config(out, "train.epochs=4", "net.kwargs.width=16", "sgld.steps=10")
+    trainer = Trainer(cfg, progress=False)
+    trainer.fit()
+    return trainer
+
+
+def test_short_run_beats_chance_and_prefers_data_to_noise(trained):
+    res = classification(trained.jem, trained.data.x_test, trained.data.y_test)
+    assert res["accuracy"] > 0.6  # chance is 0.1
+    x = trained.data.x_test
+    with torch.no_grad():
+        data_lpx = trained.jem.log_px(x).mean()
+        noise_lpx = trained.jem.log_px(torch.rand_like(x) * 2 - 1).mean()
+    assert data_lpx > noise_lpx
+
+
+def test_run_directory_contents(trained):
+    run = trained.run
+    assert run.config.is_file() and run.log.is_file()
+    for name in ("last", "best"):
+        assert run.checkpoint(name).is_file()
+    records = run.read_metrics()
+    assert any("val_acc" in r for r in records)
+    assert any("energy_gap" in r and "sample_norm" in r for r in records)
+    assert records[-1]["event"] == "done"
+    loaded = load_run(run.path, "last", "cpu")
+    assert loaded.buffer is not None and torch.equal(loaded.buffer.x, trained.buffer.x)
+    x = trained.data.x_test[:5]
+    assert torch.allclose(loaded.jem.logits(x), trained.jem.eval().logits(x))
+
+
+def test_checkpoint_round_trip_is_code_free(tmp_path, trained):
+    state = trained.state_dict()
+    save_checkpoint(tmp_path / "c.pt", state)
+    back = load_checkpoint(tmp_path / "c.pt")
+    assert back["step"] == state["step"] and back["config"] == state["config"]
+    for k, v in state["model"].items():
+        assert torch.equal(back["model"][k], v)
+    # a pickled object that would run code on load is refused
+    torch.save({"bad": Faulty(None)}, tmp_path / "evil.pt")
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported global"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
+    extra = ["train.epochs=3", "optim.decay_epochs=[2]", "train.save_every=1"]
+    full = Trainer(tiny_config(tmp_path / "full", *extra), progress=False)
+    full.fit()
+
+    killed = Trainer(tiny_config(tmp_path / "killed", *extra), progress=False)
+    per_epoch = killed.steps_per_epoch
+    killed.objective = Faulty(killed.objective, kill_at=per_epoch + 3)  # mid-way through epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    assert load_checkpoint(killed.run.checkpoint("last"))["epoch"] == 1
+
+    resumed = Trainer.resume(tmp_path / "killed", progress=False)
+    assert resumed.epoch == 1 and resumed.step == per_epoch
+    resumed.fit()
+    for (k, a), b in zip(full.jem.state_dict().items(), resumed.jem.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert torch.equal(full.buffer.x, resumed.buffer.x)
+
+
+def test_divergence_is_recovered_and_logged(tmp_path):
+    t = Trainer(tiny_config(tmp_path / "r", "train.max_steps=30", "divergence.snapshot_every=5"), progress=False)
+    t.objective = Faulty(t.objective, nan_at={12})
+    result = t.fit()
+    assert result["step"] == 30 and result["retries"] == 1
+    events = [r for r in t.run.read_metrics() if r.get("event") == "recovery"]
+    assert len(events) == 1 and "loss is nan" in events[0]["cause"]
+    assert events[0]["at_step"] == 12 and events[0]["rewound_to"] == 10
+    assert "divergence at step 12" in t.run.log.read_text()
+    assert all(torch.isfinite(p).all() for p in t.jem.parameters())
+    assert t.lr_scale == 0.5
+
+
+def test_divergence_gives_up_with_advice(tmp_path):
+    t = Trainer(tiny_config(tmp_path / "r", "train.max_steps=20", "divergence.max_retries=2"), progress=False)
+    t.objective = Faulty(t.objective, nan_at={"always"})
+    with pytest.raises(DivergenceError, match="after 2 recoveries.*optim.lr"):
+        t.fit()
+    assert [r["event"] for r in t.run.read_metrics() if "event" in r] == ["recovery", "recovery", "gave_up"]
+
+
+def test_exploding_energy_is_divergence(tmp_path):
+    t = Trainer(tiny_config(tmp_path / "r", "train.max_steps=3", "divergence.max_energy=1e-9"), progress=False)
+    with pytest.raises(DivergenceError, match="energy"):
+        t.fit()
+
+
+def test_labelled_mask_keeps_k_per_class():
+    y = torch.arange(10).repeat(30)
+    mask = labelled_mask(y, 4, 10, seed=0)
+    assert torch.equal(torch.bincount(y[mask], minlength=10), torch.full((10,), 4))
+    assert torch.equal(mask, labelled_mask(y, 4, 10, seed=0))
+    with pytest.raises(ValueError, match="class 0 has only 30"):
+        labelled_mask(y, 31, 10, seed=0)
+
+
+def test_unlabelled_examples_do_not_feed_cross_entropy():
+    torch.manual_seed(0)
+    from torch import nn
+
+    from torchjem import JEM
+
+    jem = JEM(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)))
+    x, y = torch.randn(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
+    lab = torch.tensor([True, True, True, False, False, False])
+    obj = HybridObjective(px=0.0, data_noise=0.0)
+    loss_a, _ = obj(jem, x, y, labelled=lab)
+    loss_b, _ = obj(jem, x, torch.tensor([0, 1, 2, 2, 2, 2]), labelled=lab)
+    assert torch.equal(loss_a, loss_b)
+    loss_c, _ = obj(jem, x, torch.tensor([1, 1, 2, 0, 1, 2]), labelled=lab)
+    assert not torch.equal(loss_a, loss_c)
+
+
+def test_semi_supervised_run_uses_all_images_for_px(tmp_path):
+    t = Trainer(tiny_config(tmp_path / "r", "train.max_steps=4", "data.labels_per_class=5"), progress=False)
+    assert int(t.labelled.sum()) == 50 and len(t.labelled) == len(t.x_train)
+    t.fit()
+    rec = [r for r in t.run.read_metrics() if "loss_px" in r]
+    assert rec and all(torch.isfinite(torch.tensor(r["loss_px"])) for r in rec)
+
+
+def test_clf_only_trains_without_sampling(tmp_path):
+    t = Trainer(tiny_config(tmp_path / "r", "train.max_steps=5", "train.clf_only=true"), progress=False)
+    assert t.buffer is None and not t.objective.needs_samples
+    t.fit()
+    assert all("loss_px" not in r for r in t.run.read_metrics())
+
+
+def test_network_that_does_not_fit_the_data_is_rejected(tmp_path):
+    from torch import nn
+
+    with pytest.raises(ValueError, match="cannot take inputs of shape"):
+        Trainer(tiny_config(tmp_path / "r"), model=nn.Sequential(nn.Flatten(), nn.Linear(10, 10)), progress=False)
+    with pytest.raises(ValueError, match=r"expected \(N, 10\) logits"):
+        Trainer(tiny_config(tmp_path / "r"), model=nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), progress=False)
+
+
+def test_metrics_are_json_lines(trained):
+    for line in trained.run.metrics.read_text().splitlines():
+        json.loads(line)
