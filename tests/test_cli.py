@@ -1,0 +1,103 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import TINY
+from torchjem.checkpoint import load_checkpoint
+from torchjem.cli import main
+
+
+def test_help_lists_every_command_and_option(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("train", "sample", "demo", "recipes", "nets", "config"):
+        assert cmd in out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for key in ("--resume", "--device", "--seed", "labels_per_class", "reinit_freq", "max_retries"):
+        assert key in out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    args = ["train", *TINY, "train.epochs=1", f"--out={out}", "--device=cpu", "--seed=3", "--quiet"]
+    assert main(args) == 0
+    return out
+
+
+def test_train_writes_a_run_directory(run_dir):
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["seed"] == 3 and cfg["sgld"]["steps"] == 5 and cfg["out"] == str(run_dir)
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert (run_dir / "train.log").read_text().count("training JEM on digits") == 1
+
+
+def test_resume_continues_with_more_epochs(run_dir):
+    before = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert main(["train", "--resume", str(run_dir), "train.epochs=2", "--quiet"]) == 0
+    after = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert (before["epoch"], after["epoch"]) == (1, 2)
+    assert after["step"] == 2 * before["step"]
+
+
+def test_sample_writes_png_grids(run_dir, tmp_path):
+    assert main(["sample", str(run_dir), "--n", "16", "--per-class", "2", "--out", str(tmp_path), "--seed", "0"]) == 0
+    for name in ("unconditional.png", "conditional.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 500
+    assert (
+        main(
+            [
+                "sample",
+                str(run_dir),
+                "--fresh",
+                "--steps",
+                "3",
+                "--n",
+                "4",
+                "--per-class",
+                "1",
+                "--out",
+                str(tmp_path / "f"),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "f" / "conditional.png").is_file()
+
+
+def test_errors_name_the_problem(tmp_path, capsys):
+    assert main(["sample", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert main(["train", "net.name=resnet9000", f"--out={tmp_path / 'x'}"]) == 2
+    assert "unknown net 'resnet9000'" in capsys.readouterr().err
+
+
+def test_listings(capsys):
+    assert main(["recipes"]) == 0
+    assert "digits_demo" in capsys.readouterr().out
+    assert main(["nets"]) == 0
+    assert "wrn: depth, width" in capsys.readouterr().out
+
+
+def test_console_script_module_entry(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "torchjem.cli", "config"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "reinit_freq: 0.05" in res.stdout
+
+
+def test_demo_quick_writes_summary(tmp_path):
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--quiet", "--device", "cpu"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for model in ("jem", "baseline"):
+        assert 0 <= summary[model]["test_accuracy"] <= 1
+    assert summary["seconds"] > 0 and summary["quick"] is True
+    assert (tmp_path / "samples" / "conditional.png").is_file()
