@@ -177,3 +177,13 @@ def test_network_that_does_not_fit_the_data_is_rejected(tmp_path):
 def test_metrics_are_json_lines(trained):
     for line in trained.run.metrics.read_text().splitlines():
         json.loads(line)
+
+
+def test_energy_head_config_trains_the_scalar_head(tmp_path):
+    t = Trainer(tiny_config(tmp_path / "r", "train.max_steps=3", "net.energy_head=true"), progress=False)
+    before = t.jem.energy_head.weight.detach().clone()
+    t.fit()
+    assert not torch.equal(before, t.jem.energy_head.weight)
+    loaded = load_run(t.run.path, "last", "cpu")
+    x = t.data.x_test[:4]
+    assert torch.allclose(loaded.jem.log_px(x), t.jem.eval().log_px(x))
