@@ -1,7 +1,15 @@
-import pytest
-import torch
+import os
 
-from torchjem import load_config
+# One thread per process: tiny nets gain nothing from two, and OpenMP threads that wait for a
+# preempted peer make a busy 2-core machine many times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from torchjem import load_config  # noqa: E402
+
+torch.set_num_threads(1)
 
 # Small and fast: a narrow conv net, short chains, a small buffer.
 TINY = [

@@ -94,10 +94,18 @@ def test_console_script_module_entry(tmp_path):
     assert res.returncode == 0 and "reinit_freq: 0.05" in res.stdout
 
 
-def test_demo_quick_writes_summary(tmp_path):
+def test_demo_quick_writes_summary_and_report(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path), "--quiet", "--device", "cpu"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     for model in ("jem", "baseline"):
-        assert 0 <= summary[model]["test_accuracy"] <= 1
+        s = summary[model]
+        assert 0 <= s["test_accuracy"] <= 1 and 0 <= s["ece"] <= 1 and s["nll"] > 0
+        for ood_set in ("uniform", "interp", "held_out"):
+            assert 0 <= s["ood"][ood_set]["px"]["auroc"] <= 1
+        curve = list(s["robust_accuracy"]["linf"].values())
+        assert curve == sorted(curve, reverse=True)  # never rises with eps
+    assert summary["jem"]["fid"] > 0 and 0 <= summary["jem"]["conditional_accuracy"] <= 1
     assert summary["seconds"] > 0 and summary["quick"] is True
-    assert (tmp_path / "samples" / "conditional.png").is_file()
+    for name in ("report.html", "report.json", "model_samples_conditional.png", "model_robust_accuracy.png"):
+        assert (tmp_path / "report" / name).is_file(), name
+    assert "test accuracy" in capsys.readouterr().out

@@ -43,3 +43,13 @@ def test_energy_head_needs_sizes():
         assert "n_classes" in str(e)
     else:
         raise AssertionError("expected a ValueError")
+
+
+def test_prediction_restores_each_module_mode():
+    from torchjem.evaluate.classification import predict_logits
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Dropout(0.5), nn.Linear(8, 3)).eval()
+    net[2].train()
+    a = predict_logits(net, torch.randn(4, 1, 4, 4))
+    assert a.shape == (4, 3)
+    assert [m.training for m in net.modules()] == [False, False, False, True, False]

@@ -98,7 +98,8 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
 
 
 def test_divergence_is_recovered_and_logged(tmp_path):
-    t = Trainer(tiny_config(tmp_path / "r", "train.max_steps=30", "divergence.snapshot_every=5"), progress=False)
+    cfg = tiny_config(tmp_path / "r", "train.max_steps=30", "divergence.snapshot_every=5", "divergence.check_every=1")
+    t = Trainer(cfg, progress=False)
     t.objective = Faulty(t.objective, nan_at={12})
     result = t.fit()
     assert result["step"] == 30 and result["retries"] == 1
@@ -108,6 +109,16 @@ def test_divergence_is_recovered_and_logged(tmp_path):
     assert "divergence at step 12" in t.run.log.read_text()
     assert all(torch.isfinite(p).all() for p in t.jem.parameters())
     assert t.lr_scale == 0.5
+
+
+def test_divergence_found_at_a_later_check_rewinds_to_a_checked_state(tmp_path):
+    cfg = tiny_config(tmp_path / "r", "train.max_steps=40", "divergence.snapshot_every=5", "divergence.check_every=5")
+    t = Trainer(cfg, progress=False)
+    t.objective = Faulty(t.objective, nan_at={12})  # NaN weights from step 12 on, seen at the check of step 15
+    result = t.fit()
+    events = [r for r in t.run.read_metrics() if r.get("event") == "recovery"]
+    assert [(e["at_step"], e["rewound_to"]) for e in events] == [(15, 10)]
+    assert result["step"] == 40 and all(torch.isfinite(p).all() for p in t.jem.parameters())
 
 
 def test_divergence_gives_up_with_advice(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -60,6 +61,7 @@ def resolve_recipe(name: str | None) -> str | None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .distributed import distributed_session
     from .training import Trainer
 
     extra = list(args.overrides)
@@ -68,13 +70,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             extra.append(f"{key}={value}")
     if args.clf_only:
         extra.append("train.clf_only=true")
-    if args.resume:
-        trainer = Trainer.resume(args.resume, progress=not args.quiet, overrides=extra)
-    else:
-        cfg = load_config(resolve_recipe(args.config), extra)
-        trainer = Trainer(cfg, progress=not args.quiet)
-    result = trainer.fit()
-    print(json.dumps(result, indent=2))
+    # Under torchrun the Trainer joins the process group; the session leaves it cleanly.
+    with distributed_session():
+        if args.resume:
+            trainer = Trainer.resume(args.resume, progress=not args.quiet, overrides=extra)
+        else:
+            cfg = load_config(resolve_recipe(args.config), extra)
+            trainer = Trainer(cfg, progress=not args.quiet)
+        result = trainer.fit()
+        if trainer.is_main:
+            print(json.dumps(result, indent=2))
     return 0
 
 
@@ -142,6 +147,161 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- jem attack -------------------------------------------------------------------------------
+def add_attack(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "attack",
+        help="PGD robust accuracy of JEM-0 / JEM-n (and a baseline), distal adversarials; re-evaluate saved ones",
+        description="Attack RUN_DIR with PGD at each --eps, for each JEM-n setting (--refine-steps) and an optional "
+        "--baseline run; writes RUN_DIR/attack/attack.json, robust_accuracy.png and the adversarials. "
+        "With --evaluate-saved FILE --model RUN_DIR: the robust accuracy of any run on saved adversarials.",
+    )
+    p.add_argument("run_dir", nargs="?", help="a run directory written by `jem train`")
+    p.add_argument("--norm", choices=["linf", "l2"], default="linf", help="threat model (default linf)")
+    p.add_argument("--eps", type=float, nargs="+", default=None, help="radii in the [-1, 1] data scale, increasing")
+    p.add_argument(
+        "--refine-steps", type=int, nargs="+", default=None, help="SGLD steps n of JEM-n (default 0 1 10; 0 saved)"
+    )
+    p.add_argument("--baseline", metavar="RUN_DIR", help="also attack this run (e.g. the --clf-only baseline)")
+    p.add_argument("--limit", type=int, default=None, help="attack only the first N test examples")
+    p.add_argument("--out", default=None, help="output directory (default RUN_DIR/attack)")
+    p.add_argument("--checkpoint", default="last", help="last, best, epoch_NNNN or a .pt file")
+    p.add_argument("--steps", type=int, default=40, help="PGD iterations (default 40)")
+    p.add_argument("--step-size", type=float, default=None, help="PGD step (default 2.5 * eps / steps)")
+    p.add_argument("--restarts", type=int, default=1, help="random restarts; the best adversarial per input is kept")
+    p.add_argument("--no-random-start", action="store_true", help="start PGD at the clean input")
+    p.add_argument("--targeted", action="store_true", help="aim at a random wrong class per input")
+    p.add_argument("--eot", type=int, default=1, help="gradient averaged over this many draws of the defence")
+    p.add_argument("--chains", type=int, default=5, help="SGLD chains per input in JEM-n (default 5)")
+    p.add_argument("--init-noise", type=float, default=None, help="noise added to the chains (default: data noise)")
+    p.add_argument("--gradient", choices=["exact", "bpda"], default="exact", help="how PGD goes through the chains")
+    p.add_argument("--no-transfer", action="store_true", help="do not also try JEM-0's adversarials on JEM-n")
+    p.add_argument("--distal", type=int, default=100, help="distal adversarials to make (0: none)")
+    p.add_argument("--batch-size", type=int, default=100, help="inputs attacked at once")
+    p.add_argument("--evaluate-saved", metavar="FILE", help="re-evaluate an adversarials_*.pt file instead")
+    p.add_argument("--model", metavar="RUN_DIR", help="with --evaluate-saved: the run to evaluate (default RUN_DIR)")
+    _common(p)
+    p.set_defaults(func=cmd_attack)
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from .evaluate.robustness import attack_run, defence_settings, evaluate_saved
+    from .run import load_run
+
+    _seed(args)
+    device = args.device or "auto"
+    if args.evaluate_saved:
+        model_dir = args.model or args.run_dir
+        if model_dir is None:
+            raise ValueError("--evaluate-saved FILE needs --model RUN_DIR (the run to evaluate)")
+        run = load_run(model_dir, args.checkpoint, device)
+        models = defence_settings(run, args.refine_steps or [0], args.chains, args.init_noise, args.gradient)
+        res = {name: evaluate_saved(args.evaluate_saved, m, args.batch_size) for name, m in models.items()}
+        print(json.dumps(res, indent=2))
+        return 0
+    if args.run_dir is None:
+        raise ValueError("jem attack needs RUN_DIR (or --evaluate-saved FILE --model RUN_DIR)")
+    res = attack_run(
+        args.run_dir,
+        norm=args.norm,
+        eps=args.eps,
+        refine_steps=args.refine_steps or [0, 1, 10],
+        baseline=args.baseline,
+        limit=args.limit,
+        out=args.out,
+        checkpoint=args.checkpoint,
+        steps=args.steps,
+        step_size=args.step_size,
+        random_start=not args.no_random_start,
+        restarts=args.restarts,
+        targeted=args.targeted,
+        eot=args.eot,
+        n_chains=args.chains,
+        init_noise=args.init_noise,
+        gradient=args.gradient,
+        transfer=not args.no_transfer,
+        distal=args.distal,
+        batch_size=args.batch_size,
+        device=device,
+        progress=not args.quiet,
+    )
+    print(f"{'eps':>12}" + "".join(f"{name:>11}" for name in res["curves"]))
+    for k, e in enumerate(res["eps"]):
+        print(f"{e:12g}" + "".join(f"{acc[k]:11.4f}" for acc in res["curves"].values()))
+    print(f"n={res['n']} {res['norm']}; wrote {Path(args.out or Path(args.run_dir) / 'attack') / 'attack.json'}")
+    return 0
+
+
+# -- jem eval ---------------------------------------------------------------------------------
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="the paper's evaluations (accuracy, calibration, OOD, generation) side by side, as one report",
+        description="Evaluate RUN_DIR (and --baseline RUN_DIR side by side): accuracy and NLL (optionally after "
+        "SGLD refinement), calibration (ECE/MCE, reliability diagram), OOD detection (px, py, pxgrad, maxlogit; "
+        "AUROC, AUPR-in/out, FPR95), sample quality (FID/KID/Inception-style score with a named feature network, "
+        "conditional accuracy) and, when RUN_DIR/attack/attack.json exists, robustness. Writes report.json, "
+        "report.html (self-contained) and the PNGs into --out (default RUN_DIR/report).",
+    )
+    p.add_argument("run_dir", help="a run directory written by `jem train`")
+    p.add_argument("--baseline", metavar="RUN_DIR", help="a second run shown side by side (e.g. the --clf-only one)")
+    p.add_argument(
+        "--ood",
+        nargs="+",
+        default=None,
+        metavar="SET",
+        help="OOD sets: uniform, gaussian, interp, held_out (runs trained on data.classes), or a data set name "
+        "(NAME or NAME:ROOT, see `jem datasets`); default: uniform gaussian interp [held_out]",
+    )
+    p.add_argument("--out", default=None, help="report directory (default RUN_DIR/report)")
+    p.add_argument("--limit", type=int, default=None, help="at most N test examples, OOD inputs and samples")
+    p.add_argument("--checkpoint", default="last", help="last, best, epoch_NNNN or a .pt file")
+    p.add_argument("--refine-steps", type=int, default=0, help="also classify after N SGLD steps on the inputs")
+    p.add_argument(
+        "--scores", nargs="+", default=["px", "py", "pxgrad", "maxlogit"], help="OOD scores (default all four)"
+    )
+    p.add_argument("--bins", type=int, default=20, help="calibration bins (default 20, the paper's)")
+    p.add_argument(
+        "--feature-net",
+        default="auto",
+        help="auto (a classifier trained on the run's data, cached in RUN_DIR/feature_net) or inception:PATH "
+        "(a local TorchScript Inception-v3 file)",
+    )
+    p.add_argument("--no-generation", action="store_true", help="skip sampling, FID/KID/IS and conditional accuracy")
+    p.add_argument("--per-class", type=int, default=20, help="class-conditional samples per class (default 20)")
+    p.add_argument("--sample-steps", type=int, default=None, help="SGLD steps per sample (default: as jem sample)")
+    _common(p)
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate.suite import evaluate_run, headline
+
+    _seed(args)
+    report = evaluate_run(
+        args.run_dir,
+        baseline=args.baseline,
+        ood=args.ood,
+        out=args.out,
+        limit=args.limit,
+        checkpoint=args.checkpoint,
+        device=args.device or "auto",
+        refine_steps=args.refine_steps,
+        feature_net=args.feature_net,
+        scores=args.scores,
+        n_bins=args.bins,
+        generate=not args.no_generation,
+        per_class=args.per_class,
+        sample_steps=args.sample_steps,
+        seed=args.seed or 0,
+        progress=not args.quiet,
+    )
+    for role in report["models"]:
+        print(f"{report['models'][role]['label']}: {json.dumps(headline(report, role))}")
+    print(f"wrote {report['files']['html']} and {report['files']['json']}")
+    return 0
+
+
 # -- small listings ---------------------------------------------------------------------------
 def add_lists(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("nets", help="list the registered networks and their options").set_defaults(func=cmd_nets)
@@ -175,7 +335,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 # Sub-commands, in the order `jem --help` lists them.
-COMMANDS = [add_train, add_sample, add_demo, add_lists]
+COMMANDS = [add_train, add_sample, add_eval, add_attack, add_demo, add_lists]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,7 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    rank = os.environ.get("RANK", "0")  # set by torchrun: ranks other than 0 log warnings only, tagged
+    if rank == "0":
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    else:
+        logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s [rank {rank}] %(message)s")
     try:
         return args.func(args)
     except (ConfigError, ValueError, FileNotFoundError) as e:

@@ -81,6 +81,9 @@ class TrainConfig:
     eval_every: int = 1  # validation every N epochs
     save_every: int = 10  # keep a checkpoint every N epochs (besides last and best)
     log_every: int = 20  # iterations between metric lines (and host synchronisation)
+    amp: str = "none"  # none | bf16: bf16 autocast for the network (log-sum-exp, energies and losses in fp32)
+    channels_last: bool = False  # NHWC weights and activations (faster convolutions on CUDA tensor cores)
+    compile: bool = False  # torch.compile the network (first steps are slow while it compiles)
 
 
 @dataclass
@@ -89,7 +92,7 @@ class DivergenceConfig:
     max_energy: float = 1e5  # |mean energy| of data or samples above this is divergence
     max_retries: int = 3  # rewinds before giving up
     lr_factor: float = 0.5  # multiply the learning rate by this at each rewind (1 = keep)
-    check_every: int = 1  # iterations between checks; a check synchronises with the device
+    check_every: int = 10  # iterations between checks; a check synchronises host and device
     snapshot_every: int = 100  # iterations between in-memory good states to rewind to
 
 
@@ -143,6 +146,7 @@ class Config:
             ("train.eval_every", self.train.eval_every > 0, "> 0"),
             ("train.save_every", self.train.save_every > 0, "> 0"),
             ("train.log_every", self.train.log_every > 0, "> 0"),
+            ("train.amp", self.train.amp in ("none", "bf16"), "none or bf16"),
             ("divergence.max_retries", self.divergence.max_retries >= 0, ">= 0"),
             ("divergence.lr_factor", 0 < self.divergence.lr_factor <= 1, "in (0, 1]"),
             ("divergence.check_every", self.divergence.check_every > 0, "> 0"),

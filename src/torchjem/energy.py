@@ -75,5 +75,5 @@ def as_jem(model: nn.Module) -> JEM:
     if isinstance(model, JEM):
         return model
     if isinstance(model, nn.parallel.DistributedDataParallel):
-        return as_jem(model.module)
+        return as_jem(getattr(model, "jem", model.module))
     return JEM(model)

@@ -16,13 +16,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed as ddp
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, from_dict, load_config, save_config
 from .data import DataSplits, augment, load_data
+from .data.datasets import check_splits
 from .energy import JEM, as_jem
 from .evaluate.classification import classification
 from .objective import HybridObjective
-from .run import RunDir, build_buffer, build_jem, build_sampler, resolve_device
+from .run import RunDir, build_buffer, build_jem, build_sampler
+from .sampling import ReplayBuffer
+from .speed import autocast, configure_speed, fused_optimizer_kwargs
 
 log = logging.getLogger("torchjem")
 
@@ -64,9 +68,12 @@ class _Window:
         self.count += 1
 
     def flush(self) -> dict[str, float] | None:
+        """The means since the last flush, averaged over ranks in a distributed run (so every
+        rank must flush at the same steps; it_per_s stays this rank's)."""
         if not self.count:
             return None
-        means = dict(zip(self.sums, (torch.stack(list(self.sums.values())) / self.count).tolist()))
+        means_t = ddp.all_reduce_mean(torch.stack(list(self.sums.values())) / self.count)
+        means = dict(zip(self.sums, means_t.tolist()))
         means["it_per_s"] = self.count / (time.perf_counter() - self.t0)
         self.sums, self.count, self.t0 = {}, 0, time.perf_counter()
         return means
@@ -77,6 +84,11 @@ class Trainer:
 
     ``model`` may be any classifier nn.Module (returning logits); by default the configured net
     is built. ``data`` defaults to the configured data set.
+
+    Under torchrun (``WORLD_SIZE`` > 1) the same trainer runs data-parallel: it joins the
+    process group, wraps the model in DistributedDataParallel, gives each rank its slice of
+    every global batch of ``train.batch_size`` images, its own seed and its own replay-buffer
+    shard; only rank 0 writes. See torchjem.distributed and docs/distributed.md.
     """
 
     def __init__(
@@ -88,9 +100,19 @@ class Trainer:
     ) -> None:
         self.cfg = cfg.validate()
         self.run = RunDir(cfg.out)
-        self.device = resolve_device(cfg.device)
+        self.device = ddp.init_distributed(cfg.device)  # no process group without torchrun
+        self.rank, self.world_size = ddp.get_rank(), ddp.get_world_size()
+        self.is_main = self.rank == 0
+        if cfg.train.batch_size % self.world_size:
+            raise ValueError(
+                f"train.batch_size={cfg.train.batch_size} is the global batch and must be divisible by the "
+                f"{self.world_size} processes"
+            )
+        self.local_batch = cfg.train.batch_size // self.world_size  # this rank's share of each batch
         self.progress = progress
         d = cfg.data
+        if data is not None:
+            check_splits(data)  # user data gets the same checks as the built-in loaders
         self.data = data or load_data(d.name, d.root, d.val_size, d.split_seed, d.classes, d.limit)
         self.shape, self.n_classes = self.data.shape, self.data.n_classes
         seed_everything(cfg.seed)
@@ -98,7 +120,14 @@ class Trainer:
             self.device
         )
         self._check_model()
+        self.jem = configure_speed(self.jem, cfg.train, self.device)  # amp hook, channels_last, compile
         self.model: nn.Module = self.jem  # what the loss runs through (DDP wraps it here)
+        if self.world_size > 1:
+            # An energy head gets no gradient when p(x) is off: DDP must be told to expect that.
+            unused = self.jem.energy_head is not None and (cfg.train.clf_only or cfg.objective.px == 0)
+            self.model = ddp.wrap_ddp(self.jem, self.device, find_unused_parameters=unused)
+            # Every rank built the same model from cfg.seed; from here each draws its own noise.
+            seed_everything(ddp.rank_seed(cfg.seed, self.rank))
         self.objective = HybridObjective(
             pyx=cfg.objective.pyx,
             px=0.0 if cfg.train.clf_only else cfg.objective.px,
@@ -111,7 +140,13 @@ class Trainer:
         self.sampler = build_sampler(cfg)
         self.buffer = None
         if self.objective.needs_samples:
-            self.buffer = build_buffer(cfg, self.shape, self.n_classes, self.device)
+            if self.world_size == 1:
+                self.buffer = build_buffer(cfg, self.shape, self.n_classes, self.device)
+            else:  # this rank's shard: buffer.size / W chains in per-class blocks
+                size = ddp.shard_size(cfg.buffer.size, self.n_classes, self.world_size)
+                self.buffer = ReplayBuffer(
+                    size, self.shape, self.n_classes, cfg.buffer.reinit_freq, "uniform", self.device
+                )
             if cfg.buffer.init == "gaussian":
                 self.buffer.fit_gaussian(self.data.x_train, self.data.y_train)
         self.optimizer = self._make_optimizer()
@@ -120,7 +155,13 @@ class Trainer:
         self.labelled = labelled_mask(self.data.y_train, d.labels_per_class, self.n_classes, d.split_seed).to(
             self.device
         )
+        if self.world_size > 1 and len(self.x_train) < cfg.train.batch_size:
+            raise ValueError(
+                f"{len(self.x_train)} training images cannot fill one global batch of train.batch_size="
+                f"{cfg.train.batch_size} on {self.world_size} processes; lower train.batch_size"
+            )
         self.steps_per_epoch = max(1, len(self.x_train) // cfg.train.batch_size)
+        self._resume_note: str | None = None
         self.step = 0
         self.epoch = 0  # completed epochs
         self.lr_scale = 1.0
@@ -151,7 +192,7 @@ class Trainer:
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
         params = [p for p in self.jem.parameters() if p.requires_grad]
-        fused = {"fused": True} if self.device.type == "cuda" else {}
+        fused = fused_optimizer_kwargs(self.device)  # CUDA, and CPU since torch 2.4
         if o.name == "adam":
             return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **fused)
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, **fused)
@@ -165,7 +206,10 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """The whole run state. In a distributed run every rank must call it (it gathers): rank 0
+        gets the complete state (buffer shards merged, every rank's RNG state under
+        ``"distributed"``), the other ranks their local view."""
+        state = {
             "version": 1,
             "model": self.jem.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -179,20 +223,63 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "data": {"name": self.data.name, "shape": list(self.shape), "n_classes": self.n_classes},
         }
+        if self.world_size > 1:
+            rngs = ddp.gather_objects(ddp.rank_rng_state(self.device))
+            shards = ddp.gather_tensors(self.buffer.x) if self.buffer is not None else None
+            if self.is_main:
+                state["distributed"] = {"world_size": self.world_size, "rng": rngs}
+                if shards is not None:
+                    # one buffer in per-class blocks: loadable by load_run, re-split on resume
+                    state["buffer"] = {**state["buffer"], "x": ddp.merge_shards(shards, self.n_classes)}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state (each rank takes its buffer shard and RNG state). A checkpoint written
+        by another number of processes is re-split and the RNGs re-seeded (a note is logged)."""
         self.jem.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.buffer is not None and state.get("buffer") is not None:
-            self.buffer.load_state_dict(state["buffer"])
-        set_rng_state(state["rng"])
+        saved_world = int(state.get("distributed", {}).get("world_size", 1))
+        if saved_world == self.world_size == 1:
+            if self.buffer is not None and state.get("buffer") is not None:
+                self.buffer.load_state_dict(state["buffer"])
+            set_rng_state(state["rng"])
+        else:
+            self._load_sharded(state, saved_world)
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.lr_scale, self.retries = float(state["lr_scale"]), int(state["retries"])
         self.best_val = float(state["best_val"])
 
+    def _load_sharded(self, state: dict[str, Any], saved_world: int) -> None:
+        same = saved_world == self.world_size
+        if same:
+            ddp.set_rank_rng_state(state["distributed"]["rng"][self.rank], self.device)
+        else:  # the saved streams belong to other ranks: fresh ones, fixed by (seed, step, rank)
+            seed_everything(ddp.rank_seed(self.cfg.seed + 31_337 * (int(state["step"]) + 1), self.rank))
+        new_chains = 0
+        b = state.get("buffer")
+        if self.buffer is not None and b is not None:
+            x, missing = ddp.split_shard(b["x"], self.n_classes, self.rank, self.world_size, self.buffer.size)
+            if missing:  # a larger layout than the saved one: new chains for the missing entries
+                empty = x.flatten(1).isnan().any(1).to(self.device)
+                x = x.to(self.device)
+                x[empty] = self.buffer.noise(self.buffer.labels[empty])
+                new_chains = missing * self.n_classes
+            self.buffer.load_state_dict({**b, "x": x})
+        refilled = int(ddp.all_reduce_sum(torch.tensor(new_chains, device=self.device)))  # on every rank
+        if not same:
+            size = self.buffer.size if self.buffer is not None else 0
+            self._resume_note = (
+                f"checkpoint written by {saved_world} process(es), resumed on {self.world_size}: replay buffer "
+                f"re-split into {self.world_size} shard(s) of {size} entries ({refilled} new chains), RNGs re-seeded "
+                f"per rank; the run continues from step {int(state['step'])} but not bit for bit"
+            )
+
     def save(self, name: str) -> Path:
+        """Write a checkpoint (rank 0 writes; in a distributed run every rank must call it)."""
         path = self.run.checkpoint(name)
-        save_checkpoint(path, self.state_dict())
+        state = self.state_dict()
+        if self.is_main:
+            save_checkpoint(path, state)
         return path
 
     @classmethod
@@ -207,11 +294,18 @@ class Trainer:
         e.g. a longer ``train.epochs``)."""
         run = RunDir(run_dir)
         ckpt = run.checkpoint("last")
-        if not ckpt.is_file():
-            raise FileNotFoundError(
-                f"cannot resume {str(run.path)!r}: no checkpoint at {ckpt} (it is written after the first epoch)"
-            )
-        state = load_checkpoint(ckpt)
+
+        def read() -> dict[str, Any]:
+            if not ckpt.is_file():
+                raise FileNotFoundError(
+                    f"cannot resume {str(run.path)!r}: no checkpoint at {ckpt} (it is written after the first epoch)"
+                )
+            return load_checkpoint(ckpt)
+
+        # Under torchrun rank 0 reads the checkpoint and sends it to the others (their node may not see it).
+        device = [o.split("=", 1)[1] for o in overrides or [] if o.startswith("device=")]
+        ddp.init_distributed(device[-1] if device else "auto")
+        state = ddp.run_on_main(read)
         cfg = from_dict(state["config"])
         if overrides:
             cfg = load_config(None, overrides, base=cfg)
@@ -233,6 +327,18 @@ class Trainer:
         self._snapshot_step = self.step
 
     def _diverged(self, stats: dict[str, torch.Tensor]) -> str | None:
+        """The cause of a divergence on any rank (every rank gets the same answer, so all rewind
+        together), or None."""
+        cause = self._local_divergence(stats)
+        if self.world_size == 1:
+            return cause
+        ranks = ddp.flagged_ranks(cause is not None, self.device)
+        if not ranks:
+            return None
+        causes = ddp.all_gather_objects(cause)
+        return "; ".join(f"{causes[r]} on rank {r}" for r in ranks)
+
+    def _local_divergence(self, stats: dict[str, torch.Tensor]) -> str | None:
         d = self.cfg.divergence
         keys = [k for k in ("loss", "energy_data", "energy_sample") if k in stats]
         values = dict(zip(keys, torch.stack([stats[k].float() for k in keys]).tolist()))
@@ -264,7 +370,7 @@ class Trainer:
             self.buffer.load_state_dict(snap["buffer"])
         bad_step, self.step = self.step, snap["step"]
         self.lr_scale *= d.lr_factor
-        seed_everything(self.cfg.seed + 7919 * self.retries)
+        seed_everything(ddp.rank_seed(self.cfg.seed + 7919 * self.retries, self.rank))
         msg = (
             f"divergence at step {bad_step} ({cause}): rewound to step {self.step}, reseeded, "
             f"lr scale now {self.lr_scale:.3g} (recovery {self.retries}/{d.max_retries})"
@@ -276,6 +382,8 @@ class Trainer:
 
     # -- logging -------------------------------------------------------------------------
     def _write_metrics(self, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
         with open(self.run.metrics, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -284,12 +392,14 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def _batches(self, epoch: int):
-        """This epoch's batches, in an order fixed by (seed, epoch) so resume is exact."""
+        """This epoch's batches, in an order fixed by (seed, epoch) so resume is exact. Every rank
+        draws the same order and takes its own slice of each global batch, so the ranks together
+        see exactly the batches a single process would."""
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
         perm = torch.randperm(len(self.x_train), generator=g).to(self.device)
-        bs = self.cfg.train.batch_size
+        bs, lo = self.cfg.train.batch_size, self.rank * self.local_batch
         for i in range(self.steps_per_epoch):
-            idx = perm[i * bs : (i + 1) * bs]
+            idx = perm[i * bs + lo : i * bs + lo + self.local_batch]
             yield self.x_train[idx], self.y_train[idx], self.labelled[idx]
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, labelled: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -301,9 +411,10 @@ class Trainer:
             x = augment(x, pad=max(1, self.shape[-1] // 8), flip=flip)
         self.model.train()
         all_labelled = self.cfg.data.labels_per_class is None
-        loss, stats = self.objective(
-            self.model, x, y, self.sampler, self.buffer, None if all_labelled else labelled, sample_model=self.jem
-        )
+        with autocast(self.cfg.train.amp, self.device):  # the chains and the loss; see torchjem.speed
+            loss, stats = self.objective(
+                self.model, x, y, self.sampler, self.buffer, None if all_labelled else labelled, sample_model=self.jem
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -311,12 +422,27 @@ class Trainer:
         return stats
 
     def validate(self) -> dict[str, float]:
+        """Validation accuracy and NLL; in a distributed run each rank scores a slice and the
+        figures are combined, so every rank gets the same numbers (and makes the same saves)."""
         if len(self.data.x_val) == 0:
             return {}
-        res = classification(self.jem, self.data.x_val, self.data.y_val)
-        return {"val_acc": res["accuracy"], "val_nll": res["nll"]}
+        if self.world_size == 1:
+            res = classification(self.jem, self.data.x_val, self.data.y_val)
+            return {"val_acc": res["accuracy"], "val_nll": res["nll"]}
+        x = self.data.x_val.tensor_split(self.world_size)[self.rank]
+        y = self.data.y_val.tensor_split(self.world_size)[self.rank]
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        if len(x):
+            res = classification(self.jem, x, y)
+            sums += torch.tensor([res["accuracy"] * len(x), res["nll"] * len(x), len(x)], dtype=torch.float64).to(
+                self.device
+            )
+        acc, nll, n = ddp.all_reduce_sum(sums).tolist()
+        return {"val_acc": acc / n, "val_nll": nll / n}
 
-    def _setup_logging(self) -> logging.Handler:
+    def _setup_logging(self) -> logging.Handler | None:
+        if not self.is_main:  # only rank 0 writes the run directory
+            return None
         self.run.path.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(self.run.log)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -330,7 +456,8 @@ class Trainer:
         cfg = self.cfg.train
         handler = self._setup_logging()
         try:
-            save_config(self.cfg, self.run.config)
+            if self.is_main:
+                save_config(self.cfg, self.run.config)
             mode = "classifier (clf_only)" if cfg.clf_only else "JEM"
             log.info(
                 "training %s on %s (%d images, %s) on %s into %s",
@@ -341,10 +468,25 @@ class Trainer:
                 self.device,
                 self.run.path,
             )
+            if self.world_size > 1:
+                log.info(
+                    "data-parallel on %d processes: global batch %d = %d x %d per rank, buffer shard %s per rank",
+                    self.world_size,
+                    cfg.batch_size,
+                    self.world_size,
+                    self.local_batch,
+                    self.buffer.size if self.buffer is not None else "-",
+                )
+            if self._resume_note:
+                if self.is_main:
+                    log.warning(self._resume_note)
+                self._event("resharded", note=self._resume_note)
+                self._resume_note = None
             return self._loop()
         finally:
-            log.removeHandler(handler)
-            handler.close()
+            if handler is not None:
+                log.removeHandler(handler)
+                handler.close()
 
     def _done(self) -> bool:
         cfg = self.cfg.train
@@ -356,15 +498,23 @@ class Trainer:
         cfg, div = self.cfg.train, self.cfg.divergence
         self._take_snapshot()
         total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
-        bar = tqdm(total=total, initial=min(self.step, total), disable=not self.progress, desc="train", unit="it")
+        bar = tqdm(
+            total=total,
+            initial=min(self.step, total),
+            disable=not (self.progress and self.is_main),
+            desc="train",
+            unit="it",
+        )
         window = _Window()
         last_val: dict[str, float] = {}
         while not self._done():
-            for x, y, lab in self._batches(self.epoch):
+            for i, (x, y, lab) in enumerate(self._batches(self.epoch)):
                 stats = self.train_step(x, y, lab)
                 window.add(stats)
                 bar.update(1)
-                if self.step % div.check_every == 0:
+                # Also check before every checkpoint (end of epoch, end of run): never save a diverged state.
+                boundary = i == self.steps_per_epoch - 1 or self._done()
+                if self.step % div.check_every == 0 or boundary:
                     cause = self._diverged(stats)
                     if cause:
                         self._recover(cause)

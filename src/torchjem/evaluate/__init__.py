@@ -1,0 +1,50 @@
+"""Evaluations, one module each; every one takes a model (any classifier returning logits) and data
+and returns a plain dict of figures (plus "arrays" for plots).
+
+classification  accuracy and NLL, optionally after SGLD refinement
+calibration     ECE / MCE and reliability-diagram bins
+ood             OOD scores (px, py, pxgrad, maxlogit), AUROC / AUPR / FPR95, OOD sets
+generation      FID / KID / Inception-style score and conditional accuracy of samples
+features        the feature networks behind the generation figures
+suite           everything for a run and its baseline, written as one report
+
+The functions named like their module (classification, calibration, generation) are imported
+from the module itself. Names are imported lazily, so that ``import torchjem`` (training) does not load torchmetrics.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "predict_logits": "classification",
+    "refine": "classification",
+    "calibration_from_probs": "calibration",
+    "ood_detection": "ood",
+    "ood_scores": "ood",
+    "ood_metrics": "ood",
+    "pxgrad": "ood",
+    "builtin_ood_set": "ood",
+    "fit_to_shape": "ood",
+    "named_ood_set": "ood",
+    "sample_quality": "generation",
+    "conditional_accuracy": "generation",
+    "frechet_distance": "generation",
+    "FeatureNet": "features",
+    "ClassifierFeatures": "features",
+    "InceptionFeatures": "features",
+    "ModuleFeatures": "features",
+    "default_feature_net": "features",
+    "resolve_feature_net": "features",
+    "evaluate_model": "suite",
+    "evaluate_run": "suite",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

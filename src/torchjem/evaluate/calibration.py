@@ -1,0 +1,65 @@
+"""Calibration of the max-softmax confidence: ECE, MCE and the reliability diagram's bins.
+
+The paper's protocol: 20 equal-width confidence bins; ECE = sum_b (n_b / N) |acc_b - conf_b|,
+MCE = max_b |acc_b - conf_b| over non-empty bins. ECE and MCE come from torchmetrics; the bins are
+returned too so that the reliability diagram plots exactly what the figure summarises.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+from .classification import predict_logits
+
+
+def calibration_from_probs(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 20) -> dict:
+    """ECE, MCE and per-bin figures of class probabilities ``probs`` (N, C) against labels ``y``.
+
+    Returns {"ece", "mce", "n_bins", "n", "accuracy", "confidence", "bins": {"edges", "confidence",
+    "accuracy", "count"}}; ``confidence`` is the mean max-probability, ``bins`` the reliability diagram.
+    """
+    if not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"calibration n_bins must be a positive integer, got {n_bins!r}")
+    if probs.ndim != 2 or len(probs) == 0:
+        raise ValueError(f"calibration: probabilities must be a non-empty (N, C) tensor, got {tuple(probs.shape)}")
+    if y.ndim != 1 or len(y) != len(probs):
+        raise ValueError(f"calibration: labels must have shape ({len(probs)},), got {tuple(y.shape)}")
+    n_classes = probs.shape[1]
+    probs, y = probs.detach().double().cpu(), y.detach().long().cpu()
+    if int(y.min()) < 0 or int(y.max()) >= n_classes:
+        raise ValueError(f"calibration: labels must be in [0, {n_classes - 1}]")
+    conf, pred = probs.max(1)
+    correct = (pred == y).double()
+    ece = multiclass_calibration_error(probs, y, n_classes, n_bins=n_bins, norm="l1")
+    mce = multiclass_calibration_error(probs, y, n_classes, n_bins=n_bins, norm="max")
+    # Bins (lo, hi] as in torchmetrics; a confidence of exactly 1 falls into the top bin.
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+    idx = (torch.bucketize(conf, edges, right=True) - 1).clamp(0, n_bins - 1)
+    count = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, torch.ones_like(conf))
+    conf_sum = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, conf)
+    acc_sum = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, correct)
+    safe = count.clamp(min=1)
+    return {
+        "ece": float(ece),
+        "mce": float(mce),
+        "n_bins": n_bins,
+        "n": len(y),
+        "accuracy": float(correct.mean()),
+        "confidence": float(conf.mean()),
+        "bins": {
+            "edges": edges.tolist(),
+            "confidence": (conf_sum / safe).tolist(),
+            "accuracy": (acc_sum / safe).tolist(),
+            "count": [int(c) for c in count.tolist()],
+        },
+    }
+
+
+def calibration(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_bins: int = 20, batch_size: int = 512) -> dict:
+    """Calibration of ``model`` (any classifier returning logits) on (x, y); see ``calibration_from_probs``."""
+    if len(x) == 0:
+        raise ValueError("calibration: the evaluation set is empty")
+    logits = predict_logits(model, x, batch_size).double()
+    return calibration_from_probs(logits.softmax(1), y, n_bins)

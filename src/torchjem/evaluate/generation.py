@@ -1,0 +1,242 @@
+"""Sample quality: FID, KID and an Inception-style score under a pluggable feature network, and the
+conditional accuracy of class-conditional samples.
+
+Features are computed once per set (batched, with progress) and handed to torchmetrics'
+FrechetInceptionDistance / KernelInceptionDistance / InceptionScore through a pass-through module,
+so the metric definitions are torchmetrics' own while the network is ours (see ``features.py``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.inception import InceptionScore
+from torchmetrics.image.kid import KernelInceptionDistance
+from tqdm.auto import tqdm
+
+from ..samples import draw_samples
+from ..sampling import SGLD, ReplayBuffer
+from .features import FeatureNet, feature_label
+
+
+class _Given(nn.Module):
+    """Hands precomputed features to a torchmetrics image metric unchanged."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.num_features = dim
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return f
+
+
+@torch.no_grad()
+def embed(
+    net: FeatureNet, x: torch.Tensor, batch_size: int = 256, progress: bool = False, desc: str = "features"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, logits) of ``x`` under ``net``, float64 on the CPU."""
+    if len(x) == 0:
+        raise ValueError(f"{desc}: the set is empty")
+    device = _device(net, x.device)
+    was = net.training
+    net.eval()
+    feats, logits = [], []
+    try:
+        for i in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress, leave=False):
+            xb = x[i : i + batch_size].to(device)
+            feats.append(net.features(xb).flatten(1).double().cpu())
+            logits.append(net.logits(xb).double().cpu())
+    finally:
+        net.train(was)
+    return torch.cat(feats), torch.cat(logits)
+
+
+def frechet_distance(f_real: torch.Tensor, f_fake: torch.Tensor) -> float:
+    """FID between two feature sets (N, D) (torchmetrics' formula)."""
+    if len(f_real) < 2 or len(f_fake) < 2:
+        raise ValueError(f"FID needs at least 2 examples per set, got {len(f_real)} and {len(f_fake)}")
+    fid = FrechetInceptionDistance(feature=_Given(f_real.shape[1]))
+    fid.update(f_real.double(), real=True)
+    fid.update(f_fake.double(), real=False)
+    return max(0.0, float(fid.compute()))
+
+
+def kernel_distance(
+    f_real: torch.Tensor, f_fake: torch.Tensor, subsets: int = 100, subset_size: int = 1000
+) -> tuple[float, float]:
+    """KID (mean, std over random subsets) between two feature sets.
+
+    Subsets hold at most half of the smaller set, so that they differ and the std means something.
+    """
+    size = min(subset_size, max(2, min(len(f_real), len(f_fake)) // 2))
+    if size < 2:
+        raise ValueError(f"KID needs at least 2 examples per set, got {len(f_real)} and {len(f_fake)}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(feature=_Given(f_real.shape[1]), subsets=subsets, subset_size=size)
+    kid.update(f_real.double(), real=True)
+    kid.update(f_fake.double(), real=False)
+    mean, std = kid.compute()
+    return float(mean), float(std)
+
+
+def inception_style_score(logits: torch.Tensor, splits: int | None = None) -> tuple[float, float]:
+    """exp(E_x KL(p(y|x) || p(y))) (mean, std over ``splits``; std NaN for one split) from class logits
+    or log-probabilities.
+
+    The score is biased down when a split holds few examples per class, so ``splits`` defaults to
+    one per 1,000 examples (at most 10, the usual protocol on 50,000 samples; at least 1).
+    """
+    if len(logits) < 1:
+        raise ValueError("Inception-style score needs at least 1 example")
+    splits = splits or min(10, max(1, len(logits) // 1000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        score = InceptionScore(feature=_Given(logits.shape[1]), splits=min(splits, len(logits)))
+        score.update(logits.double())
+        mean, std = score.compute()  # std is NaN for a single split
+    return float(mean), float(std)
+
+
+def _device(module: nn.Module, default: torch.device | str = "cpu") -> torch.device:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device(default)
+
+
+def sample_quality(
+    x_real: torch.Tensor,
+    x_fake: torch.Tensor,
+    net: FeatureNet,
+    x_reference: torch.Tensor | None = None,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> dict:
+    """FID, KID and Inception-style score of ``x_fake`` against ``x_real`` under ``net``.
+
+    With ``x_reference`` (other real data, e.g. training images), also its FID against ``x_real``
+    and its score: the values real data gets at this sample size, to read the others against.
+    """
+    if x_fake.shape[1:] != x_real.shape[1:]:
+        raise ValueError(f"samples have shape {tuple(x_fake.shape[1:])} but the real set {tuple(x_real.shape[1:])}")
+    f_real, _ = embed(net, x_real, batch_size, progress, "features (real)")
+    f_fake, l_fake = embed(net, x_fake, batch_size, progress, "features (samples)")
+    kid_mean, kid_std = kernel_distance(f_real, f_fake)
+    is_mean, is_std = inception_style_score(l_fake)
+    out = {
+        "feature_net": net.name,
+        "feature_label": feature_label(net),
+        "n_real": len(x_real),
+        "n_fake": len(x_fake),
+        "fid": frechet_distance(f_real, f_fake),
+        "kid_mean": kid_mean,
+        "kid_std": kid_std,
+        "is_mean": is_mean,
+        "is_std": is_std,
+    }
+    if x_reference is not None:
+        f_ref, l_ref = embed(net, x_reference, batch_size, progress, "features (reference)")
+        out["fid_real_reference"] = frechet_distance(f_real, f_ref)
+        out["is_real_reference"] = inception_style_score(l_ref)[0]
+    return out
+
+
+@torch.no_grad()
+def conditional_accuracy(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict:
+    """Fraction of class-conditional samples ``x`` that ``classifier`` assigns to the class ``y`` they
+    were drawn for, overall and per class."""
+    if len(x) == 0 or len(x) != len(y):
+        raise ValueError(f"conditional accuracy needs as many labels as samples (> 0), got {len(x)} and {len(y)}")
+    logits_fn = classifier.logits if isinstance(classifier, FeatureNet) else classifier
+    device = _device(classifier, x.device)
+    was = classifier.training
+    classifier.eval()
+    try:
+        pred = torch.cat(
+            [logits_fn(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+        )
+    finally:
+        classifier.train(was)
+    y = y.cpu()
+    hit = (pred == y).float()
+    per_class = [float(hit[y == c].mean()) if (y == c).any() else float("nan") for c in range(int(y.max()) + 1)]
+    return {"conditional_accuracy": float(hit.mean()), "per_class": per_class, "n": len(y)}
+
+
+def generate(
+    model: nn.Module,
+    sampler: SGLD,
+    shape: tuple[int, ...],
+    n: int,
+    buffer: ReplayBuffer | None = None,
+    y: torch.Tensor | None = None,
+    n_steps: int | None = None,
+    batch_size: int = 256,
+    progress: bool = False,
+    desc: str = "sampling",
+) -> torch.Tensor:
+    """``n`` samples (or one per label in ``y``) drawn in batches with a progress bar (see draw_samples)."""
+    n = len(y) if y is not None else n
+    out = []
+    for i in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
+        yb = y[i : i + batch_size] if y is not None else None
+        out.append(draw_samples(model, sampler, min(batch_size, n - i), shape, buffer, yb, n_steps).cpu())
+    return torch.cat(out)
+
+
+def generation(
+    model: nn.Module,
+    sampler: SGLD,
+    x_real: torch.Tensor,
+    n_classes: int,
+    feature_net: FeatureNet,
+    buffer: ReplayBuffer | None = None,
+    n: int | None = None,
+    per_class: int = 20,
+    n_steps: int | None = None,
+    x_reference: torch.Tensor | None = None,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> dict:
+    """Unconditional and class-conditional samples, their quality and conditional accuracy.
+
+    Samples start from ``buffer`` when given (unconditional: the buffer's entries after
+    ``n_steps`` more steps, default 0; conditional: the class's block after the sampler's K
+    steps), otherwise from fresh U(-1, 1) chains of ``n_steps`` (default K) steps. ``n`` defaults
+    to ``len(x_real)``. Samples are clipped to the data range [-1, 1] before scoring (as in the
+    grids); "out_of_range" is the fraction of unconditional sample values that were outside it.
+    The samples themselves are under "arrays" (for the grids).
+    """
+    if len(x_real) < 2:
+        raise ValueError(f"generation needs at least 2 real examples, got {len(x_real)}")
+    if per_class < 1 or n_classes < 1:
+        raise ValueError(f"generation needs per_class >= 1 and n_classes >= 1, got {per_class}, {n_classes}")
+    shape = tuple(x_real.shape[1:])
+    n = len(x_real) if n is None else n
+    if n < 2:
+        raise ValueError(f"generation needs at least 2 samples, got n={n}")
+    x_u = generate(model, sampler, shape, n, buffer, None, n_steps, batch_size, progress, "samples (unconditional)")
+    y = torch.arange(n_classes).repeat_interleave(per_class)
+    x_c = generate(model, sampler, shape, len(y), buffer, y, n_steps, batch_size, progress, "samples (conditional)")
+    if not (torch.isfinite(x_u).all() and torch.isfinite(x_c).all()):
+        raise ValueError("generation: the sampler produced NaN or infinite samples (the model may have diverged)")
+    # Unclamped SGLD can leave the data range; scored as shown: clipped to [-1, 1].
+    out_of_range = float((x_u.abs() > 1).float().mean())
+    x_u, x_c = x_u.clamp(-1, 1), x_c.clamp(-1, 1)
+    quality = sample_quality(x_real, x_u, feature_net, x_reference, batch_size, progress)
+    cond = conditional_accuracy(feature_net, x_c, y, batch_size)
+    steps_u = n_steps if n_steps is not None else (0 if buffer is not None else sampler.n_steps)
+    steps_c = n_steps if n_steps is not None else sampler.n_steps
+    return {
+        "source": "replay buffer" if buffer is not None else "fresh chains from U(-1, 1)",
+        "steps_unconditional": steps_u,
+        "steps_conditional": steps_c,
+        **quality,
+        "conditional_accuracy": cond["conditional_accuracy"],
+        "conditional_accuracy_per_class": cond["per_class"],
+        "per_class": per_class,
+        "out_of_range": out_of_range,
+        "arrays": {"unconditional": x_u, "conditional": x_c, "y_conditional": y},
+    }

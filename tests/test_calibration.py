@@ -1,0 +1,74 @@
+import pytest
+import torch
+from torch import nn
+
+from torchjem.evaluate.calibration import calibration, calibration_from_probs
+
+
+def synthetic(n: int, n_classes: int, confidence: torch.Tensor, accuracy: torch.Tensor, seed: int = 0):
+    """Probabilities whose max is ``confidence`` and whose argmax is right with probability ``accuracy``."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, n_classes, (n,), generator=g)
+    right = torch.rand(n, generator=g) < accuracy
+    wrong = (y + torch.randint(1, n_classes, (n,), generator=g)) % n_classes
+    pred = torch.where(right, y, wrong)
+    probs = ((1 - confidence) / (n_classes - 1))[:, None].expand(n, n_classes).clone()
+    probs[torch.arange(n), pred] = confidence
+    return probs, y
+
+
+def test_calibrated_predictor_has_ece_near_zero():
+    n = 40_000
+    conf = 0.2 + 0.79 * torch.rand(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    probs, y = synthetic(n, 10, conf, conf)
+    res = calibration_from_probs(probs, y, n_bins=20)
+    assert res["ece"] < 0.015
+    assert res["n"] == n and res["n_bins"] == 20
+
+
+def test_overconfident_predictor_has_large_ece():
+    n = 5000
+    conf = torch.full((n,), 0.99, dtype=torch.float64)
+    probs, y = synthetic(n, 10, conf, torch.full((n,), 0.6))
+    res = calibration_from_probs(probs, y)
+    assert res["ece"] == pytest.approx(0.39, abs=0.03)
+    assert res["mce"] >= res["ece"]
+    assert res["accuracy"] == pytest.approx(0.6, abs=0.03)
+    assert res["confidence"] == pytest.approx(0.99)
+
+
+def test_bins_reproduce_the_reported_ece_and_mce():
+    g = torch.Generator().manual_seed(3)
+    logits = 3 * torch.randn(2000, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (2000,), generator=g)
+    res = calibration_from_probs(logits.softmax(1), y, n_bins=15)
+    b = res["bins"]
+    assert len(b["edges"]) == 16 and sum(b["count"]) == 2000
+    gaps = [abs(a - c) for a, c, k in zip(b["accuracy"], b["confidence"], b["count"]) if k]
+    weights = [k / 2000 for k in b["count"] if k]
+    assert sum(w * g for w, g in zip(weights, gaps)) == pytest.approx(res["ece"], abs=1e-6)
+    assert max(gaps) == pytest.approx(res["mce"], abs=1e-6)
+
+
+def test_calibration_of_a_model_matches_its_probabilities():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x, y = torch.rand(300, 1, 4, 4) * 2 - 1, torch.randint(0, 3, (300,))
+    res = calibration(net, x, y, n_bins=10)
+    ref = calibration_from_probs(net(x).double().softmax(1), y, n_bins=10)
+    assert res["ece"] == pytest.approx(ref["ece"], abs=1e-6)
+    assert net.training  # mode restored
+
+
+@pytest.mark.parametrize(
+    "probs, y, bins, match",
+    [
+        (torch.rand(4, 3), torch.zeros(4, dtype=torch.long), 0, "n_bins"),
+        (torch.rand(0, 3), torch.zeros(0, dtype=torch.long), 10, "non-empty"),
+        (torch.rand(4, 3), torch.zeros(5, dtype=torch.long), 10, "labels"),
+        (torch.rand(4, 3), torch.full((4,), 3), 10, r"\[0, 2\]"),
+    ],
+)
+def test_bad_input_gives_a_clear_error(probs, y, bins, match):
+    with pytest.raises(ValueError, match=match):
+        calibration_from_probs(probs, y, n_bins=bins)

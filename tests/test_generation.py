@@ -1,0 +1,157 @@
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from torchjem.data import load_data
+from torchjem.energy import JEM
+from torchjem.evaluate.features import (
+    ClassifierFeatures,
+    InceptionFeatures,
+    ModuleFeatures,
+    default_feature_net,
+    feature_label,
+    resolve_feature_net,
+)
+from torchjem.evaluate.generation import (
+    conditional_accuracy,
+    frechet_distance,
+    generation,
+    inception_style_score,
+    kernel_distance,
+    sample_quality,
+)
+from torchjem.sampling import SGLD, ReplayBuffer
+
+
+def gaussian_features(n=2000, d=8, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
+    f = gaussian_features()
+    assert frechet_distance(f, f) == pytest.approx(0.0, abs=1e-6)
+    small, large = frechet_distance(f, f + 0.5), frechet_distance(f, f + 1.0)
+    # A pure mean shift by delta in each of d=8 dimensions has FID = d * delta^2 exactly.
+    assert small == pytest.approx(8 * 0.25, rel=1e-6)
+    assert large == pytest.approx(8 * 1.0, rel=1e-6)
+
+
+def test_fid_between_two_samples_of_one_distribution_is_small():
+    assert frechet_distance(gaussian_features(seed=1), gaussian_features(seed=2)) < 0.05
+
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_for_a_shift():
+    same, _ = kernel_distance(
+        gaussian_features(500, seed=1), gaussian_features(500, seed=2), subsets=20, subset_size=200
+    )
+    shifted, _ = kernel_distance(gaussian_features(500, seed=1), gaussian_features(500, seed=2) + 1, subsets=20)
+    assert abs(same) < 0.01 and shifted > 10 * max(abs(same), 1e-4)
+
+
+def test_inception_style_score_spans_one_to_the_number_of_classes():
+    assert inception_style_score(torch.zeros(100, 10))[0] == pytest.approx(1.0)
+    confident = 50.0 * torch.eye(10).repeat(10, 1)  # every class equally often, each with certainty
+    assert inception_style_score(confident)[0] == pytest.approx(10.0, rel=1e-3)
+
+
+def test_conditional_accuracy_counts_samples_of_their_class():
+    # A "classifier" that reads the class from the first pixels: x[:, 0, 0, :C] one-hot.
+    net = ModuleFeatures(nn.Sequential(nn.Flatten(), nn.Identity()), "reader")
+    net.logits = lambda x: x.flatten(1)[:, :4]
+    y = torch.arange(4).repeat_interleave(5)
+    x = torch.zeros(20, 1, 2, 4)
+    x[torch.arange(20), 0, 0, y] = 1.0
+    x.view(20, -1)[:1, :4] = torch.tensor([0, 0, 0, 1.0])  # one sample of class 0 looks like a 3
+    res = conditional_accuracy(net, x, y)
+    assert res["conditional_accuracy"] == pytest.approx(19 / 20)
+    assert res["per_class"] == pytest.approx([0.8, 1.0, 1.0, 1.0])
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load_data("digits")
+    data.x_train, data.y_train = data.x_train[:400], data.y_train[:400]
+    return data
+
+
+@pytest.fixture(scope="module")
+def fnet(digits, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("fnet")
+    return default_feature_net(digits, cache, epochs=4), cache
+
+
+def test_default_feature_net_is_trained_once_and_cached(digits, fnet, caplog):
+    net, cache = fnet
+    assert (cache / "classifier_digits.pt").is_file()
+    assert net.test_accuracy > 0.6  # a useful classifier after four short epochs on 400 images
+    with caplog.at_level(logging.INFO, logger="torchjem"):
+        again = default_feature_net(digits, cache, epochs=4)
+    assert "loaded" in caplog.text
+    x = digits.x_test[:16]
+    assert torch.allclose(again.features(x), net.features(x))
+    assert "not Inception" in feature_label(net) and net.name == "classifier[digits]"
+
+
+def test_sample_quality_of_real_data_against_itself(digits, fnet):
+    net, _ = fnet
+    x = digits.x_test[:120]
+    same = sample_quality(x, x, net)
+    noise = sample_quality(x, torch.rand_like(x) * 2 - 1, net)
+    assert same["fid"] == pytest.approx(0.0, abs=1e-3)
+    assert noise["fid"] > 10 + same["fid"]
+    assert noise["kid_mean"] > same["kid_mean"]
+    assert same["feature_net"] == "classifier[digits]"
+
+
+def test_generation_draws_scores_and_labels_samples(digits, fnet):
+    net, _ = fnet
+    torch.manual_seed(0)
+    jem = JEM(ClassifierFeatures((1, 8, 8), 10, width=4))
+    sampler = SGLD(n_steps=2)
+    buffer = ReplayBuffer(100, (1, 8, 8), 10)
+    x_real = digits.x_test[:30]
+    res = generation(jem, sampler, x_real, 10, net, buffer, per_class=2, x_reference=digits.x_train[:30])
+    assert res["source"] == "replay buffer" and res["steps_unconditional"] == 0 and res["steps_conditional"] == 2
+    assert res["arrays"]["unconditional"].shape == (30, 1, 8, 8) and res["arrays"]["conditional"].shape == (20, 1, 8, 8)
+    assert res["arrays"]["y_conditional"].tolist() == [c for c in range(10) for _ in range(2)]
+    assert res["fid"] > res["fid_real_reference"] >= 0  # uniform-noise buffer vs real digits
+    assert 0 <= res["conditional_accuracy"] <= 1 and len(res["conditional_accuracy_per_class"]) == 10
+    fresh = generation(jem, sampler, x_real, 10, net, None, n=10, per_class=1)
+    assert fresh["source"].startswith("fresh") and fresh["steps_unconditional"] == 2 and fresh["n_fake"] == 10
+
+
+def test_inception_features_from_a_local_torchscript_file(tmp_path):
+    class FakeInception(nn.Module):
+        """Stands in for the StyleGAN2-ADA detector: uint8 RGB in, 2048 features or probabilities out."""
+
+        def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+            f = x.float().mean(dim=(2, 3)).repeat(1, 683)[:, :2048]
+            if return_features:
+                return f
+            return torch.softmax(f[:, :1008], dim=1)
+
+    path = tmp_path / "inception.pt"
+    with pytest.warns(DeprecationWarning):  # TorchScript is deprecated in recent torch; still what the files use
+        torch.jit.script(FakeInception()).save(str(path))
+    net = resolve_feature_net(f"inception:{path}", None, None)
+    assert isinstance(net, InceptionFeatures) and "inception" in net.name
+    x = torch.full((3, 1, 8, 8), 1.0)
+    f = net.features(x)
+    assert f.shape == (3, 2048) and float(f[0, 0]) == 255.0  # [-1, 1] -> uint8 RGB
+    assert torch.allclose(net.logits(x).exp().sum(1), torch.ones(3))
+    with pytest.raises(FileNotFoundError, match="Inception weights file"):
+        resolve_feature_net("inception:/no/such/file.pt", None, None)
+    with pytest.raises(ValueError, match="feature net 'resnet'"):
+        resolve_feature_net("resnet", None, None)
+
+
+def test_bad_input_gives_a_clear_error(fnet):
+    net, _ = fnet
+    with pytest.raises(ValueError, match="at least 2"):
+        frechet_distance(torch.zeros(1, 3), torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="shape"):
+        sample_quality(torch.zeros(4, 1, 8, 8), torch.zeros(4, 1, 6, 6), net)
+    with pytest.raises(ValueError, match="empty"):
+        sample_quality(torch.zeros(0, 1, 8, 8), torch.zeros(0, 1, 8, 8), net)

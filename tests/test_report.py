@@ -1,0 +1,165 @@
+import json
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+from conftest import tiny_config  # noqa: E402
+from torchjem.cli import main  # noqa: E402
+from torchjem.evaluate.features import default_feature_net  # noqa: E402
+from torchjem.evaluate.suite import evaluate_run, headline  # noqa: E402
+from torchjem.report import _get, fmt  # noqa: E402
+from torchjem.training import train  # noqa: E402
+
+ATTACK = {
+    "norm": "linf",
+    "eps": [0.0, 0.1, 0.2],
+    "n": 50,
+    "curves": {"JEM-0": [0.9, 0.42, 0.08], "JEM-1": [0.88, 0.55, 0.21]},
+    "png": "attack/robust_accuracy.png",
+    "distal": {"n": 10, "log_px_gap": 3.25},
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny JEM and its baseline trained on digits 0-4 (so digits 5-9 are a held-out OOD set)."""
+    root = tmp_path_factory.mktemp("runs")
+    extra = ["data.classes=[0,1,2,3,4]", "train.max_steps=12"]
+    jem = train(tiny_config(root / "jem", *extra), progress=False)
+    train(tiny_config(root / "base", *extra, "train.clf_only=true"), data=jem.data, progress=False)
+    default_feature_net(jem.data, root / "jem" / "feature_net", epochs=2)  # cached: the report reuses it
+    (root / "jem" / "attack").mkdir()
+    (root / "jem" / "attack" / "attack.json").write_text(json.dumps(ATTACK))
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot(ATTACK["eps"], ATTACK["curves"]["JEM-0"])
+    fig.savefig(root / "jem" / "attack" / "robust_accuracy.png")
+    plt.close(fig)
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    rep = evaluate_run(runs / "jem", baseline=runs / "base", limit=40, out=out, per_class=2, progress=False)
+    return rep, out
+
+
+def test_report_has_every_section_for_both_models(report):
+    rep, out = report
+    html = (out / "report.html").read_text()
+    for section in ["Summary", "Classification", "Calibration", "Out-of-distribution detection", "Generation"]:
+        assert f"<h2>{section}</h2>" in html
+    assert "<h2>Robustness</h2>" in html  # from the hand-written RUN_DIR/attack/attack.json
+    data = json.loads((out / "report.json").read_text())
+    assert list(data["models"]) == ["model", "baseline"]
+    assert data["models"]["model"]["kind"] == "JEM" and data["models"]["baseline"]["kind"] == "classifier"
+    for m in data["models"].values():
+        assert set(m["ood"]["sets"]) == {"uniform", "gaussian", "interp", "held_out"}
+        assert set(m["ood"]["sets"]["held_out"]) == {"n", "px", "py", "pxgrad", "maxlogit"}
+        assert m["classification"]["n"] == 40 and m["calibration"]["n_bins"] == 20
+        assert m["generation"]["feature_net"] == "classifier[digits]"
+        assert "arrays" not in m["ood"] and "arrays" not in m["generation"]
+    assert data["models"]["model"]["robustness"]["curves"] == ATTACK["curves"]
+    assert "robustness" not in data["models"]["baseline"]
+    assert data["models"]["model"]["generation"]["source"] == "replay buffer"
+    assert data["models"]["baseline"]["generation"]["source"].startswith("fresh")
+
+
+def test_html_is_self_contained_with_every_plot(report):
+    rep, out = report
+    html = (out / "report.html").read_text()
+    srcs = re.findall(r'<img [^>]*src="([^"]*)"', html)
+    assert len(srcs) == 2 * 4 + 1  # reliability, histograms, 2 sample grids per model; robustness once
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "http" not in "".join(re.findall(r'(?:src|href)="([^"]*)"', html))
+    for name in ["reliability", "ood_histograms", "samples_unconditional", "samples_conditional"]:
+        for role in ("model", "baseline"):
+            assert (out / f"{role}_{name}.png").stat().st_size > 500
+    assert (out / "model_robust_accuracy.png").is_file()
+
+
+def test_json_holds_every_figure_the_html_shows(report):
+    _, out = report
+    html = (out / "report.html").read_text()
+    data = json.loads((out / "report.json").read_text())
+    cells = re.findall(r"<td([^>]*)>([^<]*)</td>", html)
+    keyed = 0
+    for attrs, text in cells:
+        if re.fullmatch(r"-?\d+(\.\d+)?|n/a", text.strip()):
+            m = re.search(r'data-key="([^"]*)"', attrs)
+            assert m, f"figure {text} in the HTML without a JSON path"
+        m = re.search(r'data-key="([^"]*)"', attrs)
+        if m:
+            path = json.loads(m.group(1).replace("&quot;", '"'))
+            assert fmt(_get(data, path)) == text, path
+            keyed += 1
+    assert keyed > 100
+    # and the headline figures are among them
+    ece = data["models"]["model"]["calibration"]["ece"]
+    assert (
+        f'data-key="{json.dumps(["models", "model", "calibration", "ece"]).replace(chr(34), "&quot;")}">{fmt(ece)}<'
+        in html
+    )
+
+
+def test_robustness_section_is_skipped_without_attack_json_and_taken_from_a_dict(runs, tmp_path):
+    rep = evaluate_run(runs / "base", ood=["uniform"], generate=False, limit=20, out=tmp_path / "a", progress=False)
+    html = (tmp_path / "a" / "report.html").read_text()
+    assert "Robustness" not in html and "<h2>Generation</h2>" not in html
+    assert list(rep["models"]) == ["model"]
+    given = {**ATTACK, "png": None, "curves": {"baseline": [0.95, 0.1, 0.0]}}
+    evaluate_run(
+        runs / "base", ood=["uniform"], generate=False, limit=20, out=tmp_path / "b", progress=False,
+        robustness={"model": given},
+    )  # fmt: skip
+    html = (tmp_path / "b" / "report.html").read_text()
+    assert "<h2>Robustness</h2>" in html and ">baseline</td>" in html
+    with pytest.raises(ValueError, match="curve 'x' has 1 values for 3 eps"):
+        evaluate_run(
+            runs / "base", ood=["uniform"], generate=False, limit=20, write=False, progress=False,
+            robustness={"model": {**ATTACK, "curves": {"x": [0.5]}}},
+        )  # fmt: skip
+
+
+def test_headline_and_limit(report):
+    rep, _ = report
+    h = headline(rep, "model")
+    assert set(h["ood"]) == {"uniform", "gaussian", "interp", "held_out"}
+    assert 0 <= h["ood"]["uniform"]["px"]["auroc"] <= 1 and h["fid"] >= 0
+    assert rep["models"]["model"]["ood"]["sets"]["uniform"]["n"] == 40  # OOD sets limited too
+    assert rep["models"]["model"]["generation"]["n_fake"] == 40
+
+
+def test_cli_eval_writes_a_report_and_rejects_bad_input(runs, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = main(["eval", str(runs / "jem"), "--limit", "20", "--no-generation", "--ood", "uniform", "held_out",
+                 "--out", str(out), "--refine-steps", "2", "--quiet"])  # fmt: skip
+    assert code == 0 and (out / "report.json").is_file() and (out / "report.html").is_file()
+    data = json.loads((out / "report.json").read_text())
+    assert data["models"]["model"]["classification_refined"]["refine_steps"] == 2
+    assert main(["eval", str(runs / "jem"), "--ood", "nosuchset", "--quiet"]) == 2
+    assert "unknown OOD set 'nosuchset'" in capsys.readouterr().err
+    assert main(["eval", str(runs / "jem"), "--scores", "px", "energy", "--quiet"]) == 2
+    assert "unknown OOD score 'energy'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"limit": 0}, "limit"),
+        ({"n_bins": 0}, "bins"),
+        ({"ood": ["uniform", "uniform"]}, "twice"),
+    ],
+)
+def test_bad_arguments_fail_before_any_work(runs, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        evaluate_run(runs / "jem", write=False, progress=False, **kwargs)
+
+
+def test_missing_run_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        evaluate_run(tmp_path / "nope", write=False)
