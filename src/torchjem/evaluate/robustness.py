@@ -28,19 +28,11 @@ from ..checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint,
 from ..energy import as_jem  # noqa: E402
 from ..sampling import frozen_eval  # noqa: E402
 from .attacks import DATA_RANGE, JEMDefence, _check_norm, _check_range, distal_adversarials, pgd  # noqa: E402
+from .classification import predict_logits  # noqa: E402
 
 log = logging.getLogger("torchjem")
 # Default eps lists in the [-1, 1] data scale (8/255 in [0, 1] is 16/255 ~ 0.063 here).
 DEFAULT_EPS = {"linf": [0.0, 0.025, 0.05, 0.1, 0.2, 0.3], "l2": [0.0, 0.25, 0.5, 1.0, 2.0, 3.0]}
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Logits on the CPU, batched, in eval mode; every module's mode is restored after (a model
-    wrapped on the fly, like ``JEMDefence``, must not switch the classifier it wraps to training)."""
-    device = next(model.parameters()).device
-    with frozen_eval(model):
-        return torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
 
 
 def eps_key(eps: float) -> str:
