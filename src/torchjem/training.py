@@ -25,7 +25,7 @@ from .energy import JEM, as_jem
 from .evaluate.classification import classification
 from .objective import HybridObjective
 from .run import RunDir, build_buffer, build_jem, build_sampler
-from .sampling import ReplayBuffer
+from .sampling import ReplayBuffer, frozen_eval
 from .speed import autocast, configure_speed, fused_optimizer_kwargs
 
 log = logging.getLogger("torchjem")
@@ -174,15 +174,13 @@ class Trainer:
     def _check_model(self) -> None:
         probe = self.data.x_train[:2].to(self.device)
         try:
-            with torch.no_grad():
-                out = self.jem.eval().logits(probe)
+            with torch.no_grad(), frozen_eval(self.jem):  # every module's mode comes back as it was
+                out = self.jem.logits(probe)
         except RuntimeError as e:
             raise ValueError(
                 f"the network cannot take inputs of shape {tuple(probe.shape[1:])} "
                 f"from data set {self.data.name!r}: {e}"
             ) from None
-        finally:
-            self.jem.train()
         if out.ndim != 2 or out.shape[1] != self.n_classes:
             raise ValueError(
                 f"the network returns shape {tuple(out.shape)}; "
