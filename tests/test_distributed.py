@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import tiny_config
+from conftest import Faulty, tiny_config
 from torchjem import RunDir, Trainer, load_run
 from torchjem import distributed as ddp
 from torchjem.checkpoint import load_checkpoint
@@ -31,26 +31,6 @@ FAULT = ["train.max_steps=16", "divergence.snapshot_every=5", "divergence.check_
 
 def cfg(out, *extra):
     return tiny_config(out, *BASE, *extra)
-
-
-class _Fault:
-    """Wraps an objective: NaN loss on call ``nan_at``, KeyboardInterrupt on call ``kill_at``."""
-
-    def __init__(self, inner, nan_at=None, kill_at=None):
-        self.inner, self.nan_at, self.kill_at, self.calls = inner, nan_at, kill_at, 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        if self.calls == self.kill_at:
-            raise KeyboardInterrupt("simulated kill")
-        loss, stats = self.inner(*args, **kwargs)
-        if self.calls == self.nan_at:
-            loss = loss * float("nan")
-            stats["loss"] = loss.detach()
-        return loss, stats
 
 
 def _params(trainer):
@@ -79,7 +59,7 @@ def _worker(rank: int, tmp: str) -> None:
 
         # the same run killed mid-way through epoch 2 on every rank, then resumed
         killed = Trainer(cfg(tmp_path / "killed"), progress=False)
-        killed.objective = _Fault(killed.objective, kill_at=killed.steps_per_epoch + 3)
+        killed.objective = Faulty(killed.objective, kill_at=killed.steps_per_epoch + 3)
         try:
             killed.fit()
         except KeyboardInterrupt:
@@ -92,7 +72,7 @@ def _worker(rank: int, tmp: str) -> None:
         # a NaN loss on rank 1 only: every rank must rewind
         fault = Trainer(cfg(tmp_path / "fault", *FAULT), progress=False)
         if rank == 1:
-            fault.objective = _Fault(fault.objective, nan_at=12)
+            fault.objective = Faulty(fault.objective, nan_at={12})
         res = fault.fit()
         out["fault"] = {"result": res, "lr_scale": fault.lr_scale, "params": _params(fault)}
 

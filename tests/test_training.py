@@ -3,31 +3,11 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import Faulty, tiny_config
 from torchjem import DivergenceError, HybridObjective, Trainer, load_run
 from torchjem.checkpoint import load_checkpoint, save_checkpoint
 from torchjem.evaluate.classification import classification
 from torchjem.training import labelled_mask
-
-
-class Faulty:
-    """Wraps an objective: NaN loss on the given calls, KeyboardInterrupt at ``kill_at``."""
-
-    def __init__(self, inner, nan_at=(), kill_at=None):
-        self.inner, self.nan_at, self.kill_at, self.calls = inner, set(nan_at), kill_at, 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        if self.calls == self.kill_at:
-            raise KeyboardInterrupt("simulated kill")
-        loss, stats = self.inner(*args, **kwargs)
-        if self.calls in self.nan_at or "always" in self.nan_at:
-            loss = loss * float("nan")
-            stats["loss"] = loss.detach()
-        return loss, stats
 
 
 @pytest.fixture(scope="module")
