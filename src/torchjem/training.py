@@ -20,12 +20,12 @@ from . import distributed as ddp
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, from_dict, load_config, save_config
 from .data import DataSplits, augment, load_data
-from .data.datasets import check_splits
+from .data.datasets import check_model_input, check_splits
 from .energy import JEM, as_jem
 from .evaluate.classification import classification
 from .objective import HybridObjective
 from .run import RunDir, build_buffer, build_jem, build_sampler
-from .sampling import ReplayBuffer, frozen_eval
+from .sampling import ReplayBuffer
 from .speed import autocast, configure_speed, fused_optimizer_kwargs
 
 log = logging.getLogger("torchjem")
@@ -119,7 +119,7 @@ class Trainer:
         self.jem: JEM = (as_jem(model) if model is not None else build_jem(cfg, self.shape, self.n_classes)).to(
             self.device
         )
-        self._check_model()
+        check_model_input(self.jem, self.shape, self.n_classes, f"data set {self.data.name!r}")
         self.jem = configure_speed(self.jem, cfg.train, self.device)  # amp hook, channels_last, compile
         self.model: nn.Module = self.jem  # what the loss runs through (DDP wraps it here)
         if self.world_size > 1:
@@ -171,22 +171,6 @@ class Trainer:
         self._snapshot_step = -1
 
     # -- set-up --------------------------------------------------------------------------
-    def _check_model(self) -> None:
-        probe = self.data.x_train[:2].to(self.device)
-        try:
-            with torch.no_grad(), frozen_eval(self.jem):  # every module's mode comes back as it was
-                out = self.jem.logits(probe)
-        except RuntimeError as e:
-            raise ValueError(
-                f"the network cannot take inputs of shape {tuple(probe.shape[1:])} "
-                f"from data set {self.data.name!r}: {e}"
-            ) from None
-        if out.ndim != 2 or out.shape[1] != self.n_classes:
-            raise ValueError(
-                f"the network returns shape {tuple(out.shape)}; "
-                f"expected (N, {self.n_classes}) logits for {self.n_classes} classes"
-            )
-
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
         params = [p for p in self.jem.parameters() if p.requires_grad]

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..sampling import frozen_eval
+
 _LOADERS: dict[str, Callable[..., DataSplits]] = {}
 
 
@@ -170,14 +172,11 @@ def check_model_input(model: torch.nn.Module, shape: tuple[int, ...], n_classes:
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     probe = torch.zeros((2, *shape), device=param.device if param is not None else "cpu", dtype=dtype)
-    was_training = model.training
     try:
-        with torch.no_grad():
-            out = model.eval()(probe)
+        with torch.no_grad(), frozen_eval(model):  # every module's mode comes back as it was
+            out = model(probe)
     except RuntimeError as e:
         raise ValueError(f"the network cannot take inputs of shape {tuple(shape)} from {what}: {e}") from None
-    finally:
-        model.train(was_training)
     if out.ndim != 2 or out.shape[1] != n_classes:
         raise ValueError(f"the network returns shape {tuple(out.shape)}; expected (N, {n_classes}) logits")
 
