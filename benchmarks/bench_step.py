@@ -54,8 +54,8 @@ import torch
 
 from torchjem import Trainer, load_config
 from torchjem.data import DataSplits
-from torchjem.sampling import frozen_eval
 from torchjem.speed import autocast
+from torchjem.utils import frozen_eval
 
 
 @dataclass
@@ -282,8 +282,8 @@ def bench(p: Preset, opt: Options) -> dict[str, Any]:
     clf, jem = build_trainer(p, opt, True), build_trainer(p, opt, False)
     dev, amp = jem.device, jem.cfg.train.amp
     repeats = opt.repeats or p.repeats
-    batches = [(jem.x_train[i : i + p.batch], jem.y_train[i : i + p.batch]) for i in range(0, 4 * p.batch, p.batch)]
-    lab = torch.ones(p.batch, dtype=torch.bool, device=dev)
+    epoch = jem.batches.epoch(0)
+    batches = [next(epoch) for _ in range(4)]
     chain = {"x": jem.buffer.draw(p.batch)[0], "i": 0}
 
     def batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,13 +291,13 @@ def bench(p: Preset, opt: Options) -> dict[str, Any]:
         return batches[chain["i"] % len(batches)]
 
     def clf_step() -> None:
-        clf.train_step(*batch(), lab)
+        clf.train_step(*batch())
 
     def jem_step() -> None:
-        jem.train_step(*batch(), lab)
+        jem.train_step(*batch())
 
     def sgld_step() -> None:
-        chain["x"] = jem.sampler.step(jem.jem, chain["x"])
+        chain["x"] = jem.sampler.sgld.step(jem.jem, chain["x"])
 
     def sgld_block(timer: Callable[[Callable[[], Any]], None] | None, n: int) -> None:
         # Entered once per block, as SGLD.run enters it once per chain.

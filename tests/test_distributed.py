@@ -17,10 +17,10 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import Faulty, tiny_config
-from torchjem import RunDir, Trainer, load_run
-from torchjem import distributed as ddp
+from torchjem import RunDir, Trainer, load_run, sampling
 from torchjem.checkpoint import load_checkpoint
 from torchjem.evaluate.classification import classification
+from torchjem.training import distributed as ddp
 
 WORLD = 2
 # 192 images / global batch 32 = 6 steps an epoch; 3 epochs with an lr decay at epoch 2.
@@ -52,7 +52,7 @@ def _worker(rank: int, tmp: str) -> None:
 
         # an uninterrupted run
         full = Trainer(cfg(tmp_path / "full"), progress=False)
-        out["local_batch"], out["shard_size"] = full.local_batch, full.buffer.size
+        out["local_batch"], out["shard_size"] = full.batches.local, full.buffer.size
         full.fit()
         out["full_params"], out["full_buffer"] = _params(full), full.buffer.x.clone()
         out["full_val"] = full.validate()
@@ -74,7 +74,7 @@ def _worker(rank: int, tmp: str) -> None:
         if rank == 1:
             fault.objective = Faulty(fault.objective, nan_at={12})
         res = fault.fit()
-        out["fault"] = {"result": res, "lr_scale": fault.lr_scale, "params": _params(fault)}
+        out["fault"] = {"result": res, "lr_scale": fault.state.progress.lr_scale, "params": _params(fault)}
 
         # a plain classifier without noise: must follow the single-process run of the same global batch
         clf = Trainer(cfg(tmp_path / "clf", *CLF), progress=False)
@@ -178,7 +178,7 @@ def test_checkpoint_holds_every_shard_and_rng_state(runs):
     assert state["distributed"]["world_size"] == 2
     rngs = state["distributed"]["rng"]
     assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"])
-    assert torch.equal(state["buffer"]["x"], ddp.merge_shards([r0["full_buffer"], r1["full_buffer"]], 10))
+    assert torch.equal(state["buffer"]["x"], sampling.merge_shards([r0["full_buffer"], r1["full_buffer"]], 10))
     loaded = load_run(runs["tmp"] / "full", "last", "cpu")  # readable as a single-process run
     assert loaded.buffer.size == 200 and torch.equal(loaded.buffer.x, state["buffer"]["x"])
 
@@ -245,17 +245,17 @@ def test_single_process_creates_no_process_group(tmp_path, monkeypatch):
 
 def test_buffer_shards_merge_and_split_back():
     shards = [torch.randn(30, 1, 2, 2) for _ in range(3)]  # 3 ranks, 10 classes x 3 chains
-    merged = ddp.merge_shards(shards, 10)
+    merged = sampling.merge_shards(shards, 10)
     assert merged.shape == (90, 1, 2, 2)
     assert torch.equal(merged[:3], shards[0][:3]) and torch.equal(merged[3:6], shards[1][:3])
     for r in range(3):
-        back, missing = ddp.split_shard(merged, 10, r, 3, 30)
+        back, missing = sampling.split_shard(merged, 10, r, 3, 30)
         assert missing == 0 and torch.equal(back, shards[r])
     # onto 2 ranks of 5 per class: 4 + 5 = 9 per class exist, 1 per class missing on rank 1
-    back, missing = ddp.split_shard(merged, 10, 1, 2, 50)
+    back, missing = sampling.split_shard(merged, 10, 1, 2, 50)
     assert missing == 1 and back.flatten(1).isnan().any(1).sum() == 10
     with pytest.raises(ValueError, match="buffer.size=15 is too small for 2 processes"):
-        ddp.shard_size(15, 10, 2)
+        sampling.shard_size(15, 10, 2)
 
 
 def test_device_per_rank_rejects_a_fixed_gpu(monkeypatch):

@@ -27,7 +27,7 @@ def test_energy_identities():
 
 def test_energy_head_variant_uses_its_own_scalar():
     backbone = create_net("convnet", n_classes=0, width=4)
-    jem = JEM(backbone, energy_head=True, n_classes=10, feature_dim=backbone.feature_dim)
+    jem = JEM(backbone, energy_head=True, n_classes=10)  # the feature size from backbone.num_features
     x = torch.rand(3, 1, 8, 8) * 2 - 1
     assert jem.logits(x).shape == (3, 10)
     assert jem.log_px(x).shape == (3,)

@@ -22,7 +22,7 @@ from torchjem.evaluate.generation import (
     kernel_distance,
     sample_quality,
 )
-from torchjem.sampling import SGLD, ReplayBuffer
+from torchjem.sampling import SGLD, ChainSampler, ReplayBuffer
 
 
 def gaussian_features(n=2000, d=8, seed=0):
@@ -109,16 +109,16 @@ def test_generation_draws_scores_and_labels_samples(digits, fnet):
     net, _ = fnet
     torch.manual_seed(0)
     jem = JEM(ClassifierFeatures((1, 8, 8), 10, width=4))
-    sampler = SGLD(n_steps=2)
-    buffer = ReplayBuffer(100, (1, 8, 8), 10)
+    sgld = SGLD(n_steps=2)
+    sampler = ChainSampler(sgld, ReplayBuffer(100, (1, 8, 8), 10))
     x_real = digits.x_test[:30]
-    res = generation(jem, sampler, x_real, 10, net, buffer, per_class=2, x_reference=digits.x_train[:30])
+    res = generation(jem, sampler, x_real, 10, net, per_class=2, x_reference=digits.x_train[:30])
     assert res["source"] == "replay buffer" and res["steps_unconditional"] == 0 and res["steps_conditional"] == 2
     assert res["arrays"]["unconditional"].shape == (30, 1, 8, 8) and res["arrays"]["conditional"].shape == (20, 1, 8, 8)
     assert res["arrays"]["y_conditional"].tolist() == [c for c in range(10) for _ in range(2)]
     assert res["fid"] > res["fid_real_reference"] >= 0  # uniform-noise buffer vs real digits
     assert 0 <= res["conditional_accuracy"] <= 1 and len(res["conditional_accuracy_per_class"]) == 10
-    fresh = generation(jem, sampler, x_real, 10, net, None, n=10, per_class=1)
+    fresh = generation(jem, sampler.fresh(), x_real, 10, net, n=10, per_class=1)
     assert fresh["source"].startswith("fresh") and fresh["steps_unconditional"] == 2 and fresh["n_fake"] == 10
 
 

@@ -11,10 +11,10 @@ import torch
 
 from test_data_readers import write_cifar10, write_cifar100, write_mnist, write_svhn
 from torchjem import load_config
+from torchjem.build import build_jem
 from torchjem.cli import main as cli_main
 from torchjem.data import BatchAugment, load_data
 from torchjem.nets import create_net
-from torchjem.run import build_jem
 from torchjem.training import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "torchjem" / "configs"

@@ -10,9 +10,9 @@ import pytest  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 from torchjem.cli import main  # noqa: E402
 from torchjem.evaluate.features import default_feature_net  # noqa: E402
-from torchjem.evaluate.suite import evaluate_run, headline  # noqa: E402
 from torchjem.report import _get, fmt  # noqa: E402
 from torchjem.training import train  # noqa: E402
+from torchjem.workflows.evaluate import evaluate_run, headline  # noqa: E402
 
 ATTACK = {
     "norm": "linf",

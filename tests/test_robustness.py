@@ -9,14 +9,9 @@ from conftest import tiny_config
 from torchjem.cli import main
 from torchjem.data import load_data
 from torchjem.evaluate.attacks import JEMDefence, distal_adversarials, pgd, project
-from torchjem.evaluate.robustness import (
-    adversarial_accuracy,
-    distal_report,
-    evaluate_saved,
-    robust_accuracy,
-    save_adversarials,
-)
+from torchjem.evaluate.robustness import adversarial_accuracy, distal_report, robust_accuracy
 from torchjem.training import train
+from torchjem.workflows.attack import evaluate_saved, save_adversarials
 
 
 @pytest.fixture(scope="module")

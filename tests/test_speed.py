@@ -37,14 +37,14 @@ def test_bf16_energy_head_outputs_are_fp32():
     jem = JEM(create_net("convnet", width=8, n_classes=0), energy_head=True, n_classes=10, feature_dim=8 * 2 * 16)
     configure_speed(jem, TrainConfig(amp="bf16"), "cpu")
     with autocast("bf16", "cpu"):
-        logits, lpx = jem._outputs(torch.rand(4, 1, 8, 8))
+        logits, lpx = jem.joint(torch.rand(4, 1, 8, 8))
     assert logits.dtype == lpx.dtype == torch.float32
 
 
 def test_bf16_training_step_runs_and_leaves_fp32_state(tmp_path):
     tr = Trainer(tiny_config(tmp_path, "train.amp=bf16", "train.max_steps=2"), progress=False)
-    x, y = tr.x_train[:32], tr.y_train[:32]
-    stats = tr.train_step(x, y, torch.ones(32, dtype=torch.bool))
+    x, y = next(tr.batches.epoch(0))
+    stats = tr.train_step(x, y)
     assert torch.isfinite(stats["loss"]) and stats["loss"].dtype == torch.float32
     assert tr.buffer.x.dtype == torch.float32
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in tr.jem.parameters())

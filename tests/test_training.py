@@ -5,9 +5,9 @@ import torch
 
 from conftest import Faulty, tiny_config
 from torchjem import DivergenceError, HybridObjective, Trainer, load_run
+from torchjem.build import semi_supervised_labels
 from torchjem.checkpoint import load_checkpoint, save_checkpoint
 from torchjem.evaluate.classification import classification
-from torchjem.training import labelled_mask
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_run_directory_contents(trained):
 
 
 def test_checkpoint_round_trip_is_code_free(tmp_path, trained):
-    state = trained.state_dict()
+    state = trained.state.state_dict()
     save_checkpoint(tmp_path / "c.pt", state)
     back = load_checkpoint(tmp_path / "c.pt")
     assert back["step"] == state["step"] and back["config"] == state["config"]
@@ -88,7 +88,7 @@ def test_divergence_is_recovered_and_logged(tmp_path):
     assert events[0]["at_step"] == 12 and events[0]["rewound_to"] == 10
     assert "divergence at step 12" in t.run.log.read_text()
     assert all(torch.isfinite(p).all() for p in t.jem.parameters())
-    assert t.lr_scale == 0.5
+    assert t.state.progress.lr_scale == 0.5
 
 
 def test_divergence_found_at_a_later_check_rewinds_to_a_checked_state(tmp_path):
@@ -115,13 +115,16 @@ def test_exploding_energy_is_divergence(tmp_path):
         t.fit()
 
 
-def test_labelled_mask_keeps_k_per_class():
+def test_semi_supervised_labels_keep_k_per_class():
     y = torch.arange(10).repeat(30)
-    mask = labelled_mask(y, 4, 10, seed=0)
-    assert torch.equal(torch.bincount(y[mask], minlength=10), torch.full((10,), 4))
-    assert torch.equal(mask, labelled_mask(y, 4, 10, seed=0))
+    semi = semi_supervised_labels(y, 4, 10, seed=0)
+    kept = semi != -100
+    assert torch.equal(torch.bincount(semi[kept], minlength=10), torch.full((10,), 4))
+    assert torch.equal(semi[kept], y[kept])  # kept labels are the true ones
+    assert torch.equal(semi, semi_supervised_labels(y, 4, 10, seed=0))
+    assert semi_supervised_labels(y, None, 10, seed=0) is y
     with pytest.raises(ValueError, match="class 0 has only 30"):
-        labelled_mask(y, 31, 10, seed=0)
+        semi_supervised_labels(y, 31, 10, seed=0)
 
 
 def test_unlabelled_examples_do_not_feed_cross_entropy():
@@ -131,19 +134,21 @@ def test_unlabelled_examples_do_not_feed_cross_entropy():
     from torchjem import JEM
 
     jem = JEM(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)))
-    x, y = torch.randn(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
-    lab = torch.tensor([True, True, True, False, False, False])
+    x = torch.randn(6, 1, 2, 2)
     obj = HybridObjective(px=0.0, data_noise=0.0)
-    loss_a, _ = obj(jem, x, y, labelled=lab)
-    loss_b, _ = obj(jem, x, torch.tensor([0, 1, 2, 2, 2, 2]), labelled=lab)
-    assert torch.equal(loss_a, loss_b)
-    loss_c, _ = obj(jem, x, torch.tensor([1, 1, 2, 0, 1, 2]), labelled=lab)
-    assert not torch.equal(loss_a, loss_c)
+    loss, stats = obj(jem, x, torch.tensor([0, 1, 2, -100, -100, -100]))  # -100: unlabelled
+    # the mean cross-entropy of the three labelled examples, computed independently
+    want = torch.nn.functional.cross_entropy(jem(x[:3]), torch.tensor([0, 1, 2]))
+    assert torch.allclose(loss, want)
+    assert stats["acc"] == (jem(x[:3]).argmax(1) == torch.tensor([0, 1, 2])).float().mean()
+    # a batch with no label at all gives a zero cross-entropy, not NaN
+    loss_none, _ = obj(jem, x, torch.full((6,), -100))
+    assert loss_none.item() == 0.0
 
 
 def test_semi_supervised_run_uses_all_images_for_px(tmp_path):
     t = Trainer(tiny_config(tmp_path / "r", "train.max_steps=4", "data.labels_per_class=5"), progress=False)
-    assert int(t.labelled.sum()) == 50 and len(t.labelled) == len(t.x_train)
+    assert int((t.batches.y != -100).sum()) == 50 and len(t.batches.y) == len(t.data.x_train)
     t.fit()
     rec = [r for r in t.run.read_metrics() if "loss_px" in r]
     assert rec and all(torch.isfinite(torch.tensor(r["loss_px"])) for r in rec)

@@ -3,15 +3,17 @@
 from .config import Config, ConfigError, load_config
 from .energy import JEM, as_jem
 from .objective import HybridObjective
-from .run import LoadedRun, RunDir, load_run
-from .sampling import SGLD, ReplayBuffer
+from .rundir import RunDir
+from .sampling import SGLD, ChainSampler, ReplayBuffer
 from .training import DivergenceError, Trainer, train
+from .workflows import LoadedRun, load_run
 
 __version__ = "0.1.0"
 
 __all__ = [
     "JEM",
     "SGLD",
+    "ChainSampler",
     "Config",
     "ConfigError",
     "DivergenceError",

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, config_reference
+from .config import CONFIG_DIR, ConfigError, config_reference
 
 log = logging.getLogger("torchjem")
 
@@ -25,7 +25,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _seed(args: argparse.Namespace) -> None:
     if getattr(args, "seed", None) is not None:
-        from .training import seed_everything
+        from .utils import seed_everything
 
         seed_everything(args.seed)
 
@@ -49,20 +49,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def resolve_recipe(name: str | None) -> str | None:
-    """A config path, or the name of a recipe shipped in torchjem/configs."""
-    if name is None or Path(name).is_file():
-        return name
-    shipped = Path(__file__).parent / "configs" / f"{Path(name).stem}.yaml"
-    if shipped.is_file():
-        return str(shipped)
-    raise ConfigError(f"config {name!r} is neither a file nor a shipped recipe; see `jem recipes`")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .distributed import distributed_session
-    from .training import Trainer
+    from .workflows.train import train_run
 
     extra = list(args.overrides)
     for key, value in (("device", args.device), ("seed", args.seed), ("out", args.out)):
@@ -70,16 +58,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             extra.append(f"{key}={value}")
     if args.clf_only:
         extra.append("train.clf_only=true")
-    # Under torchrun the Trainer joins the process group; the session leaves it cleanly.
-    with distributed_session():
-        if args.resume:
-            trainer = Trainer.resume(args.resume, progress=not args.quiet, overrides=extra)
-        else:
-            cfg = load_config(resolve_recipe(args.config), extra)
-            trainer = Trainer(cfg, progress=not args.quiet)
-        result = trainer.fit()
-        if trainer.is_main:
-            print(json.dumps(result, indent=2))
+    trainer, result = train_run(args.config, extra, resume=args.resume, progress=not args.quiet)
+    if trainer.is_main:
+        print(json.dumps(result, indent=2))
     return 0
 
 
@@ -103,27 +84,13 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .run import RunDir, load_run
-    from .samples import write_sample_grids
+    from .workflows.sample import sample_run
 
     _seed(args)
-    run = load_run(args.run_dir, args.checkpoint, args.device or "auto")
-    meta = run.state["data"]
-    buffer = None if args.fresh else run.buffer
-    if buffer is None and not args.fresh:
-        log.warning("run has no replay buffer (a clf_only run?): sampling from fresh chains")
-    out = Path(args.out) if args.out else RunDir(args.run_dir).samples
-    res = write_sample_grids(
-        run.jem,
-        run.sampler,
-        tuple(meta["shape"]),
-        int(meta["n_classes"]),
-        out,
-        buffer,
-        args.n,
-        args.per_class,
-        args.steps,
-    )
+    res = sample_run(
+        args.run_dir, args.out, checkpoint=args.checkpoint, n=args.n, per_class=args.per_class, n_steps=args.steps,
+        fresh=args.fresh, device=args.device or "auto",
+    )  # fmt: skip
     print(f"wrote {res['unconditional']} and {res['conditional']}")
     return 0
 
@@ -138,10 +105,14 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import print_summary, run_demo
+    from .workflows.demo import print_summary, run_demo
 
     summary = run_demo(
-        args.out, device=args.device or "auto", seed=args.seed or 1, quick=args.quick, progress=not args.quiet
+        args.out,
+        device=args.device or "auto",
+        seed=1 if args.seed is None else args.seed,
+        quick=args.quick,
+        progress=not args.quiet,
     )
     print_summary(summary)
     return 0
@@ -185,8 +156,8 @@ def add_attack(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from .evaluate.robustness import attack_run, defence_settings, evaluate_saved
-    from .run import load_run
+    from .workflows.attack import AttackOptions, attack_run, defence_settings, evaluate_saved
+    from .workflows.runs import load_run
 
     _seed(args)
     device = args.device or "auto"
@@ -201,34 +172,19 @@ def cmd_attack(args: argparse.Namespace) -> int:
         return 0
     if args.run_dir is None:
         raise ValueError("jem attack needs RUN_DIR (or --evaluate-saved FILE --model RUN_DIR)")
-    res = attack_run(
-        args.run_dir,
-        norm=args.norm,
-        eps=args.eps,
-        refine_steps=args.refine_steps or [0, 1, 10],
-        baseline=args.baseline,
-        limit=args.limit,
-        out=args.out,
-        checkpoint=args.checkpoint,
-        steps=args.steps,
-        step_size=args.step_size,
-        random_start=not args.no_random_start,
-        restarts=args.restarts,
-        targeted=args.targeted,
-        eot=args.eot,
-        n_chains=args.chains,
-        init_noise=args.init_noise,
-        gradient=args.gradient,
-        transfer=not args.no_transfer,
-        distal=args.distal,
-        batch_size=args.batch_size,
-        device=device,
-        progress=not args.quiet,
-    )
+    options = AttackOptions(
+        norm=args.norm, eps=args.eps, refine_steps=args.refine_steps or [0, 1, 10], limit=args.limit,
+        checkpoint=args.checkpoint, steps=args.steps, step_size=args.step_size, random_start=not args.no_random_start,
+        restarts=args.restarts, targeted=args.targeted, eot=args.eot, n_chains=args.chains,
+        init_noise=args.init_noise, gradient=args.gradient, transfer=not args.no_transfer, distal=args.distal,
+        batch_size=args.batch_size, device=device, progress=not args.quiet,
+    )  # fmt: skip
+    out = Path(args.out) if args.out else Path(args.run_dir) / "attack"
+    res = attack_run(args.run_dir, options, baseline=args.baseline, out=out)
     print(f"{'eps':>12}" + "".join(f"{name:>11}" for name in res["curves"]))
     for k, e in enumerate(res["eps"]):
         print(f"{e:12g}" + "".join(f"{acc[k]:11.4f}" for acc in res["curves"].values()))
-    print(f"n={res['n']} {res['norm']}; wrote {Path(args.out or Path(args.run_dir) / 'attack') / 'attack.json'}")
+    print(f"n={res['n']} {res['norm']}; wrote {out / 'attack.json'}")
     return 0
 
 
@@ -275,27 +231,16 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate.suite import evaluate_run, headline
+    from .workflows.evaluate import EvalOptions, evaluate_run, headline
 
     _seed(args)
-    report = evaluate_run(
-        args.run_dir,
-        baseline=args.baseline,
-        ood=args.ood,
-        out=args.out,
-        limit=args.limit,
-        checkpoint=args.checkpoint,
-        device=args.device or "auto",
-        refine_steps=args.refine_steps,
-        feature_net=args.feature_net,
-        scores=args.scores,
-        n_bins=args.bins,
-        generate=not args.no_generation,
-        per_class=args.per_class,
-        sample_steps=args.sample_steps,
-        seed=args.seed or 0,
-        progress=not args.quiet,
-    )
+    options = EvalOptions(
+        ood=args.ood, limit=args.limit, checkpoint=args.checkpoint, device=args.device or "auto",
+        refine_steps=args.refine_steps, feature_net=args.feature_net, scores=args.scores, n_bins=args.bins,
+        generate=not args.no_generation, per_class=args.per_class, sample_steps=args.sample_steps,
+        seed=0 if args.seed is None else args.seed, progress=not args.quiet,
+    )  # fmt: skip
+    report = evaluate_run(args.run_dir, options, baseline=args.baseline, out=args.out)
     for role in report["models"]:
         print(f"{report['models'][role]['label']}: {json.dumps(headline(report, role))}")
     print(f"wrote {report['files']['html']} and {report['files']['json']}")
@@ -317,6 +262,7 @@ def cmd_nets(args: argparse.Namespace) -> int:
 
     for name in list_nets():
         print(f"{name}: {', '.join(net_options(name))}")
+    print("or an import path package.module:factory (any callable returning an nn.Module) as net.name")
     return 0
 
 
@@ -328,7 +274,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    for path in sorted((Path(__file__).parent / "configs").glob("*.yaml")):
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
         first = path.read_text().splitlines()[0].lstrip("# ") if path.stat().st_size else ""
         print(f"{path.stem}: {first}")
     return 0

@@ -14,9 +14,12 @@ class JEM(nn.Module):
     """Joint energy-based model over any classifier.
 
     ``JEM(classifier)`` is the paper's model: the classifier's logits define everything.
-    ``JEM(backbone, n_classes=C, feature_dim=D, energy_head=True)`` is the unconditional
-    variant: ``backbone`` returns D features, a linear class head gives the logits and a
-    separate scalar head gives log p(x) (the reference code's ``train_wrn_ebm`` model).
+    ``JEM(backbone, energy_head=True, n_classes=C)`` is the unconditional variant: a linear class
+    head gives the logits and a separate scalar head gives log p(x) (the reference code's
+    ``train_wrn_ebm`` model), both on the backbone's features. Features follow timm's names:
+    ``forward_head(forward_features(x), pre_logits=True)`` when the backbone has both (a timm
+    model), else ``forward_features(x)``, else ``backbone(x)``; their size is ``feature_dim``,
+    by default the backbone's ``num_features``.
     """
 
     def __init__(
@@ -29,18 +32,32 @@ class JEM(nn.Module):
     ) -> None:
         super().__init__()
         self.net = classifier
+        self.class_head: nn.Module | None = None
+        self.energy_head: nn.Module | None = None
         if energy_head:
-            if n_classes is None or feature_dim is None:
-                raise ValueError("JEM(energy_head=True) needs n_classes and feature_dim")
-            self.class_head: nn.Module | None = nn.Linear(feature_dim, n_classes)
-            self.energy_head: nn.Module | None = nn.Linear(feature_dim, 1)
-        else:
-            self.class_head = None
-            self.energy_head = None
+            dim = feature_dim if feature_dim is not None else getattr(classifier, "num_features", None)
+            if n_classes is None or dim is None:
+                raise ValueError(
+                    "JEM(energy_head=True) needs n_classes and the feature size (feature_dim, or a backbone with "
+                    "a num_features attribute)"
+                )
+            self.class_head = nn.Linear(dim, n_classes)
+            self.energy_head = nn.Linear(dim, 1)
 
-    def _outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, log p(x)) in one forward pass."""
-        h = self.net(x)
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's features (energy-head models) or logits (plain classifiers)."""
+        net = self.net
+        if self.class_head is None:
+            return net(x)
+        if hasattr(net, "forward_features") and hasattr(net, "forward_head"):
+            return net.forward_head(net.forward_features(x), pre_logits=True)
+        if hasattr(net, "forward_features"):
+            return net.forward_features(x)
+        return net(x)
+
+    def joint(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (N, C), unnormalised log p(x) (N,)) in one forward pass."""
+        h = self.features(x)
         if self.class_head is None:
             return h, h.logsumexp(dim=1)
         return self.class_head(h), self.energy_head(h).squeeze(1)
@@ -49,12 +66,12 @@ class JEM(nn.Module):
         return self.logits(x)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.net(x)
+        h = self.features(x)
         return h if self.class_head is None else self.class_head(h)
 
     def log_px(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised log p(x), shape (N,)."""
-        return self._outputs(x)[1]
+        return self.joint(x)[1]
 
     def log_py_given_x(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """log p(y|x): (N, C) for every class, or (N,) for the given labels."""
@@ -71,9 +88,10 @@ class JEM(nn.Module):
 
 
 def as_jem(model: nn.Module) -> JEM:
-    """Return ``model`` if it is a JEM, otherwise wrap the classifier in one."""
+    """``model`` if it is a JEM, the JEM inside a DistributedDataParallel wrapper, otherwise a new
+    JEM over the classifier."""
     if isinstance(model, JEM):
         return model
     if isinstance(model, nn.parallel.DistributedDataParallel):
-        return as_jem(getattr(model, "jem", model.module))
+        return as_jem(getattr(model, "jem", model.module))  # torchjem's wrapper exposes its JEM
     return JEM(model)

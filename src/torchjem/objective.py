@@ -2,88 +2,87 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .energy import JEM
-from .sampling import SGLD, ReplayBuffer
+from .energy import as_jem
+from .sampling import ChainSampler
+
+IGNORE = -100  # the label of an unlabelled example (PyTorch's cross-entropy ignore_index)
 
 
-@dataclass
 class HybridObjective:
-    """log p(y|x) + log p(x) (+ log p(x|y)) with SGLD samples from a replay buffer.
+    """log p(y|x) + log p(x) (+ log p(x|y)), the negative samples drawn by ``sampler``.
 
     Weights: ``pyx`` for cross-entropy, ``px`` for the contrastive p(x) term, ``pxy`` for the
     class-conditional term. ``data_noise`` adds N(0, sigma^2) to the data inputs (the paper's
     sigma). ``energy_l2`` penalises weight * (E_data^2 + E_sample^2), the maintainers' advice
-    against divergence. With ``px == pxy == 0`` it is a plain classifier loss (no sampling).
+    against divergence. With ``px == pxy == 0`` it is a plain classifier loss (no sampling, no
+    sampler needed).
+
+    ``loss, stats = objective(model, x, y)``: ``model`` is any classifier returning logits (or a
+    JEM, or torchjem's DistributedDataParallel wrapper); labels ``y == -100`` mark unlabelled
+    examples, which feed only the p(x) term.
     """
 
-    pyx: float = 1.0
-    px: float = 1.0
-    pxy: float = 0.0
-    data_noise: float = 0.03
-    energy_l2: float = 0.0
+    def __init__(
+        self,
+        sampler: ChainSampler | None = None,
+        *,
+        pyx: float = 1.0,
+        px: float = 1.0,
+        pxy: float = 0.0,
+        data_noise: float = 0.03,
+        energy_l2: float = 0.0,
+    ) -> None:
+        self.sampler = sampler
+        self.pyx, self.px, self.pxy = pyx, px, pxy
+        self.data_noise, self.energy_l2 = data_noise, energy_l2
+        if self.needs_samples and sampler is None:
+            raise ValueError("the p(x) and p(x|y) terms need a sampler (a ChainSampler)")
 
     @property
     def needs_samples(self) -> bool:
         return self.px > 0 or self.pxy > 0
 
-    def __call__(
-        self,
-        jem: JEM,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        sampler: SGLD | None = None,
-        buffer: ReplayBuffer | None = None,
-        labelled: torch.Tensor | None = None,
-        sample_model: torch.nn.Module | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss and diagnostics (0-dim tensors, not synchronised to the host).
+    def __repr__(self) -> str:
+        return (
+            f"HybridObjective(pyx={self.pyx}, px={self.px}, pxy={self.pxy}, data_noise={self.data_noise}, "
+            f"energy_l2={self.energy_l2})"
+        )
 
-        ``labelled`` (bool, N) marks the examples whose labels feed the cross-entropy and the
-        p(x|y) term; every example feeds p(x). ``sample_model`` is the network the chains run
-        on (the unwrapped module under DistributedDataParallel); defaults to ``jem``.
-        """
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Loss and diagnostics (0-dim tensors, not synchronised to the host)."""
+        # What the loss runs through: the DDP wrapper when there is one (it has `joint`), so the
+        # gradients are averaged; the chains run on the bare JEM, with no collective.
+        jem = as_jem(model)
+        joint = model.joint if hasattr(model, "joint") else jem.joint
         if self.data_noise > 0:
             x = x + self.data_noise * torch.randn_like(x)
+        labelled = y != IGNORE
         stats: dict[str, torch.Tensor] = {}
         loss = x.new_zeros(())
-        chain_model = sample_model if sample_model is not None else jem
 
         x_q = xy_q = None
-        if self.needs_samples:
-            if sampler is None or buffer is None:
-                raise ValueError("the p(x) and p(x|y) terms need a sampler and a replay buffer")
-            if self.px > 0:
-                x0, idx = buffer.draw(len(x))
-                x_q = sampler.run(chain_model, x0)
-                buffer.put(idx, x_q)
-            if self.pxy > 0:
-                y_l = y if labelled is None else y[labelled]
-                x0, idx = buffer.draw(len(y_l), y_l)
-                xy_q = sampler.run(chain_model, x0, y_l)
-                buffer.put(idx, xy_q)
+        y_l = y[labelled]
+        if self.px > 0:
+            x_q = self.sampler.sample(jem, len(x))
+        if self.pxy > 0 and len(y_l):
+            xy_q = self.sampler.sample(jem, y=y_l)
 
         # One forward over data and samples together: a single pass through the net.
         parts = [x] + [s for s in (x_q, xy_q) if s is not None]
-        logits_all, lpx_all = jem._outputs(torch.cat(parts) if len(parts) > 1 else x)
+        logits_all, lpx_all = joint(torch.cat(parts) if len(parts) > 1 else x)
         n = len(x)
         logits, lpx_data = logits_all[:n], lpx_all[:n]
 
         if self.pyx > 0:
-            if labelled is None:
-                ce = F.cross_entropy(logits, y)
-                acc = (logits.argmax(1) == y).float().mean()
-            else:
-                lab = labelled.float()
-                per = F.cross_entropy(logits, y, reduction="none")
-                ce = (per * lab).sum() / lab.sum().clamp_min(1)
-                acc = ((logits.argmax(1) == y).float() * lab).sum() / lab.sum().clamp_min(1)
+            n_lab = labelled.sum().clamp_min(1)
+            ce = F.cross_entropy(logits, y, ignore_index=IGNORE, reduction="sum") / n_lab
+            acc = ((logits.argmax(1) == y) & labelled).sum() / n_lab
             loss = loss + self.pyx * ce
-            stats["ce"], stats["acc"] = ce.detach(), acc.detach()
+            stats["ce"], stats["acc"] = ce.detach(), acc.detach().float()
 
         offset = n
         if x_q is not None:
@@ -100,12 +99,12 @@ class HybridObjective:
             stats["energy_gap"] = stats["energy_sample"] - stats["energy_data"]
             stats["sample_norm"] = x_q.flatten(1).norm(dim=1).mean()
         if xy_q is not None:
-            y_l = y if labelled is None else y[labelled]
-            data_logits = logits if labelled is None else logits[labelled]
-            f_data = data_logits.gather(1, y_l[:, None]).mean()
+            f_data = logits[labelled].gather(1, y_l[:, None]).mean()
             f_q = logits_all[offset:].gather(1, y_l[:, None]).mean()
             l_pxy = -(f_data - f_q)
             loss = loss + self.pxy * l_pxy
             stats["loss_pxy"] = l_pxy.detach()
+        elif self.pxy > 0:  # no labelled example in this batch (same keys on every rank)
+            stats["loss_pxy"] = loss.new_zeros(()).detach()
         stats["loss"] = loss.detach()
         return loss, stats

@@ -169,6 +169,21 @@ def save_samples(x: Any, path: str | Path, nrow: int | None = None, width: int =
     return Path(path)
 
 
+def plot_curves(curves: dict[str, list[float]], eps: list[float], norm: str, path: str | Path) -> Path:
+    """A PNG of robust accuracy against eps, one line per setting."""
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=110)
+    for name, acc in curves.items():
+        ax.plot(list(eps), acc, marker="o", label=name)
+    ax.set_xlabel(f"epsilon ({'L-inf' if norm == 'linf' else 'L2'}, data in [-1, 1])")
+    ax.set_ylabel("robust accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"PGD {norm}")
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
 # -- HTML -------------------------------------------------------------------------------------
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}

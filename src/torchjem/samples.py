@@ -14,42 +14,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from .checkpoint import atomic_write_bytes  # noqa: E402
-from .sampling import SGLD, ReplayBuffer  # noqa: E402
-
-
-def draw_samples(
-    model: nn.Module,
-    sampler: SGLD,
-    n: int,
-    shape: tuple[int, ...],
-    buffer: ReplayBuffer | None = None,
-    y: torch.Tensor | None = None,
-    n_steps: int | None = None,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """``n`` samples (or one per label in ``y``, class-conditional).
-
-    With a ``buffer`` the chains start from buffer entries (their class's block when ``y`` is
-    given) and run ``n_steps`` more steps (default 0 unconditional, the sampler's count
-    conditional); without one they start from U(-1, 1) noise and run ``n_steps`` (default
-    the sampler's count).
-    """
-    device = device or next(model.parameters()).device
-    if y is not None:
-        y = y.to(device)
-        n = len(y)
-    if buffer is not None:
-        idx = (
-            torch.randint(0, buffer.size, (n,), device=buffer.device)
-            if y is None
-            else y.to(buffer.device) * buffer.block + torch.randint(0, buffer.block, (n,), device=buffer.device)
-        )
-        x0 = buffer.x[idx].to(device)
-        steps = n_steps if n_steps is not None else (0 if y is None else sampler.n_steps)
-    else:
-        x0 = torch.rand((n, *shape), device=device) * 2 - 1
-        steps = n_steps if n_steps is not None else sampler.n_steps
-    return sampler.run(model, x0, y, n_steps=steps)
+from .sampling import ChainSampler  # noqa: E402
 
 
 def grid_image(x: torch.Tensor, nrow: int | None = None, pad: int = 1) -> np.ndarray:
@@ -102,24 +67,25 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None, title:
 
 def write_sample_grids(
     model: nn.Module,
-    sampler: SGLD,
-    shape: tuple[int, ...],
+    sampler: ChainSampler,
     n_classes: int,
     out_dir: str | Path,
-    buffer: ReplayBuffer | None = None,
     n: int = 100,
     per_class: int = 10,
     n_steps: int | None = None,
 ) -> dict[str, object]:
-    """Unconditional and class-conditional grids (one row per class) in ``out_dir``.
-
-    Returns the paths and the samples, so callers can score them.
-    """
+    """Unconditional and class-conditional grids (one row per class) in ``out_dir``, drawn with
+    ``sampler.draw`` (the buffer is left as it is). Returns the paths and the samples, so callers
+    can score them."""
+    if n < 1 or per_class < 1:
+        raise ValueError(f"sample grids need n >= 1 and per_class >= 1, got {n} and {per_class}")
+    if n_steps is not None and n_steps < 0:
+        raise ValueError(f"SGLD steps must be >= 0, got {n_steps}")
     out_dir = Path(out_dir)
-    x_u = draw_samples(model, sampler, n, shape, buffer, n_steps=n_steps)
+    x_u = sampler.draw(model, n, n_steps=n_steps)
     y = torch.arange(n_classes).repeat_interleave(per_class)
-    x_c = draw_samples(model, sampler, len(y), shape, buffer, y=y, n_steps=n_steps)
-    src = "buffer" if buffer is not None else "fresh chains"
+    x_c = sampler.draw(model, y=y, n_steps=n_steps)
+    src = "buffer" if sampler.buffer is not None else "fresh chains"
     return {
         "unconditional": save_grid(x_u, out_dir / "unconditional.png", title=f"unconditional samples ({src})"),
         "conditional": save_grid(

@@ -1,31 +1,14 @@
-"""SGLD sampler and the persistent replay buffer (PCD)."""
+"""SGLD, the persistent replay buffer (PCD) and the chain sampler that owns both."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from .energy import JEM, as_jem
-
-
-@contextlib.contextmanager
-def frozen_eval(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no parameter gradients inside; every module's mode and flag restored after."""
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in flags:
-            p.requires_grad_(flag)
+from .utils import frozen_eval, model_device
 
 
 class SGLD:
@@ -46,7 +29,7 @@ class SGLD:
     ) -> None:
         if n_steps < 0:
             raise ValueError(f"SGLD n_steps must be >= 0, got {n_steps}")
-        if step_size <= 0 or noise < 0:
+        if not step_size > 0 or not noise >= 0:  # also refuses NaN
             raise ValueError(f"SGLD needs step_size > 0 and noise >= 0, got {step_size}, {noise}")
         self.n_steps = n_steps
         self.step_size = step_size
@@ -85,13 +68,14 @@ class SGLD:
         return x
 
 
-class ReplayBuffer:
+class ReplayBuffer(nn.Module):
     """Persistent buffer of SGLD chain states, split into per-class blocks.
 
     ``draw`` returns starting points and their indices (a fraction ``reinit_freq`` replaced by
     fresh initial noise); ``put`` writes the chains' final states back to those indices.
     Class-conditional draws come from the block of their class; unconditional draws from
-    anywhere. The buffer lives on ``device`` so that drawing and writing never leave it.
+    anywhere. The states are registered buffers: ``.to(device)`` moves them and
+    ``state_dict()`` saves them, so the buffer follows the model it is given to.
     """
 
     def __init__(
@@ -105,7 +89,8 @@ class ReplayBuffer:
         dtype: torch.dtype = torch.float32,
         data_range: tuple[float, float] = (-1.0, 1.0),
     ) -> None:
-        if size < n_classes or size % n_classes:
+        super().__init__()
+        if n_classes < 1 or size < n_classes or size % n_classes:
             raise ValueError(f"buffer size {size} must be a positive multiple of n_classes={n_classes}")
         if not 0.0 <= reinit_freq <= 1.0:
             raise ValueError(f"buffer reinit_freq must be in [0, 1], got {reinit_freq}")
@@ -114,12 +99,17 @@ class ReplayBuffer:
         self.size, self.shape, self.n_classes = size, tuple(shape), n_classes
         self.reinit_freq, self.init, self.data_range = reinit_freq, init, data_range
         self.block = size // n_classes
-        self.device = torch.device(device)
-        # Per-class Gaussian (JEM++ "informative" init), fitted from data by fit_gaussian.
-        self.mean: torch.Tensor | None = None
-        self.std: torch.Tensor | None = None
-        self.labels = torch.arange(size, device=self.device) // self.block
+        device = torch.device(device)
+        self.register_buffer("labels", torch.arange(size, device=device) // self.block, persistent=False)
+        # Per-class Gaussian (JEM++ "informative" init), fitted from data by fit_gaussian; empty until then.
+        self.register_buffer("mean", torch.empty(0, device=device))
+        self.register_buffer("std", torch.empty(0, device=device))
+        self.register_buffer("x", torch.empty((size, *self.shape), device=device, dtype=dtype))
         self.x = self.noise(self.labels, dtype=dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
 
     def fit_gaussian(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Fit per-class diagonal Gaussians to data and re-initialise the buffer from them."""
@@ -143,48 +133,156 @@ class ReplayBuffer:
         dtype = dtype or self.x.dtype
         n = len(labels)
         lo, hi = self.data_range
-        if self.init == "gaussian" and self.mean is not None:
+        if self.init == "gaussian" and self.mean.numel():
             c = labels if len(self.mean) > 1 else torch.zeros_like(labels)
             eps = torch.randn((n, *self.shape), device=self.device, dtype=dtype)
             return (self.mean[c] + self.std[c] * eps).clamp(lo, hi).to(dtype)
         return torch.rand((n, *self.shape), device=self.device, dtype=dtype) * (hi - lo) + lo
 
-    def draw(self, n: int, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` starting points (or one per label in ``y``) and their buffer indices."""
+    def draw(self, n: int, y: torch.Tensor | None = None, reinit: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` starting points (or one per label in ``y``) and their buffer indices; with
+        ``reinit`` a fraction ``reinit_freq`` of them is fresh noise instead."""
         if y is None:
             idx = torch.randint(0, self.size, (n,), device=self.device)
         else:
             y = y.to(self.device)
             idx = y * self.block + torch.randint(0, self.block, (len(y),), device=self.device)
         x = self.x[idx]
-        fresh = torch.rand(len(idx), device=self.device) < self.reinit_freq
-        x = torch.where(fresh.view(-1, *[1] * len(self.shape)), self.noise(self.labels[idx]), x)
+        if reinit and self.reinit_freq > 0:
+            fresh = torch.rand(len(idx), device=self.device) < self.reinit_freq
+            x = torch.where(fresh.view(-1, *[1] * len(self.shape)), self.noise(self.labels[idx]), x)
         return x, idx
 
     def put(self, idx: torch.Tensor, x: torch.Tensor) -> None:
-        self.x[idx] = x.detach().to(self.x.dtype)
+        self.x[idx] = x.detach().to(self.x.device, self.x.dtype)
 
-    def state_dict(self) -> dict:
-        state = {"x": self.x, "init": self.init, "reinit_freq": self.reinit_freq}
-        if self.mean is not None:
-            state["mean"], state["std"] = self.mean, self.std
-        return state
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"init": self.init, "reinit_freq": self.reinit_freq}
 
-    def load_state_dict(self, state: dict) -> None:
-        x = state["x"]
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.init = state.get("init", self.init)
+        self.reinit_freq = float(state.get("reinit_freq", self.reinit_freq))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+        # The fitted Gaussian's shape depends on the data, so it is assigned, not copied; the states
+        # must match this buffer's layout. (Also reads the pre-0.2 dict with "init" / "reinit_freq".)
+        x = state_dict.get(prefix + "x")
+        if x is None:
+            missing.append(prefix + "x")
+            return
         if tuple(x.shape) != (self.size, *self.shape):
             raise ValueError(f"replay buffer state has shape {tuple(x.shape)}, expected {(self.size, *self.shape)}")
         self.x = x.to(self.device, self.x.dtype).clone()
-        self.init = state.get("init", self.init)
-        self.reinit_freq = state.get("reinit_freq", self.reinit_freq)
-        if "mean" in state:
-            self.mean = state["mean"].to(self.device)
-            self.std = state["std"].to(self.device)
+        for key in ("mean", "std"):
+            if prefix + key in state_dict:
+                setattr(self, key, state_dict[prefix + key].to(self.device, torch.float32).clone())
+        legacy = {k: state_dict[prefix + k] for k in ("init", "reinit_freq") if prefix + k in state_dict}
+        self.set_extra_state(state_dict.get(prefix + "_extra_state", legacy))
 
-    def to(self, device: torch.device | str) -> ReplayBuffer:
-        self.device = torch.device(device)
-        self.x = self.x.to(self.device)
-        self.labels = self.labels.to(self.device)
-        if self.mean is not None:
-            self.mean, self.std = self.mean.to(self.device), self.std.to(self.device)
-        return self
+
+class ChainSampler(nn.Module):
+    """The negative samples of a JEM: SGLD chains started from a replay buffer (persistent chains,
+    PCD) or, without one, from fresh U(data_range) noise (short-run chains).
+
+    ``sample(model, n, y=None)`` draws the starting points, runs ``sgld`` on ``model`` and writes
+    the final states back to the buffer. The buffer follows the model's device.
+    """
+
+    def __init__(
+        self,
+        sgld: SGLD,
+        buffer: ReplayBuffer | None = None,
+        shape: tuple[int, ...] | None = None,
+        data_range: tuple[float, float] = (-1.0, 1.0),
+    ) -> None:
+        super().__init__()
+        if buffer is None and shape is None:
+            raise ValueError("ChainSampler without a replay buffer needs the sample shape")
+        self.sgld = sgld
+        self.buffer = buffer
+        self.shape = tuple(buffer.shape if buffer is not None else shape)
+        self.data_range = buffer.data_range if buffer is not None else data_range
+
+    @property
+    def n_steps(self) -> int:
+        return self.sgld.n_steps
+
+    def sample(
+        self,
+        model: nn.Module,
+        n: int | None = None,
+        y: torch.Tensor | None = None,
+        n_steps: int | None = None,
+        update: bool = True,
+        reinit: bool = True,
+    ) -> torch.Tensor:
+        """``n`` samples (or one per label in ``y``, class-conditional) after ``n_steps`` (default
+        the sampler's K). ``update=False`` leaves the buffer as it was; ``reinit=False`` starts
+        every chain from the buffer (no fresh chains)."""
+        if y is None and n is None:
+            raise ValueError("sample needs n or labels y")
+        n = len(y) if y is not None else n
+        device = model_device(as_jem(model))
+        if y is not None:
+            y = y.to(device)
+        idx = None
+        if self.buffer is not None:
+            if self.buffer.device != device:
+                self.buffer.to(device)
+            x0, idx = self.buffer.draw(n, y, reinit=reinit)
+        else:
+            lo, hi = self.data_range
+            x0 = torch.rand((n, *self.shape), device=device) * (hi - lo) + lo
+        x = self.sgld.run(model, x0, y, n_steps)
+        if idx is not None and update:
+            self.buffer.put(idx, x)
+        return x
+
+    def draw(
+        self, model: nn.Module, n: int | None = None, y: torch.Tensor | None = None, n_steps: int | None = None
+    ) -> torch.Tensor:
+        """Samples to look at or score, leaving the buffer as it is. From a buffer, unconditional
+        samples are its entries after ``n_steps`` more steps (default 0) and conditional ones the
+        class's block after K steps; fresh chains run K steps (``n_steps`` overrides both)."""
+        if n_steps is None:
+            n_steps = 0 if self.buffer is not None and y is None else self.sgld.n_steps
+        return self.sample(model, n, y, n_steps=n_steps, update=False, reinit=False)
+
+    def fresh(self) -> ChainSampler:
+        """The same SGLD from fresh U(data_range) noise, without the buffer."""
+        return ChainSampler(self.sgld, shape=self.shape, data_range=self.data_range)
+
+
+# -- the per-rank shards of a data-parallel run ----------------------------------------------
+def shard_size(total: int, n_classes: int, world: int) -> int:
+    """Entries per rank: ``total`` rounded down to a multiple of ``n_classes * world``, split."""
+    per = total // (n_classes * world) * n_classes
+    if per < n_classes:
+        raise ValueError(
+            f"buffer.size={total} is too small for {world} processes: each rank's shard needs at least "
+            f"one entry per class ({n_classes}); use buffer.size >= {n_classes * world}"
+        )
+    return per
+
+
+def merge_shards(shards: list[torch.Tensor], n_classes: int) -> torch.Tensor:
+    """One buffer from the ranks' shards, still in per-class blocks (class c's block holds
+    rank 0's chains of class c, then rank 1's, ...), loadable as a single-process buffer."""
+    blocks = [s.reshape(n_classes, -1, *s.shape[1:]) for s in shards]
+    merged = torch.cat(blocks, dim=1)
+    return merged.reshape(-1, *merged.shape[2:])
+
+
+def split_shard(merged: torch.Tensor, n_classes: int, rank: int, world: int, size: int) -> tuple[torch.Tensor, int]:
+    """Rank ``rank``'s shard of ``size`` entries from a merged buffer (the inverse of
+    :func:`merge_shards` when the layout is unchanged); returns (shard, missing), where the
+    ``missing`` entries per class (a larger new layout) are NaN for the caller to refill."""
+    per_class = merged.reshape(n_classes, -1, *merged.shape[1:])
+    block = size // n_classes
+    lo, hi = rank * block, (rank + 1) * block
+    part = per_class[:, lo:hi]
+    missing = block - part.shape[1]
+    if missing > 0:
+        pad = torch.full((n_classes, missing, *part.shape[2:]), float("nan"), dtype=part.dtype)
+        part = torch.cat([part, pad.to(part.device)], dim=1)
+    return part.reshape(-1, *merged.shape[1:]).clone(), max(0, missing)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..sampling import frozen_eval
+from ..utils import frozen_eval
 
 _LOADERS: dict[str, Callable[..., DataSplits]] = {}
 

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..energy import as_jem
-from ..sampling import SGLD, frozen_eval
+from ..sampling import SGLD
+from ..utils import frozen_eval, model_device
 
 DATA_RANGE = (-1.0, 1.0)
 NORMS = ("linf", "l2")
@@ -303,7 +304,7 @@ def distal_adversarials(
     if steps < 1 or step_size <= 0:
         raise ValueError(f"distal adversarials need steps >= 1 and step_size > 0, got {steps}, {step_size}")
     lo, hi = data_range
-    device = next(model.parameters()).device
+    device = model_device(model)
     y = y.to(device)
     x = torch.rand((len(y), *shape), device=device) * (hi - lo) + lo
     with frozen_eval(model):

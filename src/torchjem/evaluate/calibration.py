@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from .classification import predict_logits
+from ..utils import predict_logits
 
 
 def calibration_from_probs(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 20) -> dict:

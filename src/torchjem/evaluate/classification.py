@@ -9,18 +9,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..energy import as_jem
-from ..sampling import SGLD, frozen_eval
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits for ``x`` in eval mode (every module's mode restored after), batched."""
-    jem = as_jem(model)
-    device = next(jem.parameters()).device
-    with frozen_eval(jem):
-        return torch.cat(
-            [jem.logits(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
-        )
+from ..sampling import SGLD
+from ..utils import model_device, predict_logits
 
 
 def refine(
@@ -40,7 +30,7 @@ def refine(
     if n_steps == 0:
         return x
     sampler = sampler or SGLD(n_steps)
-    device = next(as_jem(model).parameters()).device
+    device = model_device(as_jem(model))
     batches = range(0, len(x), batch_size)
     out = [
         sampler.run(model, x[i : i + batch_size].to(device), n_steps=n_steps).to(x.device)

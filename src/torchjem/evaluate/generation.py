@@ -17,8 +17,8 @@ from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 from tqdm.auto import tqdm
 
-from ..samples import draw_samples
-from ..sampling import SGLD, ReplayBuffer
+from ..sampling import ChainSampler
+from ..utils import frozen_eval, model_device, predict_logits
 from .features import FeatureNet, feature_label
 
 
@@ -40,17 +40,13 @@ def embed(
     """(features, logits) of ``x`` under ``net``, float64 on the CPU."""
     if len(x) == 0:
         raise ValueError(f"{desc}: the set is empty")
-    device = _device(net, x.device)
-    was = net.training
-    net.eval()
+    device = model_device(net, x.device)
     feats, logits = [], []
-    try:
+    with frozen_eval(net):
         for i in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress, leave=False):
             xb = x[i : i + batch_size].to(device)
             feats.append(net.features(xb).flatten(1).double().cpu())
             logits.append(net.logits(xb).double().cpu())
-    finally:
-        net.train(was)
     return torch.cat(feats), torch.cat(logits)
 
 
@@ -101,11 +97,6 @@ def inception_style_score(logits: torch.Tensor, splits: int | None = None) -> tu
     return float(mean), float(std)
 
 
-def _device(module: nn.Module, default: torch.device | str = "cpu") -> torch.device:
-    p = next(module.parameters(), None)
-    return p.device if p is not None else torch.device(default)
-
-
 def sample_quality(
     x_real: torch.Tensor,
     x_fake: torch.Tensor,
@@ -149,16 +140,11 @@ def conditional_accuracy(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor
     were drawn for, overall and per class."""
     if len(x) == 0 or len(x) != len(y):
         raise ValueError(f"conditional accuracy needs as many labels as samples (> 0), got {len(x)} and {len(y)}")
-    logits_fn = classifier.logits if isinstance(classifier, FeatureNet) else classifier
-    device = _device(classifier, x.device)
-    was = classifier.training
-    classifier.eval()
-    try:
-        pred = torch.cat(
-            [logits_fn(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
-        )
-    finally:
-        classifier.train(was)
+    if isinstance(classifier, FeatureNet):
+        _, logits = embed(classifier, x, batch_size)
+        pred = logits.argmax(1)
+    else:
+        pred = predict_logits(classifier, x, batch_size).argmax(1)
     y = y.cpu()
     hit = (pred == y).float()
     per_class = [float(hit[y == c].mean()) if (y == c).any() else float("nan") for c in range(int(y.max()) + 1)]
@@ -167,32 +153,30 @@ def conditional_accuracy(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor
 
 def generate(
     model: nn.Module,
-    sampler: SGLD,
-    shape: tuple[int, ...],
+    sampler: ChainSampler,
     n: int,
-    buffer: ReplayBuffer | None = None,
     y: torch.Tensor | None = None,
     n_steps: int | None = None,
     batch_size: int = 256,
     progress: bool = False,
     desc: str = "sampling",
 ) -> torch.Tensor:
-    """``n`` samples (or one per label in ``y``) drawn in batches with a progress bar (see draw_samples)."""
+    """``n`` samples (or one per label in ``y``) drawn in batches with a progress bar (``sampler.draw``:
+    the buffer is left as it is), on the CPU."""
     n = len(y) if y is not None else n
     out = []
     for i in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
         yb = y[i : i + batch_size] if y is not None else None
-        out.append(draw_samples(model, sampler, min(batch_size, n - i), shape, buffer, yb, n_steps).cpu())
+        out.append(sampler.draw(model, min(batch_size, n - i), yb, n_steps).cpu())
     return torch.cat(out)
 
 
 def generation(
     model: nn.Module,
-    sampler: SGLD,
+    sampler: ChainSampler,
     x_real: torch.Tensor,
     n_classes: int,
     feature_net: FeatureNet,
-    buffer: ReplayBuffer | None = None,
     n: int | None = None,
     per_class: int = 20,
     n_steps: int | None = None,
@@ -202,7 +186,7 @@ def generation(
 ) -> dict:
     """Unconditional and class-conditional samples, their quality and conditional accuracy.
 
-    Samples start from ``buffer`` when given (unconditional: the buffer's entries after
+    Samples start from the sampler's replay buffer when it has one (unconditional: the buffer's entries after
     ``n_steps`` more steps, default 0; conditional: the class's block after the sampler's K
     steps), otherwise from fresh U(-1, 1) chains of ``n_steps`` (default K) steps. ``n`` defaults
     to ``len(x_real)``. Samples are clipped to the data range [-1, 1] before scoring (as in the
@@ -213,13 +197,12 @@ def generation(
         raise ValueError(f"generation needs at least 2 real examples, got {len(x_real)}")
     if per_class < 1 or n_classes < 1:
         raise ValueError(f"generation needs per_class >= 1 and n_classes >= 1, got {per_class}, {n_classes}")
-    shape = tuple(x_real.shape[1:])
     n = len(x_real) if n is None else n
     if n < 2:
         raise ValueError(f"generation needs at least 2 samples, got n={n}")
-    x_u = generate(model, sampler, shape, n, buffer, None, n_steps, batch_size, progress, "samples (unconditional)")
+    x_u = generate(model, sampler, n, None, n_steps, batch_size, progress, "samples (unconditional)")
     y = torch.arange(n_classes).repeat_interleave(per_class)
-    x_c = generate(model, sampler, shape, len(y), buffer, y, n_steps, batch_size, progress, "samples (conditional)")
+    x_c = generate(model, sampler, len(y), y, n_steps, batch_size, progress, "samples (conditional)")
     if not (torch.isfinite(x_u).all() and torch.isfinite(x_c).all()):
         raise ValueError("generation: the sampler produced NaN or infinite samples (the model may have diverged)")
     # Unclamped SGLD can leave the data range; scored as shown: clipped to [-1, 1].
@@ -227,10 +210,11 @@ def generation(
     x_u, x_c = x_u.clamp(-1, 1), x_c.clamp(-1, 1)
     quality = sample_quality(x_real, x_u, feature_net, x_reference, batch_size, progress)
     cond = conditional_accuracy(feature_net, x_c, y, batch_size)
-    steps_u = n_steps if n_steps is not None else (0 if buffer is not None else sampler.n_steps)
+    buffer = sampler.buffer is not None
+    steps_u = n_steps if n_steps is not None else (0 if buffer else sampler.n_steps)
     steps_c = n_steps if n_steps is not None else sampler.n_steps
     return {
-        "source": "replay buffer" if buffer is not None else "fresh chains from U(-1, 1)",
+        "source": "replay buffer" if buffer else "fresh chains from U(-1, 1)",
         "steps_unconditional": steps_u,
         "steps_conditional": steps_c,
         **quality,

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..energy import as_jem
-from ..sampling import frozen_eval
+from ..utils import frozen_eval, model_device
 
 SCORES: dict[str, str] = {
     "px": "log p(x) = logsumexp of the logits",
@@ -60,7 +60,7 @@ def ood_scores(
     if len(x) == 0:
         raise ValueError(f"{desc}: the set is empty")
     jem = as_jem(model)
-    device = next(jem.parameters()).device
+    device = model_device(jem)
     out: dict[str, list[torch.Tensor]] = {s: [] for s in scores}
     with frozen_eval(jem):
         for i in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress, leave=False):

@@ -34,5 +34,5 @@ def conv1d(
         nn.Flatten(),
         nn.Linear(2 * width * pool, n_classes) if n_classes > 0 else nn.Identity(),
     )
-    net.feature_dim = 2 * width * pool
+    net.num_features = 2 * width * pool
     return net

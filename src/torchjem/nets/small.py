@@ -41,7 +41,7 @@ def convnet(
         nn.Flatten(),
         nn.Linear(2 * width * side * side, n_classes) if n_classes > 0 else nn.Identity(),
     )
-    net.feature_dim = 2 * width * side * side
+    net.num_features = 2 * width * side * side
     return net
 
 
@@ -61,5 +61,5 @@ def mlp(
         width = hidden
     layers.append(nn.Linear(width, n_classes) if n_classes > 0 else nn.Identity())
     net = nn.Sequential(*layers)
-    net.feature_dim = width
+    net.num_features = width
     return net

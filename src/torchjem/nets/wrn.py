@@ -69,15 +69,15 @@ class WideResNet(nn.Module):
         self.bn = _norm(norm, c_in)
         self.act = nn.LeakyReLU(slope)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.feature_dim = c_in
+        self.num_features = c_in
         self.fc = nn.Linear(c_in, n_classes) if n_classes > 0 else nn.Identity()
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.bn(self.blocks(self.conv1(x))))
         return self.pool(out).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
+        return self.fc(self.forward_features(x))
 
 
 @register_net("wrn")

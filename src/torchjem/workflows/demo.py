@@ -8,16 +8,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_text
-from .config import load_config
-from .evaluate.attacks import JEMDefence
-from .evaluate.classification import classification
-from .evaluate.robustness import plot_curves, robustness_comparison
-from .evaluate.suite import evaluate_run, headline
-from .training import train
+from ..checkpoint import atomic_write_text
+from ..config import CONFIG_DIR, load_config
+from ..evaluate.attacks import JEMDefence
+from ..evaluate.classification import classification
+from ..evaluate.robustness import robustness_comparison
+from ..report import plot_curves
+from ..training import train
+from .evaluate import evaluate_run, headline
 
 log = logging.getLogger("torchjem")
-RECIPE = Path(__file__).parent / "configs" / "digits_demo.yaml"
+RECIPE = CONFIG_DIR / "digits_demo.yaml"
 # --quick: a smoke test of the whole pipeline, not the real figures.
 QUICK = ["train.epochs=2", "sgld.steps=5", "buffer.size=200"]
 
@@ -45,7 +46,7 @@ def run_demo(
     # Robustness (docs/robustness.md): L-inf PGD on test digits against JEM-0, JEM-n (SGLD-refined,
     # attacked through the chains and with JEM-0's adversarials transferred) and the baseline.
     n_refine, n_chains = 3, 2
-    refined = JEMDefence.from_sampler(jem.jem, jem.sampler, n_refine, n_chains, jem_cfg.objective.data_noise)
+    refined = JEMDefence.from_sampler(jem.jem, jem.sampler.sgld, n_refine, n_chains, jem_cfg.objective.data_noise)
     n_robust, eps = (50 if quick else 100), [0.0, 0.05, 0.1, 0.2, 0.3]
     log.info("demo: robustness (PGD L-inf on %d test digits)", n_robust)
     robust = robustness_comparison(

@@ -30,9 +30,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import rng_state, set_rng_state
-from .energy import JEM
-from .run import resolve_device
+from ..checkpoint import rng_state, set_rng_state
+from ..energy import JEM
+from ..utils import resolve_device
 
 log = logging.getLogger("torchjem")
 T = TypeVar("T")
@@ -251,21 +251,21 @@ class _JointOutputs(nn.Module):
         self.jem = jem
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.jem._outputs(x)
+        return self.jem.joint(x)
 
 
 class JEMDistributedDataParallel(DistributedDataParallel):
     """DistributedDataParallel over a JEM with the JEM methods the objective calls.
 
-    ``_outputs`` and ``logits`` run through DDP (gradients are averaged over ranks);
-    ``jem`` is the underlying model, on which the SGLD chains run without any collective.
+    ``joint`` and ``logits`` run through DDP (gradients are averaged over ranks); ``jem`` is the
+    underlying model (``as_jem`` returns it), on which the SGLD chains run without any collective.
     """
 
     @property
     def jem(self) -> JEM:
         return self.module.jem
 
-    def _outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def joint(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self(x)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -284,41 +284,6 @@ def wrap_ddp(jem: JEM, device: torch.device, find_unused_parameters: bool = Fals
         output_device=ids[0] if ids else None,
         find_unused_parameters=find_unused_parameters,
     )
-
-
-# -- replay-buffer shards ----------------------------------------------------------------------
-def shard_size(total: int, n_classes: int, world: int) -> int:
-    """Entries per rank: ``total`` rounded down to a multiple of ``n_classes * world``, split."""
-    per = total // (n_classes * world) * n_classes
-    if per < n_classes:
-        raise ValueError(
-            f"buffer.size={total} is too small for {world} processes: each rank's shard needs at least "
-            f"one entry per class ({n_classes}); use buffer.size >= {n_classes * world}"
-        )
-    return per
-
-
-def merge_shards(shards: list[torch.Tensor], n_classes: int) -> torch.Tensor:
-    """One buffer from the ranks' shards, still in per-class blocks (class c's block holds
-    rank 0's chains of class c, then rank 1's, ...), loadable as a single-process buffer."""
-    blocks = [s.reshape(n_classes, -1, *s.shape[1:]) for s in shards]
-    merged = torch.cat(blocks, dim=1)
-    return merged.reshape(-1, *merged.shape[2:])
-
-
-def split_shard(merged: torch.Tensor, n_classes: int, rank: int, world: int, size: int) -> tuple[torch.Tensor, int]:
-    """Rank ``rank``'s shard of ``size`` entries from a merged buffer (the inverse of
-    :func:`merge_shards` when the layout is unchanged); returns (shard, missing), where the
-    ``missing`` entries per class (a larger new layout) are NaN for the caller to refill."""
-    per_class = merged.reshape(n_classes, -1, *merged.shape[1:])
-    block = size // n_classes
-    lo, hi = rank * block, (rank + 1) * block
-    part = per_class[:, lo:hi]
-    missing = block - part.shape[1]
-    if missing > 0:
-        pad = torch.full((n_classes, missing, *part.shape[2:]), float("nan"), dtype=part.dtype)
-        part = torch.cat([part, pad.to(part.device)], dim=1)
-    return part.reshape(-1, *merged.shape[1:]).clone(), max(0, missing)
 
 
 # -- per-rank RNG state ------------------------------------------------------------------------

@@ -1,0 +1,228 @@
+"""The one construction site: from a config to the network, the JEM, the chain sampler (with
+its replay buffer or this rank's shard of it), the objective, the optimiser and the data.
+
+The Trainer, ``load_run`` and every workflow (eval, attack, sample, demo) build through these
+functions; nothing else constructs these objects from a config.
+
+``net.name`` is a registered net (``jem nets``) or an import path ``package.module:factory``
+(any callable returning an nn.Module, like Lightning's ``class_path``): the run's config then
+records how to rebuild the user's own network, and every command works on the run. Importing
+that module runs its code, as importing any Python module does; the checkpoint itself is still
+read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import Config, ConfigError, OptimConfig
+from .data import DataSplits, held_out_classes, load_data
+from .energy import JEM
+from .nets import create_net, list_nets
+from .objective import IGNORE, HybridObjective
+from .sampling import SGLD, ChainSampler, ReplayBuffer, shard_size
+from .speed import fused_optimizer_kwargs
+
+
+# -- the network -------------------------------------------------------------------------------
+def is_import_path(name: str) -> bool:
+    return ":" in name
+
+
+def net_factory(name: str) -> Callable[..., nn.Module]:
+    """The constructor behind ``net.name``: a registered net or ``package.module:factory``."""
+    if not is_import_path(name):
+        if name not in list_nets():
+            raise ConfigError(
+                f"config net.name: unknown net {name!r}; use one of {', '.join(list_nets())} "
+                "or an import path package.module:factory"
+            )
+        return lambda **kw: create_net(name, **kw)
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"config net.name = {name!r}: cannot import module {module_name!r} ({e})") from None
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise ConfigError(f"config net.name = {name!r}: module {module_name!r} has no attribute {attr!r}")
+    if not callable(fn):
+        raise ConfigError(f"config net.name = {name!r}: {attr!r} is not callable")
+    return fn
+
+
+def net_parameters(name: str) -> list[str]:
+    """The constructor's argument names (``**kwargs`` included as ``**``)."""
+    fn = net_factory(name)
+    if not is_import_path(name):
+        from .nets import net_options
+
+        return net_options(name)
+    params = inspect.signature(fn).parameters.values()
+    return [p.name if p.kind is not p.VAR_KEYWORD else "**" for p in params]
+
+
+def build_net(cfg: Config, shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    """The configured network; ``in_channels``, ``in_features``, ``n_classes`` and ``image_size``
+    are filled in from the data when the constructor takes them and the config does not set them.
+    With ``net.energy_head`` it is built with ``n_classes=0`` (a feature backbone)."""
+    fn = net_factory(cfg.net.name)
+    params = net_parameters(cfg.net.name)
+    kwargs = dict(cfg.net.kwargs)
+    filled = {
+        "in_channels": shape[0],
+        "in_features": math.prod(shape),
+        "n_classes": 0 if cfg.net.energy_head else n_classes,
+        "image_size": shape[-1],
+    }
+    for key, value in filled.items():
+        if key in params and (key not in kwargs or (key == "n_classes" and cfg.net.energy_head)):
+            kwargs[key] = value
+    try:
+        net = fn(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config net ({cfg.net.name!r} with net.kwargs {kwargs}): {e}") from None
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"config net.name = {cfg.net.name!r} returned {type(net).__name__}, not an nn.Module")
+    return net
+
+
+def build_jem(cfg: Config, shape: tuple[int, ...], n_classes: int, model: nn.Module | None = None) -> JEM:
+    """The configured network (or ``model``, any classifier) as a JEM (energy head per config)."""
+    if isinstance(model, JEM):
+        return model
+    net = model if model is not None else build_net(cfg, shape, n_classes)
+    if not cfg.net.energy_head:
+        return JEM(net)
+    if getattr(net, "num_features", None) is None:
+        raise ConfigError(
+            f"config net.energy_head = true needs a backbone with a num_features attribute (timm's name for the "
+            f"feature size); {cfg.net.name!r} has none"
+        )
+    return JEM(net, energy_head=True, n_classes=n_classes)
+
+
+# -- sampling ----------------------------------------------------------------------------------
+def build_sgld(cfg: Config) -> SGLD:
+    s = cfg.sgld
+    return SGLD(s.steps, s.step_size, s.noise, (-1.0, 1.0) if s.clamp else None, s.grad_clamp)
+
+
+def buffer_size(cfg: Config, n_classes: int, world_size: int = 1) -> int:
+    """Entries of one buffer (or of one rank's shard): ``buffer.size`` in per-class blocks."""
+    if world_size > 1:
+        return shard_size(cfg.buffer.size, n_classes, world_size)
+    size = cfg.buffer.size - cfg.buffer.size % n_classes
+    if size < n_classes:
+        raise ConfigError(f"config buffer.size = {cfg.buffer.size} is smaller than the {n_classes} classes")
+    return size
+
+
+def build_sampler(
+    cfg: Config,
+    shape: tuple[int, ...],
+    n_classes: int,
+    device: torch.device | str = "cpu",
+    *,
+    world_size: int = 1,
+    fit: tuple[torch.Tensor, torch.Tensor] | None = None,
+    buffer: bool = True,
+) -> ChainSampler:
+    """The chain sampler: SGLD with a replay buffer (this rank's shard of ``buffer.size`` when
+    ``world_size`` > 1), or fresh chains with ``buffer=False``. ``fit`` (x, y): the training data,
+    for ``buffer.init=gaussian``."""
+    sgld = build_sgld(cfg)
+    if not buffer:
+        return ChainSampler(sgld, shape=shape)
+    size = buffer_size(cfg, n_classes, world_size)
+    replay = ReplayBuffer(size, shape, n_classes, cfg.buffer.reinit_freq, "uniform", device)
+    if cfg.buffer.init == "gaussian" and fit is not None:
+        replay.fit_gaussian(*fit)
+    return ChainSampler(sgld, replay)
+
+
+def build_objective(cfg: Config, sampler: ChainSampler | None) -> HybridObjective:
+    """The hybrid loss of the config (cross-entropy alone for ``train.clf_only``)."""
+    o, clf = cfg.objective, cfg.train.clf_only
+    if clf and o.pyx == 0:
+        raise ConfigError("config train.clf_only = true needs objective.pyx > 0")
+    return HybridObjective(
+        None if clf else sampler,
+        pyx=o.pyx,
+        px=0.0 if clf else o.px,
+        pxy=0.0 if clf else o.pxy,
+        data_noise=o.data_noise,
+        energy_l2=0.0 if clf else o.energy_l2,
+    )
+
+
+# -- optimisation ------------------------------------------------------------------------------
+def build_optimizer(cfg: Config, params: Iterable[nn.Parameter], device: torch.device | str) -> torch.optim.Optimizer:
+    o = cfg.optim
+    params = [p for p in params if p.requires_grad]
+    fused = fused_optimizer_kwargs(device)  # CUDA, and CPU since torch 2.4
+    try:
+        if o.name == "adam":
+            return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **fused)
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, **fused)
+    except ValueError as e:
+        raise ConfigError(f"config optim ({o.name}, lr {o.lr}, weight_decay {o.weight_decay}): {e}") from None
+
+
+def learning_rate(o: OptimConfig, step: int, epoch: int, scale: float = 1.0) -> float:
+    """Base lr x warm-up ramp x step decay x ``scale`` (the divergence back-off)."""
+    warm = min(1.0, (step + 1) / o.warmup_iters) if o.warmup_iters > 0 else 1.0
+    decay = o.decay_rate ** sum(epoch >= e for e in o.decay_epochs)
+    return o.lr * warm * decay * scale
+
+
+# -- data --------------------------------------------------------------------------------------
+def build_data(cfg: Config, **options: Any) -> DataSplits:
+    """The run's data set, as configured (classes and limit included)."""
+    d = cfg.data
+    return load_data(d.name, d.root, d.val_size, d.split_seed, d.classes, d.limit, **options)
+
+
+def held_out_data(cfg: Config) -> torch.Tensor | None:
+    """For a run trained on ``data.classes``: the test images of the other classes, else None."""
+    d = cfg.data
+    if d.classes is None:
+        return None
+    return held_out_classes(load_data(d.name, d.root, d.val_size, d.split_seed), d.classes)
+
+
+def semi_supervised_labels(y: torch.Tensor, per_class: int | None, n_classes: int, seed: int) -> torch.Tensor:
+    """``y`` with all but ``per_class`` labels of each class (chosen by ``seed``) set to -100,
+    the objective's mark of an unlabelled example; ``y`` itself when ``per_class`` is None."""
+    if per_class is None:
+        return y
+    keep = torch.zeros(len(y), dtype=torch.bool)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    y_cpu = y.cpu()
+    for c in range(n_classes):
+        idx = perm[y_cpu[perm] == c]
+        if len(idx) < per_class:
+            raise ConfigError(
+                f"config data.labels_per_class = {per_class} but class {c} has only {len(idx)} training images"
+            )
+        keep[idx[:per_class]] = True
+    return torch.where(keep.to(y.device), y, torch.full_like(y, IGNORE))
+
+
+def check_rebuildable(net: dict[str, str] | None, model: nn.Module | None, where: object) -> None:
+    """A clear error when a run's network was a Python object and no ``model`` is given to rebuild it."""
+    if model is None and net is not None and net.get("source") == "object":
+        raise ConfigError(
+            f"run {str(where)!r} was trained on a network object passed in Python (class {net['class']}); pass "
+            "model= (a fresh instance) to load or resume it, or train with net.name=package.module:factory so "
+            "that every command can rebuild the network"
+        )

@@ -1,0 +1,92 @@
+"""The divergence guard: in-memory good states, the check for a diverged step, and the rewind
+(restore the last good state, reseed, back off the learning rate) with a bounded number of tries."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import DivergenceConfig
+from ..utils import seed_everything
+from . import distributed as ddp
+from .state import TrainState
+
+log = logging.getLogger("torchjem")
+
+
+class DivergenceError(RuntimeError):
+    """Training diverged more often than ``divergence.max_retries`` allows."""
+
+
+ADVICE = (
+    "Try a lower optim.lr, more sgld.steps, objective.energy_l2=0.1, a larger objective.data_noise (0.1 is more "
+    "stable than 0.03), sgld.grad_clamp, or net.kwargs.activation=swish; resume from the last checkpoint with --resume."
+)
+
+
+class DivergenceGuard:
+    """Watches the diagnostics of a run's steps and rewinds ``state`` when they diverge."""
+
+    def __init__(self, cfg: DivergenceConfig, state: TrainState, seed: int) -> None:
+        self.cfg, self.state, self.seed = cfg, state, seed
+        self._snapshot: dict[str, Any] | None = None
+        self._snapshot_step = -1
+
+    def snapshot(self) -> None:
+        """Keep the current state as the one to rewind to."""
+        self._snapshot = self.state.snapshot()
+        self._snapshot_step = self.state.progress.step
+
+    def maybe_snapshot(self) -> None:
+        if self.state.progress.step - self._snapshot_step >= self.cfg.snapshot_every:
+            self.snapshot()
+
+    def check(self, stats: dict[str, torch.Tensor]) -> str | None:
+        """The cause of a divergence on any rank (every rank gets the same answer, so all rewind
+        together), or None. One host synchronisation."""
+        cause = self._local_cause(stats)
+        if self.state.world_size == 1:
+            return cause
+        ranks = ddp.flagged_ranks(cause is not None, self.state.device)
+        if not ranks:
+            return None
+        causes = ddp.all_gather_objects(cause)
+        return "; ".join(f"{causes[r]} on rank {r}" for r in ranks)
+
+    def _local_cause(self, stats: dict[str, torch.Tensor]) -> str | None:
+        d = self.cfg
+        keys = [k for k in ("loss", "energy_data", "energy_sample") if k in stats]
+        values = dict(zip(keys, torch.stack([stats[k].float() for k in keys]).tolist()))
+        for k, v in values.items():
+            if not np.isfinite(v):
+                return f"{k} is {v}"
+        if abs(values["loss"]) > d.max_loss:
+            return f"|loss| = {abs(values['loss']):.3g} > divergence.max_loss = {d.max_loss:.3g}"
+        for k in ("energy_data", "energy_sample"):
+            if k in values and abs(values[k]) > d.max_energy:
+                return f"|{k}| = {abs(values[k]):.3g} > divergence.max_energy = {d.max_energy:.3g}"
+        return None
+
+    def recover(self, cause: str) -> dict[str, Any]:
+        """Rewind to the last good state, reseed and back off the lr; returns the event's fields.
+        Raises DivergenceError (fields in ``.event``) once ``max_retries`` rewinds are used up."""
+        p = self.state.progress
+        p.retries += 1
+        if p.retries > self.cfg.max_retries or self._snapshot is None:
+            err = DivergenceError(
+                f"training diverged at step {p.step} ({cause}) after {self.cfg.max_retries} recoveries. {ADVICE}"
+            )
+            err.event = {"cause": cause}
+            raise err
+        bad_step = p.step
+        self.state.restore(self._snapshot)
+        p.lr_scale *= self.cfg.lr_factor
+        seed_everything(ddp.rank_seed(self.seed + 7919 * p.retries, self.state.rank))
+        log.warning(
+            "divergence at step %d (%s): rewound to step %d, reseeded, lr scale now %.3g (recovery %d/%d)",
+            bad_step, cause, p.step, p.lr_scale, p.retries, self.cfg.max_retries,
+        )  # fmt: skip
+        return {"cause": cause, "at_step": bad_step, "rewound_to": p.step, "lr_scale": p.lr_scale, "retry": p.retries}

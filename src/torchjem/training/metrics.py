@@ -1,0 +1,88 @@
+"""The metrics log of a run: windows of per-step diagnostics kept on the device, JSON lines in
+RUN_DIR/metrics.jsonl, events (recovery, gave_up, done), and the run's train.log."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from ..rundir import RunDir
+from . import distributed as ddp
+
+log = logging.getLogger("torchjem")
+
+
+class Window:
+    """Running sums of per-step diagnostics, kept on the device until flushed."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count, self.t0 = 0, time.perf_counter()
+
+    def add(self, stats: dict[str, torch.Tensor]) -> None:
+        for k, v in stats.items():
+            self.sums[k] = self.sums[k] + v.float() if k in self.sums else v.float()
+        self.count += 1
+
+    def flush(self) -> dict[str, float] | None:
+        """The means since the last flush, averaged over ranks in a distributed run (so every
+        rank must flush at the same steps; it_per_s stays this rank's)."""
+        if not self.count:
+            return None
+        means_t = ddp.all_reduce_mean(torch.stack(list(self.sums.values())) / self.count)
+        means = dict(zip(self.sums, means_t.tolist()))
+        means["it_per_s"] = self.count / (time.perf_counter() - self.t0)
+        self.sums, self.count, self.t0 = {}, 0, time.perf_counter()
+        return means
+
+
+class MetricsLog:
+    """Appends records to RUN_DIR/metrics.jsonl (only where ``enabled``: rank 0)."""
+
+    def __init__(self, run: RunDir, enabled: bool = True) -> None:
+        self.run, self.enabled = run, enabled
+        self.window = Window()
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        with open(self.run.metrics, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def event(self, kind: str, step: int, epoch: int, **fields: Any) -> None:
+        self.write({"event": kind, "step": step, "epoch": epoch, **fields})
+
+    def flush(self, **fields: Any) -> dict[str, float] | None:
+        """Write the window's means (one host synchronisation) with ``fields``; returns the means."""
+        means = self.window.flush()
+        if means is not None:
+            self.write({**fields, **means})
+        return means
+
+    def reset(self) -> None:
+        self.window = Window()
+
+    @contextlib.contextmanager
+    def to_file(self) -> Iterator[None]:
+        """The torchjem logger also writes RUN_DIR/train.log inside (rank 0 only)."""
+        if not self.enabled:
+            yield
+            return
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.run.log)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        if log.level == logging.NOTSET or log.level > logging.INFO:
+            log.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            log.removeHandler(handler)
+            handler.close()

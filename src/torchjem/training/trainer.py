@@ -1,0 +1,327 @@
+"""The training loop. Construction goes through torchjem.build; the loop's parts live beside it:
+the train state (state.py), the divergence guard (guard.py), the metrics log (metrics.py), the
+batch sources (batches.py) and the data-parallel helpers (distributed.py)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .. import build
+from ..checkpoint import load_checkpoint
+from ..config import Config, ConfigError, from_dict, load_config, save_config
+from ..data import DataSplits, augment, check_model_input, check_splits
+from ..rundir import RunDir
+from ..speed import autocast, configure_speed
+from ..utils import predict_logits, seed_everything
+from . import distributed as ddp
+from .batches import LoaderBatches, TensorBatches
+from .guard import DivergenceError, DivergenceGuard
+from .metrics import MetricsLog
+from .state import TrainState, net_record
+
+log = logging.getLogger("torchjem")
+
+
+class Trainer:
+    """Hybrid JEM training (or a plain classifier with ``train.clf_only``) into a run directory.
+
+    ``model``: any classifier nn.Module returning logits (default: the configured ``net.name``).
+    ``data``: a DataSplits (default: the configured data set), or any map-style Dataset /
+    DataLoader of (x, y) pairs for data that does not fit in memory (``val``: its validation
+    Dataset, optional). Under torchrun it runs data-parallel (docs/distributed.md).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        data: DataSplits | Dataset | DataLoader | None = None,
+        model: nn.Module | None = None,
+        progress: bool = True,
+        val: Dataset | None = None,
+    ) -> None:
+        self.cfg = cfg.validate()
+        self.run = RunDir(cfg.out)
+        self.device = ddp.init_distributed(cfg.device)  # no process group without torchrun
+        self.rank, self.world_size = ddp.get_rank(), ddp.get_world_size()
+        self.is_main, self.progress = self.rank == 0, progress
+        batch = cfg.train.batch_size
+        if batch % self.world_size:
+            raise ConfigError(
+                f"config train.batch_size={batch} is the global batch and must be divisible by the "
+                f"{self.world_size} processes"
+            )
+        self.data, self.val = (build.build_data(cfg) if data is None else data), val
+        self.shape, self.n_classes, train_xy = _describe(self.data)
+        seed_everything(cfg.seed)
+        self.jem = build.build_jem(cfg, self.shape, self.n_classes, model).to(self.device)
+        check_model_input(self.jem, self.shape, self.n_classes, f"data set {self.data_name!r}")
+        self.jem = configure_speed(self.jem, cfg.train, self.device)  # amp hook, channels_last, compile
+        self.model: nn.Module = self.jem  # what the loss runs through (DDP wraps it here)
+        if self.world_size > 1:
+            # An energy head gets no gradient when p(x) is off: DDP must be told to expect that.
+            unused = self.jem.energy_head is not None and (cfg.train.clf_only or cfg.objective.px == 0)
+            self.model = ddp.wrap_ddp(self.jem, self.device, find_unused_parameters=unused)
+            seed_everything(ddp.rank_seed(cfg.seed, self.rank))  # from here each rank draws its own noise
+        jem_run = not cfg.train.clf_only and (cfg.objective.px > 0 or cfg.objective.pxy > 0)
+        self.sampler = None
+        if jem_run:
+            fit = train_xy if cfg.buffer.init == "gaussian" else None
+            if fit is None and cfg.buffer.init == "gaussian":
+                raise ConfigError("config buffer.init = gaussian needs in-memory data (a DataSplits)")
+            self.sampler = build.build_sampler(
+                cfg, self.shape, self.n_classes, self.device, world_size=self.world_size, fit=fit
+            )
+        self.objective = build.build_objective(cfg, self.sampler)
+        self.optimizer = build.build_optimizer(cfg, self.jem.parameters(), self.device)
+        self.batches = self._batches(train_xy)
+        if self.world_size > 1 and self.batches.n < batch:
+            raise ConfigError(
+                f"{self.batches.n} training images cannot fill one global batch of train.batch_size={batch} on "
+                f"{self.world_size} processes; lower train.batch_size"
+            )
+        meta = {"name": self.data_name, "shape": list(self.shape), "n_classes": self.n_classes}
+        self.state = TrainState(cfg, self.jem, self.optimizer, self.buffer, meta, net_record(cfg, model), self.device)
+        self.guard = DivergenceGuard(cfg.divergence, self.state, cfg.seed)
+        self.metrics = MetricsLog(self.run, self.is_main)
+        self._resume_note: str | None = None
+
+    def _batches(self, train_xy: tuple[torch.Tensor, torch.Tensor] | None) -> TensorBatches | LoaderBatches:
+        c = self.cfg
+        args = (c.train.batch_size, self.rank, self.world_size, c.seed, self.device)
+        if train_xy is None:
+            if c.data.labels_per_class is not None:
+                raise ConfigError("config data.labels_per_class needs in-memory data; label a Dataset's items -100")
+            return LoaderBatches(self.data, *args)
+        x, y = train_xy
+        y = build.semi_supervised_labels(y, c.data.labels_per_class, self.n_classes, c.data.split_seed)
+        return TensorBatches(x, y, *args)
+
+    # -- what the run exposes --------------------------------------------------------------------
+    data_name = property(lambda self: getattr(self.data, "name", type(self.data).__name__))
+    buffer = property(lambda self: self.sampler.buffer if self.sampler is not None else None)
+    step = property(lambda self: self.state.progress.step)
+    epoch = property(lambda self: self.state.progress.epoch)
+    steps_per_epoch = property(lambda self: self.batches.steps_per_epoch)
+
+    def lr_at(self, step: int, epoch: int) -> float:
+        return build.learning_rate(self.cfg.optim, step, epoch, self.state.progress.lr_scale)
+
+    def save(self, name: str) -> Path:
+        """Write checkpoint ``name`` (in a distributed run every rank must call it)."""
+        path = self.run.checkpoint(name)
+        self.state.save(path)
+        return path
+
+    @classmethod
+    def resume(
+        cls,
+        run_dir: str | Path,
+        model: nn.Module | None = None,
+        progress: bool = True,
+        overrides: list[str] | None = None,
+    ) -> Trainer:
+        """Continue a run from its last checkpoint, with its saved config (plus ``overrides``,
+        e.g. a longer ``train.epochs``); it keeps writing to ``run_dir``, wherever it was moved."""
+        run = RunDir(run_dir)
+        ckpt = run.checkpoint("last")
+
+        def read() -> dict[str, Any]:
+            if not ckpt.is_file():
+                raise FileNotFoundError(
+                    f"cannot resume {str(run.path)!r}: no checkpoint at {ckpt} (it is written after the first epoch)"
+                )
+            return load_checkpoint(ckpt)
+
+        # Under torchrun rank 0 reads the checkpoint and sends it to the others (their node may not see it).
+        device = [o.split("=", 1)[1] for o in overrides or [] if o.startswith("device=")]
+        ddp.init_distributed(device[-1] if device else "auto")
+        state = ddp.run_on_main(read)
+        build.check_rebuildable(state.get("net"), model, run.path)
+        cfg = load_config(None, [f"out={run.path}", *(overrides or [])], base=from_dict(state["config"]))
+        trainer = cls(cfg, model=model, progress=progress)
+        trainer._resume_note = trainer.state.load_state_dict(state)
+        log.info("resumed %s at epoch %d, step %d", run.path, trainer.epoch, trainer.step)
+        return trainer
+
+    # -- one step, validation ----------------------------------------------------------------------
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimiser step on a batch (labels -100: unlabelled); returns the objective's
+        diagnostics (device tensors)."""
+        p = self.state.progress
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(p.step, p.epoch)
+        if self.cfg.data.augment:
+            flip = self.cfg.data.flip if self.cfg.data.flip is not None else getattr(self.data, "flip", False)
+            x = augment(x, pad=max(1, self.shape[-1] // 8), flip=flip)
+        self.model.train()
+        with autocast(self.cfg.train.amp, self.device):  # the chains and the loss; see torchjem.speed
+            loss, stats = self.objective(self.model, x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        p.step += 1
+        return stats
+
+    def validate(self) -> dict[str, float]:
+        """Validation accuracy and NLL; in a distributed run each rank scores a slice and the sums
+        are combined, so every rank gets the same numbers (and makes the same saves)."""
+        sums = torch.zeros(3, dtype=torch.float64)
+        for x, y in _val_batches(self.data, self.val, self.rank, self.world_size):
+            logits = predict_logits(self.jem, x)
+            y = y.cpu()
+            nll = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+            sums += torch.tensor([float((logits.argmax(1) == y).sum()), float(nll), len(y)], dtype=torch.float64)
+        acc, nll, n = ddp.all_reduce_sum(sums.to(self.device)).tolist()
+        return {"val_acc": acc / n, "val_nll": nll / n} if n else {}
+
+    # -- the loop --------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train until ``train.epochs`` (or ``train.max_steps``); returns the final figures."""
+        with self.metrics.to_file():
+            if self.is_main:
+                save_config(self.cfg, self.run.config)
+            mode = "classifier (clf_only)" if self.cfg.train.clf_only else "JEM"
+            shape = "x".join(map(str, self.shape))
+            log.info(
+                "training %s on %s (%d images, %s) on %s into %s",
+                mode, self.data_name, self.batches.n, shape, self.device, self.run.path,
+            )  # fmt: skip
+            if self.world_size > 1:
+                size = self.buffer.size if self.buffer is not None else "-"
+                msg = "data-parallel on %d processes: global batch %d = %d x %d per rank, buffer shard %s per rank"
+                log.info(msg, self.world_size, self.cfg.train.batch_size, self.world_size, self.batches.local, size)
+            if self._resume_note:
+                if self.is_main:
+                    log.warning(self._resume_note)
+                self._event("resharded", note=self._resume_note)
+                self._resume_note = None
+            return self._loop()
+
+    def _done(self) -> bool:
+        t, p = self.cfg.train, self.state.progress
+        return p.step >= t.max_steps if t.max_steps is not None else p.epoch >= t.epochs
+
+    def _loop(self) -> dict[str, Any]:
+        t, div, p = self.cfg.train, self.cfg.divergence, self.state.progress
+        self.guard.snapshot()
+        total = t.max_steps if t.max_steps is not None else t.epochs * self.steps_per_epoch
+        bar = tqdm(total=total, initial=min(p.step, total), disable=not (self.progress and self.is_main),
+                   desc="train", unit="it")  # fmt: skip
+        last_val: dict[str, float] = {}
+        while not self._done():
+            for i, (x, y) in enumerate(self.batches.epoch(p.epoch)):
+                stats = self.train_step(x, y)
+                self.metrics.window.add(stats)
+                bar.update(1)
+                # Also check before every checkpoint (end of epoch, end of run): never save a diverged state.
+                boundary = i == self.steps_per_epoch - 1 or self._done()
+                if p.step % div.check_every == 0 or boundary:
+                    cause = self.guard.check(stats)
+                    if cause:
+                        self._recover(cause)
+                        bar.n = p.step
+                        continue
+                    self.guard.maybe_snapshot()
+                if p.step % t.log_every == 0:
+                    self._log_window(bar)
+                if self._done():
+                    break
+            else:
+                self._end_epoch()
+                last_val = self._maybe_validate() or last_val
+                continue
+            break  # max_steps reached mid-epoch
+        self._log_window(bar)
+        bar.close()
+        if t.max_steps is not None:
+            last_val = self.validate()
+            self.save("last")
+        self._event("done", retries=p.retries, **last_val)
+        log.info("done: step %d, epoch %d, %s", p.step, p.epoch, last_val)
+        return {"step": p.step, "epoch": p.epoch, "retries": p.retries, **last_val}
+
+    def _recover(self, cause: str) -> None:
+        try:
+            fields = self.guard.recover(cause)
+        except DivergenceError as e:
+            self._event("gave_up", **e.event)
+            raise
+        self._event("recovery", **fields)
+        self.metrics.reset()
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        self.metrics.event(kind, self.step, self.epoch, **fields)
+
+    def _log_window(self, bar: tqdm) -> None:
+        p = self.state.progress
+        means = self.metrics.flush(step=p.step, epoch=p.epoch, lr=self.lr_at(p.step, p.epoch))
+        if means is not None:
+            bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means.get('acc', float('nan')):.3f}")
+
+    def _end_epoch(self) -> None:
+        self.state.progress.epoch += 1
+        self.save("last")
+        if self.epoch % self.cfg.train.save_every == 0:
+            self.save(f"epoch_{self.epoch:04d}")
+
+    def _maybe_validate(self) -> dict[str, float]:
+        if self.epoch % self.cfg.train.eval_every and not self._done():
+            return {}
+        val = self.validate()
+        if not val:
+            return {}
+        self.metrics.write({"step": self.step, "epoch": self.epoch, **val})
+        log.info("epoch %d: val_acc %.4f val_nll %.4f", self.epoch, val["val_acc"], val["val_nll"])
+        if val["val_acc"] > self.state.progress.best_val:
+            self.state.progress.best_val = val["val_acc"]
+            self.save("best")
+            self.save("last")  # keep "last" consistent with best_val so that a resume sees the same best
+        return val
+
+
+def _describe(data: Any) -> tuple[tuple[int, ...], int, tuple[torch.Tensor, torch.Tensor] | None]:
+    """(input shape, classes, in-memory (x_train, y_train) or None) of the training data."""
+    if isinstance(data, DataSplits):
+        check_splits(data)  # user data gets the same checks as the built-in loaders
+        return data.shape, data.n_classes, (data.x_train, data.y_train)
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    if not isinstance(dataset, Dataset) or not hasattr(dataset, "__len__") or len(dataset) == 0:
+        raise ValueError(f"training data must be a DataSplits or a non-empty map-style Dataset, got {type(data)}")
+    n_classes = getattr(dataset, "n_classes", None) or len(getattr(dataset, "classes", []))
+    if not n_classes:
+        raise ValueError(
+            f"the training Dataset {type(dataset).__name__} needs an n_classes attribute or a classes list "
+            "(as torchvision's ImageFolder has)"
+        )
+    x0, _ = dataset[0]
+    return tuple(torch.as_tensor(x0).shape), int(n_classes), None
+
+
+def _val_batches(data: Any, val: Dataset | None, rank: int, world: int, batch_size: int = 512):
+    """This rank's share of the validation set, in batches."""
+    if isinstance(data, DataSplits) and val is None:
+        x, y = data.x_val.tensor_split(world)[rank], data.y_val.tensor_split(world)[rank]
+        for i in range(0, len(x), batch_size):
+            yield x[i : i + batch_size], y[i : i + batch_size]
+        return
+    if val is None:
+        return
+    part = torch.utils.data.Subset(val, list(range(rank, len(val), world)))
+    for x, y in DataLoader(part, batch_size=batch_size):
+        yield x if x.is_floating_point() else x.float().div_(127.5).sub_(1.0), y
+
+
+def train(
+    cfg: Config, data: DataSplits | Dataset | None = None, model: nn.Module | None = None, progress: bool = True
+) -> Trainer:
+    """Build a Trainer and fit it; returns the trainer (model, sampler, run directory)."""
+    trainer = Trainer(cfg, data, model, progress)
+    trainer.fit()
+    return trainer

@@ -1,0 +1,72 @@
+"""Small helpers shared by every layer: eval mode with frozen weights, batched prediction, a
+model's device, device names and seeding."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from .energy import as_jem
+
+
+@contextlib.contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no parameter gradients inside; every module's mode and flag restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def model_device(model: nn.Module, default: torch.device | str = "cpu") -> torch.device:
+    """The device of ``model``'s first parameter (or buffer), else ``default``."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device(default)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits for ``x`` (fp32, on the CPU) in eval mode, batched; every module's mode restored after."""
+    jem = as_jem(model)
+    device = model_device(jem)
+    with frozen_eval(jem):
+        return torch.cat(
+            [jem.logits(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+        )
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``, checked."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

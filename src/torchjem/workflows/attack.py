@@ -1,0 +1,200 @@
+"""``jem attack``: robust accuracy against eps of a run's JEM-0 / JEM-n (and a baseline run), distal
+adversarials, the adversarials saved to files, and their re-evaluation on any run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from ..evaluate.attacks import JEMDefence, _check_norm
+from ..evaluate.robustness import DEFAULT_EPS, adversarial_accuracy, check_eps, distal_report, robust_accuracy
+from ..report import plot_curves
+from .runs import LoadedRun, check_same_data, load_run
+
+log = logging.getLogger("torchjem")
+
+
+@dataclass
+class AttackOptions:
+    """How ``attack_run`` attacks (the CLI's ``jem attack`` options)."""
+
+    norm: str = "linf"  # linf | l2
+    eps: list[float] | None = None  # radii in the [-1, 1] data scale, increasing (None: DEFAULT_EPS[norm])
+    refine_steps: list[int] = field(default_factory=lambda: [0, 1, 10])  # n of each JEM-n
+    limit: int | None = None  # attack only the first N test examples
+    checkpoint: str = "last"
+    steps: int = 40  # PGD iterations
+    step_size: float | None = None  # None: 2.5 * eps / steps
+    random_start: bool = True
+    restarts: int = 1
+    targeted: bool = False
+    eot: int = 1  # gradient averaged over this many draws of the defence
+    n_chains: int = 5  # SGLD chains per input in JEM-n
+    init_noise: float | None = None  # noise added to the chains (None: the run's data noise)
+    gradient: str = "exact"  # exact | bpda: how PGD goes through the chains
+    transfer: bool = True  # also try JEM-0's adversarials on each JEM-n
+    distal: int = 100  # distal adversarials to make (0: none)
+    batch_size: int = 100
+    device: str = "auto"
+    progress: bool = True
+
+    def check(self) -> AttackOptions:
+        """Raise ValueError for an invalid option (before any run is loaded); fills in eps."""
+        _check_norm(self.norm)
+        self.eps = check_eps(self.eps if self.eps is not None else DEFAULT_EPS[self.norm])
+        n = list(self.refine_steps)
+        if not n or any(k < 0 for k in n) or len(set(n)) != len(n):
+            raise ValueError(f"refine_steps must be distinct counts >= 0, got {n}")
+        counts = {"limit": 1 if self.limit is None else self.limit, "steps": self.steps, "restarts": self.restarts}
+        counts.update({"eot": self.eot, "n_chains": self.n_chains, "batch_size": self.batch_size})
+        bad = {k: v for k, v in counts.items() if v < 1} | ({"distal": self.distal} if self.distal < 0 else {})
+        if bad:
+            raise ValueError(f"attack options must be >= 1 (distal >= 0), got {bad}")
+        if self.gradient not in ("exact", "bpda"):
+            raise ValueError(f"attack gradient must be 'exact' or 'bpda', got {self.gradient!r}")
+        return self
+
+
+def defence_settings(
+    run: LoadedRun, refine_steps: Sequence[int], n_chains: int = 5, init_noise: float | None = None,
+    gradient: str = "exact",
+) -> dict[str, nn.Module]:  # fmt: skip
+    """{"JEM-n": model} for a loaded run: JEM-0 is the run's model itself, JEM-n its ``JEMDefence``
+    with the run's SGLD settings (``init_noise`` default: the run's data noise)."""
+    init = run.cfg.objective.data_noise if init_noise is None else init_noise
+    return {
+        f"JEM-{n}": run.jem if n == 0 else JEMDefence.from_sampler(run.jem, run.sgld, n, n_chains, init, gradient)
+        for n in sorted(refine_steps)
+    }
+
+
+def save_adversarials(path: str | Path, result: dict[str, Any], y: torch.Tensor, **meta: Any) -> Path:
+    """Write a ``robust_accuracy`` result's adversarials (loadable without running code)."""
+    state = {"x_adv": result["x_adv"], "y": y.cpu(), "eps": list(result["eps"]), "accuracy": list(result["accuracy"])}
+    state.update(meta)
+    save_checkpoint(path, state)
+    return Path(path)
+
+
+def evaluate_saved(path: str | Path, model: nn.Module, batch_size: int = 256) -> dict[str, Any]:
+    """Re-evaluate saved adversarials (from ``attack_run`` / ``save_adversarials``) on any model.
+
+    Returns {"file", "setting", "norm", "eps", "n", "accuracy", "accuracy_at_save"}: the robust
+    accuracy per eps of ``model`` on those inputs (cumulative over eps, as when they were made).
+    """
+    state = load_checkpoint(path)
+    missing = [k for k in ("x_adv", "y", "eps") if k not in state]
+    if missing:
+        raise ValueError(f"{path} is not a saved-adversarials file: it lacks {missing}")
+    x_adv, y = state["x_adv"], state["y"]
+    try:
+        accuracy, _ = adversarial_accuracy(model, x_adv, y, batch_size)
+    except RuntimeError as e:
+        shape = tuple(x_adv.shape[2:])
+        raise ValueError(f"the model cannot classify the adversarials of {path} (inputs {shape}): {e}") from None
+    return {
+        "file": str(path),
+        "setting": state.get("setting"),
+        "norm": state.get("norm"),
+        "eps": list(state["eps"]),
+        "n": len(y),
+        "accuracy": accuracy,
+        "accuracy_at_save": state.get("accuracy"),
+    }
+
+
+def attack_run(
+    run_dir: str | Path,
+    options: AttackOptions | None = None,
+    *,
+    baseline: str | Path | None = None,
+    out: str | Path | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Robust accuracy against eps of a run's JEM-n for each n in ``options.refine_steps`` (and a
+    ``baseline`` run); ``overrides`` set single options (``attack_run(run, norm="l2")``).
+
+    Writes ``out`` (default RUN_DIR/attack): attack.json, robust_accuracy.png,
+    adversarials_<setting>.pt per setting and, with ``distal`` > 0, distal adversarials. The defence
+    uses the run's SGLD step size and noise. With ``transfer`` (and 0 in ``refine_steps``), JEM-0's
+    adversarials are also tried against every JEM-n; attack.json's "curves" are then the stronger of
+    both and "curves_direct" the direct attack alone.
+    """
+    o = replace(options or AttackOptions(), **overrides).check()
+    t0 = time.perf_counter()
+    run = load_run(run_dir, o.checkpoint, o.device)
+    base = load_run(baseline, o.checkpoint, o.device) if baseline is not None else None
+    if base is not None:
+        check_same_data(run, base)
+    data = run.data()
+    x, y = data.x_test[: o.limit], data.y_test[: o.limit]
+    init = run.cfg.objective.data_noise if o.init_noise is None else o.init_noise
+    settings = defence_settings(run, o.refine_steps, o.n_chains, init, o.gradient)
+    if base is not None:
+        settings["baseline"] = base.jem
+    out = Path(out) if out is not None else run.path / "attack"
+    attack = dict(
+        norm=o.norm, steps=o.steps, step_size=o.step_size, random_start=o.random_start, restarts=o.restarts,
+        targeted=o.targeted, eot=o.eot, batch_size=o.batch_size, progress=o.progress,
+    )  # fmt: skip
+    curves, direct, files = {}, {}, {}
+    source = None
+    for name, model in settings.items():
+        log.info("attack: %s, %s PGD at eps %s on %d test inputs", name, o.norm, o.eps, len(x))
+        cand = source if o.transfer and name.startswith("JEM-") and name != "JEM-0" else None
+        res = robust_accuracy(model, x, y, o.eps, candidates=cand, desc=f"PGD {name}", **attack)
+        if name == "JEM-0":
+            source = res["x_adv"]
+        curves[name], direct[name] = res["accuracy"], res["accuracy_direct"]
+        path = save_adversarials(
+            out / f"adversarials_{name}.pt", res, y, norm=o.norm, setting=name, run_dir=str(run_dir), x=x.cpu()
+        )
+        files[name] = str(path)
+    png = plot_curves(curves, o.eps, o.norm, out / "robust_accuracy.png")
+    try:
+        png_ref = str(png.resolve().relative_to(run.path.resolve()))
+    except ValueError:
+        png_ref = str(png)
+    result: dict[str, Any] = {
+        "norm": o.norm,
+        "eps": o.eps,
+        "n": len(x),
+        "curves": curves,
+        "png": png_ref,
+        "curves_direct": direct,
+        "attack": {
+            "steps": o.steps,
+            "step_size": o.step_size if o.step_size is not None else "2.5*eps/steps",
+            "random_start": o.random_start,
+            "restarts": o.restarts,
+            "targeted": o.targeted,
+            "eot": o.eot,
+            "n_chains": o.n_chains,
+            "init_noise": init,
+            "sgld_step_size": run.sgld.step_size,
+            "sgld_noise": run.sgld.noise,
+            "gradient": o.gradient,
+            "transfer_from_jem0": o.transfer,
+            "checkpoint": o.checkpoint,
+        },
+        "adversarials": files,
+    }
+    if o.distal > 0:
+        result["distal"] = {}
+        models = {"jem": run.jem, **({"baseline": base.jem} if base is not None else {})}
+        for name, model in models.items():
+            figures, xd = distal_report(model, x, o.distal)
+            result["distal"][name] = figures
+            save_checkpoint(out / f"distal_{name}.pt", {"x": xd, "y": torch.arange(len(xd)) % run.n_classes})
+    result["seconds"] = time.perf_counter() - t0
+    atomic_write_text(out / "attack.json", json.dumps(result, indent=2))
+    return result

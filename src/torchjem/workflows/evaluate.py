@@ -1,0 +1,170 @@
+"""``jem eval``: every evaluation of a run (and its baseline, side by side) into one report.
+
+Loads the run directories, checks that the baseline saw the same data, builds the shared inputs
+(test set, OOD sets, feature network) once, evaluates each model with
+``torchjem.evaluate.evaluate_model`` and writes report.json / report.html / PNGs."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import build
+from ..data import DataSplits
+from ..evaluate.features import resolve_feature_net
+from ..evaluate.ood import SCORES, check_scores
+from ..evaluate.suite import DEFAULT_OOD, HELD_OUT, build_ood_sets, check_ood_specs, evaluate_model
+from ..report import check_robustness, load_robustness, write_report
+from ..utils import model_device
+from .runs import check_same_data, load_run
+
+log = logging.getLogger("torchjem")
+
+
+@dataclass
+class EvalOptions:
+    """What ``evaluate_run`` evaluates and how (the CLI's ``jem eval`` options)."""
+
+    ood: list[str] | None = None  # OOD sets (None: uniform, gaussian, interp [, held_out])
+    limit: int | None = None  # at most this many test examples (and OOD inputs and samples)
+    checkpoint: str = "last"
+    device: str = "auto"
+    refine_steps: int = 0  # also classify after this many SGLD steps on the inputs
+    feature_net: str | nn.Module | None = "auto"  # auto | inception:PATH | a FeatureNet
+    scores: list[str] = field(default_factory=lambda: list(SCORES))
+    n_bins: int = 20  # calibration bins
+    generate: bool = True  # sampling, FID/KID/IS, conditional accuracy
+    per_class: int = 20  # class-conditional samples per class
+    sample_steps: int | None = None  # SGLD steps per sample (None: as `jem sample`)
+    seed: int = 0
+    progress: bool = True
+
+    def check(self) -> EvalOptions:
+        """Raise ValueError for an invalid option (before any run is loaded)."""
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise ValueError(f"limit must be a positive integer, got {self.limit!r}")
+        if not isinstance(self.n_bins, int) or self.n_bins < 1:
+            raise ValueError(f"calibration bins must be a positive integer, got {self.n_bins!r}")
+        if self.refine_steps < 0:
+            raise ValueError(f"refine_steps must be >= 0, got {self.refine_steps}")
+        if self.per_class < 1:
+            raise ValueError(f"per_class must be >= 1, got {self.per_class}")
+        if self.sample_steps is not None and self.sample_steps < 0:
+            raise ValueError(f"sample_steps must be >= 0, got {self.sample_steps}")
+        self.scores = check_scores(self.scores)
+        if self.ood is not None:
+            check_ood_specs(self.ood)
+        return self
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    options: EvalOptions | None = None,
+    *,
+    baseline: str | Path | None = None,
+    out: str | Path | None = None,
+    robustness: dict[str, dict] | None = None,
+    data: DataSplits | None = None,
+    write: bool = True,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Evaluate the run in ``run_dir`` (and ``baseline``, side by side) and write the report.
+
+    ``options`` (or single ``overrides``: ``evaluate_run(run, limit=100)``) say what to evaluate;
+    ``out``: report directory (default RUN_DIR/report); ``robustness``: {role: attack dict}
+    (default: each run's attack/attack.json when present); ``data``: the DataSplits when the run's
+    data is not loadable by name. Returns the report dict (with plot arrays); report.json holds
+    the same figures without the arrays.
+    """
+    o = replace(options or EvalOptions(), **overrides).check()
+    loaded = {"model": load_run(run_dir, o.checkpoint, o.device)}
+    if baseline is not None:
+        loaded["baseline"] = load_run(baseline, o.checkpoint, o.device)
+        check_same_data(loaded["model"], loaded["baseline"])
+    main = loaded["model"]
+    held = None
+    if data is None:  # (a caller-provided DataSplits has no held-out classes to offer)
+        data, held = main.data(), build.held_out_data(main.cfg)
+    if list(data.shape) != list(main.shape) or data.n_classes != main.n_classes:
+        raise ValueError(f"data {data.name!r} {data.shape} does not match the run's {main.data_meta}")
+    ood = o.ood if o.ood is not None else [*DEFAULT_OOD, *([HELD_OUT] if held is not None else [])]
+
+    x_test, y_test = data.x_test[: o.limit], data.y_test[: o.limit]
+    n_classes = data.n_classes
+    per_class = max(1, min(o.per_class, o.limit // n_classes)) if o.limit is not None else o.per_class
+    ood_sets, ood_desc = build_ood_sets(ood, x_test, held, o.seed)
+    fnet = None
+    if o.generate:
+        fnet = resolve_feature_net(o.feature_net, data, main.path / "feature_net", model_device(main.jem), o.progress)
+    x_ref = data.x_train[: len(x_test)]
+
+    models: dict[str, Any] = {}
+    for role, run in loaded.items():
+        torch.manual_seed(o.seed)
+        log.info("evaluating %s (%s)", role, run.path)
+        res = evaluate_model(
+            run.jem, x_test, y_test, n_classes=n_classes, ood_sets=ood_sets, scores=o.scores, n_bins=o.n_bins,
+            refine_steps=o.refine_steps, sampler=run.sampler if o.generate or o.refine_steps else None,
+            feature_net=fnet, x_reference=x_ref, per_class=per_class, sample_steps=o.sample_steps,
+            progress=o.progress,
+        )  # fmt: skip
+        rob = (robustness or {}).get(role)
+        rob = check_robustness(rob, run.path) if rob is not None else load_robustness(run.path)
+        models[role] = {
+            "label": run.label,
+            "kind": "classifier" if run.cfg.train.clf_only else "JEM",
+            "run_dir": str(run.path),
+            "checkpoint": o.checkpoint,
+            **res,
+            **({"robustness": rob} if rob is not None else {}),
+        }
+    if "baseline" in models and models["baseline"]["label"] == models["model"]["label"]:
+        models["baseline"]["label"] += " (baseline)"
+    report: dict[str, Any] = {
+        "version": 1,
+        "title": "torchjem evaluation: " + " vs ".join(m["label"] for m in models.values()),
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "data": {"name": data.name, "shape": list(data.shape), "n_classes": n_classes, "n_test": len(x_test)},
+        "settings": {
+            "limit": o.limit,
+            "ood_sets": list(ood),
+            "scores": o.scores,
+            "n_bins": o.n_bins,
+            "refine_steps": o.refine_steps,
+            "feature_net": fnet.name if fnet is not None else None,
+            "seed": o.seed,
+            "ood_descriptions": ood_desc,
+        },
+        "models": models,
+    }
+    if write:
+        files = write_report(report, Path(out) if out is not None else main.path / "report")
+        report["files"] = {k: str(v) for k, v in files.items()}
+        log.info("report written to %s", files["html"])
+    return report
+
+
+def headline(report: dict[str, Any], role: str) -> dict[str, Any]:
+    """The figures `jem demo` and `jem eval` print: accuracy, NLL, ECE, OOD AUROCs, FID, conditional accuracy."""
+    m = report["models"][role]
+    out: dict[str, Any] = {
+        "accuracy": m["classification"]["accuracy"],
+        "nll": m["classification"]["nll"],
+        "ece": m["calibration"]["ece"],
+        "mce": m["calibration"]["mce"],
+    }
+    if "ood" in m:
+        out["ood"] = {
+            s: {k: {"auroc": v["auroc"]} for k, v in res.items() if isinstance(v, dict)}
+            for s, res in m["ood"]["sets"].items()
+        }
+    if "generation" in m:
+        g = m["generation"]
+        out.update(fid=g["fid"], feature_net=g["feature_net"], conditional_accuracy=g["conditional_accuracy"])
+    return out

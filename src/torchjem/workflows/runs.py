@@ -1,0 +1,104 @@
+"""Loading what a run wrote: its config, model, chain sampler (with the replay buffer) and data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import build
+from ..checkpoint import load_checkpoint
+from ..config import Config, from_dict, load_config
+from ..data import DataSplits
+from ..energy import JEM
+from ..rundir import RunDir
+from ..sampling import SGLD, ChainSampler, ReplayBuffer
+from ..utils import resolve_device
+
+
+@dataclass
+class LoadedRun:
+    """What ``load_run`` returns: the config, the model (eval mode), the chain sampler (its
+    replay buffer, or fresh chains for a run without one) and the raw checkpoint."""
+
+    cfg: Config
+    jem: JEM
+    sampler: ChainSampler
+    state: dict[str, Any]
+    path: Path
+
+    @property
+    def buffer(self) -> ReplayBuffer | None:
+        return self.sampler.buffer
+
+    @property
+    def sgld(self) -> SGLD:
+        return self.sampler.sgld
+
+    @property
+    def data_meta(self) -> dict[str, Any]:
+        return self.state["data"]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.state["data"]["shape"])
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.state["data"]["n_classes"])
+
+    @property
+    def label(self) -> str:
+        return self.path.name or str(self.path)
+
+    def data(self) -> DataSplits:
+        """The run's data set, as configured (it must be loadable by name)."""
+        data = build.build_data(self.cfg)
+        if list(data.shape) != list(self.shape) or data.n_classes != self.n_classes:
+            raise ValueError(f"data {data.name!r} {data.shape} does not match the run's {self.data_meta}")
+        return data
+
+
+def load_run(
+    path: str | Path, which: str = "last", device: str | torch.device = "auto", model: nn.Module | None = None
+) -> LoadedRun:
+    """Load a run's model and chain sampler from its directory (no code from the checkpoint runs;
+    a run whose ``net.name`` is an import path imports that module). ``model``: the network of a
+    run trained on a model object (any classifier, or a JEM)."""
+    run = RunDir(path)
+    if not run.path.is_dir():
+        raise FileNotFoundError(f"run directory {str(run.path)!r} does not exist")
+    ckpt = run.checkpoint(which)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"run {str(run.path)!r} has no checkpoint {which!r} (looked for {ckpt})")
+    dev = resolve_device(device)
+    state = load_checkpoint(ckpt, map_location=dev)
+    cfg = from_dict(state["config"]) if "config" in state else load_config(run.config)
+    build.check_rebuildable(state.get("net"), model, run.path)
+    meta = state["data"]
+    shape, n_classes = tuple(meta["shape"]), int(meta["n_classes"])
+    jem = build.build_jem(cfg, shape, n_classes, model)
+    jem.load_state_dict(state["model"])
+    jem.to(dev).eval()
+    has_buffer = state.get("buffer") is not None
+    if has_buffer:  # the saved buffer's size (a data-parallel run saves every shard merged)
+        cfg.buffer.size = len(state["buffer"]["x"])
+    sampler = build.build_sampler(cfg, shape, n_classes, dev, buffer=has_buffer)
+    if has_buffer:
+        sampler.buffer.load_state_dict(state["buffer"])
+    return LoadedRun(cfg, jem, sampler, state, run.path)
+
+
+def check_same_data(run: LoadedRun, other: LoadedRun, what: str = "baseline") -> None:
+    """Refuse to compare runs trained on different data (name, shape, classes and class subset)."""
+    a, b = run.data_meta, other.data_meta
+    key_a = (a["name"], list(a["shape"]), int(a["n_classes"]), run.cfg.data.classes)
+    key_b = (b["name"], list(b["shape"]), int(b["n_classes"]), other.cfg.data.classes)
+    if key_a != key_b:
+        raise ValueError(
+            f"{what} run {str(other.path)!r} was trained on other data ({b}, classes {other.cfg.data.classes}) "
+            f"than {str(run.path)!r} ({a}, classes {run.cfg.data.classes})"
+        )

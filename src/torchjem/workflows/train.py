@@ -1,0 +1,37 @@
+"""``jem train``: a new run from a config (a file or a shipped recipe) plus overrides, or the
+continuation of a run; under torchrun the process group is left cleanly at the end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import CONFIG_DIR, ConfigError, load_config
+from ..training import Trainer
+from ..training.distributed import distributed_session
+
+
+def resolve_recipe(name: str | None) -> str | None:
+    """A config path, or the name of a recipe shipped in torchjem/configs."""
+    if name is None or Path(name).is_file():
+        return name
+    shipped = CONFIG_DIR / f"{Path(name).stem}.yaml"
+    if shipped.is_file():
+        return str(shipped)
+    raise ConfigError(f"config {name!r} is neither a file nor a shipped recipe; see `jem recipes`")
+
+
+def train_run(
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    *,
+    resume: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[Trainer, dict[str, Any]]:
+    """Train (or, with ``resume``, continue) a run; returns the trainer and its final figures."""
+    with distributed_session():
+        if resume is not None:
+            trainer = Trainer.resume(resume, progress=progress, overrides=overrides)
+        else:
+            trainer = Trainer(load_config(resolve_recipe(config), overrides), progress=progress)
+        return trainer, trainer.fit()
