@@ -150,6 +150,24 @@ def build_sampler(
     return ChainSampler(sgld, replay)
 
 
+def build_training_sampler(
+    cfg: Config,
+    shape: tuple[int, ...],
+    n_classes: int,
+    device: torch.device | str,
+    world_size: int = 1,
+    train_xy: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> ChainSampler | None:
+    """The sampler a training run needs (None for a plain classifier or no p(x) / p(x|y) term);
+    ``train_xy``: the in-memory training data, needed by ``buffer.init=gaussian``."""
+    if cfg.train.clf_only or (cfg.objective.px == 0 and cfg.objective.pxy == 0):
+        return None
+    if cfg.buffer.init == "gaussian" and train_xy is None:
+        raise ConfigError("config buffer.init = gaussian needs in-memory training data (a DataSplits)")
+    fit = train_xy if cfg.buffer.init == "gaussian" else None
+    return build_sampler(cfg, shape, n_classes, device, world_size=world_size, fit=fit)
+
+
 def build_objective(cfg: Config, sampler: ChainSampler | None) -> HybridObjective:
     """The hybrid loss of the config (cross-entropy alone for ``train.clf_only``)."""
     o, clf = cfg.objective, cfg.train.clf_only

@@ -7,11 +7,14 @@ the ranks together see exactly the batches one process would."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..data import to_float
+from .. import build
+from ..config import Config, ConfigError
+from ..data import DataSplits, check_splits, to_float
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -93,3 +96,62 @@ class LoaderBatches:
         self.sampler.epoch, self.sampler.start = epoch, start
         for x, y in self.loader:
             yield to_float(x, self.device), y.to(self.device, non_blocking=True)
+
+
+def describe(data: Any) -> tuple[tuple[int, ...], int, tuple[torch.Tensor, torch.Tensor] | None]:
+    """(input shape, classes, in-memory (x_train, y_train) or None) of the training data."""
+    if isinstance(data, DataSplits):
+        check_splits(data)  # user data gets the same checks as the built-in loaders
+        return data.shape, data.n_classes, (data.x_train, data.y_train)
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    if not isinstance(dataset, Dataset) or not hasattr(dataset, "__len__") or len(dataset) == 0:
+        raise ValueError(f"training data must be a DataSplits or a non-empty map-style Dataset, got {type(data)}")
+    n_classes = getattr(dataset, "n_classes", None) or len(getattr(dataset, "classes", []))
+    if not n_classes:
+        raise ValueError(
+            f"the training Dataset {type(dataset).__name__} needs an n_classes attribute or a classes list "
+            "(as torchvision's ImageFolder has)"
+        )
+    x0, _ = dataset[0]
+    return tuple(torch.as_tensor(x0).shape), int(n_classes), None
+
+
+def val_batches(data: Any, val: Dataset | None, rank: int, world: int, batch_size: int = 512):
+    """This rank's share of the validation set, in batches."""
+    if isinstance(data, DataSplits) and val is None:
+        x, y = data.x_val.tensor_split(world)[rank], data.y_val.tensor_split(world)[rank]
+        for i in range(0, len(x), batch_size):
+            yield x[i : i + batch_size], y[i : i + batch_size]
+        return
+    if val is None:
+        return
+    part = torch.utils.data.Subset(val, list(range(rank, len(val), world)))
+    for x, y in DataLoader(part, batch_size=batch_size):
+        yield to_float(x), y
+
+
+def make_batches(
+    cfg: Config, data: Any, train_xy: tuple[torch.Tensor, torch.Tensor] | None, n_classes: int, rank: int, world: int,
+    device: torch.device,
+) -> TensorBatches | LoaderBatches:  # fmt: skip
+    """The batch source of a run: in memory (labels thinned out by ``data.labels_per_class``) or a
+    DataLoader over a Dataset; checks that the global batch splits over the ranks and fills."""
+    batch = cfg.train.batch_size
+    if batch % world:
+        raise ConfigError(
+            f"config train.batch_size={batch} is the global batch and must be divisible by the {world} processes"
+        )
+    args = (batch, rank, world, cfg.seed, device)
+    if train_xy is None:
+        if cfg.data.labels_per_class is not None:
+            raise ConfigError("config data.labels_per_class needs in-memory data; label a Dataset's items -100")
+        batches: TensorBatches | LoaderBatches = LoaderBatches(data, *args)
+    else:
+        y = build.semi_supervised_labels(train_xy[1], cfg.data.labels_per_class, n_classes, cfg.data.split_seed)
+        batches = TensorBatches(train_xy[0], y, *args)
+    if world > 1 and batches.n < batch:
+        raise ConfigError(
+            f"{batches.n} training images cannot fill one global batch of train.batch_size={batch} on {world} "
+            "processes; lower train.batch_size"
+        )
+    return batches

@@ -12,9 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import rng_state, save_checkpoint, set_rng_state
-from ..config import Config
+from .. import build
+from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..config import Config, from_dict, load_config
 from ..energy import JEM
+from ..rundir import RunDir
 from ..sampling import ReplayBuffer, merge_shards, split_shard
 from ..utils import seed_everything
 from . import distributed as ddp
@@ -153,3 +155,24 @@ class TrainState:
         if self.buffer is not None and snap["buffer"] is not None:
             self.buffer.load_state_dict(snap["buffer"])
         self.progress.step = snap["step"]
+
+
+def read_resume(run_dir: str | Path, overrides: list[str], model: nn.Module | None) -> tuple[Config, dict[str, Any]]:
+    """The config (saved one + ``overrides``, ``out`` = ``run_dir`` wherever it now is) and the state
+    of a run's last checkpoint. Under torchrun rank 0 reads it and sends it to the others (their
+    node may not see the file)."""
+    run = RunDir(run_dir)
+    ckpt = run.checkpoint("last")
+
+    def read() -> dict[str, Any]:
+        if not ckpt.is_file():
+            raise FileNotFoundError(
+                f"cannot resume {str(run.path)!r}: no checkpoint at {ckpt} (it is written after the first epoch)"
+            )
+        return load_checkpoint(ckpt)
+
+    device = [o.split("=", 1)[1] for o in overrides if o.startswith("device=")]
+    ddp.init_distributed(device[-1] if device else "auto")
+    state = ddp.run_on_main(read)
+    build.check_rebuildable(state.get("net"), model, run.path)
+    return load_config(None, [f"out={run.path}", *overrides], base=from_dict(state["config"])), state

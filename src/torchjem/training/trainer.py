@@ -14,17 +14,16 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .. import build
-from ..checkpoint import load_checkpoint
-from ..config import Config, ConfigError, from_dict, load_config, save_config
-from ..data import DataSplits, augment, check_model_input, check_splits
+from ..config import Config, save_config
+from ..data import DataSplits, augment, check_model_input
 from ..rundir import RunDir
 from ..speed import autocast, configure_speed
 from ..utils import predict_logits, seed_everything
 from . import distributed as ddp
-from .batches import LoaderBatches, TensorBatches
+from .batches import describe, make_batches, val_batches
 from .guard import DivergenceError, DivergenceGuard
 from .metrics import MetricsLog
-from .state import TrainState, net_record
+from .state import TrainState, net_record, read_resume
 
 log = logging.getLogger("torchjem")
 
@@ -51,14 +50,8 @@ class Trainer:
         self.device = ddp.init_distributed(cfg.device)  # no process group without torchrun
         self.rank, self.world_size = ddp.get_rank(), ddp.get_world_size()
         self.is_main, self.progress = self.rank == 0, progress
-        batch = cfg.train.batch_size
-        if batch % self.world_size:
-            raise ConfigError(
-                f"config train.batch_size={batch} is the global batch and must be divisible by the "
-                f"{self.world_size} processes"
-            )
         self.data, self.val = (build.build_data(cfg) if data is None else data), val
-        self.shape, self.n_classes, train_xy = _describe(self.data)
+        self.shape, self.n_classes, train_xy = describe(self.data)
         seed_everything(cfg.seed)
         self.jem = build.build_jem(cfg, self.shape, self.n_classes, model).to(self.device)
         check_model_input(self.jem, self.shape, self.n_classes, f"data set {self.data_name!r}")
@@ -69,39 +62,16 @@ class Trainer:
             unused = self.jem.energy_head is not None and (cfg.train.clf_only or cfg.objective.px == 0)
             self.model = ddp.wrap_ddp(self.jem, self.device, find_unused_parameters=unused)
             seed_everything(ddp.rank_seed(cfg.seed, self.rank))  # from here each rank draws its own noise
-        jem_run = not cfg.train.clf_only and (cfg.objective.px > 0 or cfg.objective.pxy > 0)
-        self.sampler = None
-        if jem_run:
-            fit = train_xy if cfg.buffer.init == "gaussian" else None
-            if fit is None and cfg.buffer.init == "gaussian":
-                raise ConfigError("config buffer.init = gaussian needs in-memory data (a DataSplits)")
-            self.sampler = build.build_sampler(
-                cfg, self.shape, self.n_classes, self.device, world_size=self.world_size, fit=fit
-            )
+        self.sampler = build.build_training_sampler(cfg, self.shape, self.n_classes, self.device, self.world_size,
+                                                    train_xy)  # fmt: skip
         self.objective = build.build_objective(cfg, self.sampler)
         self.optimizer = build.build_optimizer(cfg, self.jem.parameters(), self.device)
-        self.batches = self._batches(train_xy)
-        if self.world_size > 1 and self.batches.n < batch:
-            raise ConfigError(
-                f"{self.batches.n} training images cannot fill one global batch of train.batch_size={batch} on "
-                f"{self.world_size} processes; lower train.batch_size"
-            )
+        self.batches = make_batches(cfg, self.data, train_xy, self.n_classes, self.rank, self.world_size, self.device)
         meta = {"name": self.data_name, "shape": list(self.shape), "n_classes": self.n_classes}
         self.state = TrainState(cfg, self.jem, self.optimizer, self.buffer, meta, net_record(cfg, model), self.device)
         self.guard = DivergenceGuard(cfg.divergence, self.state, cfg.seed)
         self.metrics = MetricsLog(self.run, self.is_main)
         self._resume_note: str | None = None
-
-    def _batches(self, train_xy: tuple[torch.Tensor, torch.Tensor] | None) -> TensorBatches | LoaderBatches:
-        c = self.cfg
-        args = (c.train.batch_size, self.rank, self.world_size, c.seed, self.device)
-        if train_xy is None:
-            if c.data.labels_per_class is not None:
-                raise ConfigError("config data.labels_per_class needs in-memory data; label a Dataset's items -100")
-            return LoaderBatches(self.data, *args)
-        x, y = train_xy
-        y = build.semi_supervised_labels(y, c.data.labels_per_class, self.n_classes, c.data.split_seed)
-        return TensorBatches(x, y, *args)
 
     # -- what the run exposes --------------------------------------------------------------------
     data_name = property(lambda self: getattr(self.data, "name", type(self.data).__name__))
@@ -129,25 +99,10 @@ class Trainer:
     ) -> Trainer:
         """Continue a run from its last checkpoint, with its saved config (plus ``overrides``,
         e.g. a longer ``train.epochs``); it keeps writing to ``run_dir``, wherever it was moved."""
-        run = RunDir(run_dir)
-        ckpt = run.checkpoint("last")
-
-        def read() -> dict[str, Any]:
-            if not ckpt.is_file():
-                raise FileNotFoundError(
-                    f"cannot resume {str(run.path)!r}: no checkpoint at {ckpt} (it is written after the first epoch)"
-                )
-            return load_checkpoint(ckpt)
-
-        # Under torchrun rank 0 reads the checkpoint and sends it to the others (their node may not see it).
-        device = [o.split("=", 1)[1] for o in overrides or [] if o.startswith("device=")]
-        ddp.init_distributed(device[-1] if device else "auto")
-        state = ddp.run_on_main(read)
-        build.check_rebuildable(state.get("net"), model, run.path)
-        cfg = load_config(None, [f"out={run.path}", *(overrides or [])], base=from_dict(state["config"]))
+        cfg, state = read_resume(run_dir, overrides or [], model)
         trainer = cls(cfg, model=model, progress=progress)
         trainer._resume_note = trainer.state.load_state_dict(state)
-        log.info("resumed %s at epoch %d, step %d", run.path, trainer.epoch, trainer.step)
+        log.info("resumed %s at epoch %d, step %d", cfg.out, trainer.epoch, trainer.step)
         return trainer
 
     # -- one step, validation ----------------------------------------------------------------------
@@ -173,7 +128,7 @@ class Trainer:
         """Validation accuracy and NLL; in a distributed run each rank scores a slice and the sums
         are combined, so every rank gets the same numbers (and makes the same saves)."""
         sums = torch.zeros(3, dtype=torch.float64)
-        for x, y in _val_batches(self.data, self.val, self.rank, self.world_size):
+        for x, y in val_batches(self.data, self.val, self.rank, self.world_size):
             logits = predict_logits(self.jem, x)
             y = y.cpu()
             nll = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
@@ -187,12 +142,9 @@ class Trainer:
         with self.metrics.to_file():
             if self.is_main:
                 save_config(self.cfg, self.run.config)
-            mode = "classifier (clf_only)" if self.cfg.train.clf_only else "JEM"
-            shape = "x".join(map(str, self.shape))
-            log.info(
-                "training %s on %s (%d images, %s) on %s into %s",
-                mode, self.data_name, self.batches.n, shape, self.device, self.run.path,
-            )  # fmt: skip
+            mode, shape = "classifier (clf_only)" if self.cfg.train.clf_only else "JEM", "x".join(map(str, self.shape))
+            log.info("training %s on %s (%d images, %s) on %s into %s",
+                     mode, self.data_name, self.batches.n, shape, self.device, self.run.path)  # fmt: skip
             if self.world_size > 1:
                 size = self.buffer.size if self.buffer is not None else "-"
                 msg = "data-parallel on %d processes: global batch %d = %d x %d per rank, buffer shard %s per rank"
@@ -284,38 +236,6 @@ class Trainer:
             self.save("best")
             self.save("last")  # keep "last" consistent with best_val so that a resume sees the same best
         return val
-
-
-def _describe(data: Any) -> tuple[tuple[int, ...], int, tuple[torch.Tensor, torch.Tensor] | None]:
-    """(input shape, classes, in-memory (x_train, y_train) or None) of the training data."""
-    if isinstance(data, DataSplits):
-        check_splits(data)  # user data gets the same checks as the built-in loaders
-        return data.shape, data.n_classes, (data.x_train, data.y_train)
-    dataset = data.dataset if isinstance(data, DataLoader) else data
-    if not isinstance(dataset, Dataset) or not hasattr(dataset, "__len__") or len(dataset) == 0:
-        raise ValueError(f"training data must be a DataSplits or a non-empty map-style Dataset, got {type(data)}")
-    n_classes = getattr(dataset, "n_classes", None) or len(getattr(dataset, "classes", []))
-    if not n_classes:
-        raise ValueError(
-            f"the training Dataset {type(dataset).__name__} needs an n_classes attribute or a classes list "
-            "(as torchvision's ImageFolder has)"
-        )
-    x0, _ = dataset[0]
-    return tuple(torch.as_tensor(x0).shape), int(n_classes), None
-
-
-def _val_batches(data: Any, val: Dataset | None, rank: int, world: int, batch_size: int = 512):
-    """This rank's share of the validation set, in batches."""
-    if isinstance(data, DataSplits) and val is None:
-        x, y = data.x_val.tensor_split(world)[rank], data.y_val.tensor_split(world)[rank]
-        for i in range(0, len(x), batch_size):
-            yield x[i : i + batch_size], y[i : i + batch_size]
-        return
-    if val is None:
-        return
-    part = torch.utils.data.Subset(val, list(range(rank, len(val), world)))
-    for x, y in DataLoader(part, batch_size=batch_size):
-        yield x if x.is_floating_point() else x.float().div_(127.5).sub_(1.0), y
 
 
 def train(

@@ -56,6 +56,11 @@ class LoadedRun:
 
     def data(self) -> DataSplits:
         """The run's data set, as configured (it must be loadable by name)."""
+        if self.data_meta["name"] != self.cfg.data.name:
+            raise ValueError(
+                f"run {str(self.path)!r} was trained on data {self.data_meta['name']!r}, which cannot be loaded by "
+                f"name (config data.name is {self.cfg.data.name!r}); pass the data (data=DataSplits)"
+            )
         data = build.build_data(self.cfg)
         if list(data.shape) != list(self.shape) or data.n_classes != self.n_classes:
             raise ValueError(f"data {data.name!r} {data.shape} does not match the run's {self.data_meta}")
