@@ -89,6 +89,7 @@ class LoaderBatches:
             collate_fn=base.collate_fn if base is not None else None,
             pin_memory=base.pin_memory if base is not None else False,
             drop_last=True,
+            generator=torch.Generator().manual_seed(seed),  # its worker seeds must not draw from the global RNG
         )
         self.device = device
 
@@ -126,7 +127,7 @@ def val_batches(data: Any, val: Dataset | None, rank: int, world: int, batch_siz
     if val is None:
         return
     part = torch.utils.data.Subset(val, list(range(rank, len(val), world)))
-    for x, y in DataLoader(part, batch_size=batch_size):
+    for x, y in DataLoader(part, batch_size=batch_size, generator=torch.Generator()):  # leaves the global RNG alone
         yield to_float(x), y
 
 

@@ -74,7 +74,7 @@ class Trainer:
         self._resume_note: str | None = None
 
     # -- what the run exposes --------------------------------------------------------------------
-    data_name = property(lambda self: getattr(self.data, "name", type(self.data).__name__))
+    data_name = property(lambda self: getattr(self.data, "name", type(getattr(self.data, "dataset", self.data)).__name__))  # noqa: E501
     buffer = property(lambda self: self.sampler.buffer if self.sampler is not None else None)
     step = property(lambda self: self.state.progress.step)
     epoch = property(lambda self: self.state.progress.epoch)
@@ -96,11 +96,14 @@ class Trainer:
         model: nn.Module | None = None,
         progress: bool = True,
         overrides: list[str] | None = None,
+        data: DataSplits | Dataset | DataLoader | None = None,
+        val: Dataset | None = None,
     ) -> Trainer:
         """Continue a run from its last checkpoint, with its saved config (plus ``overrides``,
-        e.g. a longer ``train.epochs``); it keeps writing to ``run_dir``, wherever it was moved."""
+        e.g. a longer ``train.epochs``); it keeps writing to ``run_dir``, wherever it was moved.
+        ``model`` and ``data``: as given to the first Trainer when they did not come from the config."""
         cfg, state = read_resume(run_dir, overrides or [], model)
-        trainer = cls(cfg, model=model, progress=progress)
+        trainer = cls(cfg, data=data, model=model, progress=progress, val=val)
         trainer._resume_note = trainer.state.load_state_dict(state)
         log.info("resumed %s at epoch %d, step %d", cfg.out, trainer.epoch, trainer.step)
         return trainer

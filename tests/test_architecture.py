@@ -1,0 +1,120 @@
+"""The package's shape, read from its source (docs/architecture.md): layers import only downward,
+and the objects a config describes are constructed in one place (torchjem/build.py)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "torchjem"
+
+# Each top-level module or package of torchjem and its layer (docs/architecture.md). A module may
+# import from strictly lower layers and from inside its own package, never sideways or upward.
+LAYERS = {
+    "checkpoint": 0,
+    "energy": 0,
+    "rundir": 0,
+    "config": 1,
+    "utils": 1,
+    "nets": 2,
+    "data": 2,
+    "sampling": 2,
+    "speed": 2,
+    "objective": 3,
+    "evaluate": 3,
+    "samples": 3,
+    "build": 4,
+    "training": 5,
+    "report": 5,
+    "workflows": 6,
+    "cli": 7,
+    "__init__": 7,
+}
+
+
+def component(module: str) -> str:
+    """``torchjem.a.b`` -> ``a`` (the top-level part a layer is given to)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def imports_of(path: Path, root: Path = SRC) -> list[tuple[int, str]]:
+    """(line, absolute module) of every torchjem import in ``path`` (a file under ``root``, the
+    torchjem folder), function-level ones included."""
+    package = list(path.relative_to(root.parent).with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            names = [mod] if node.module else [f"{mod}.{a.name}" for a in node.names]
+            found += [(node.lineno, m) for m in names if m.startswith("torchjem")]
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("torchjem")]
+    return found
+
+
+def modules() -> list[Path]:
+    return sorted(p for p in SRC.rglob("*.py"))
+
+
+def test_every_module_has_a_layer():
+    missing = {component("torchjem." + ".".join(p.relative_to(SRC).with_suffix("").parts)) for p in modules()}
+    assert missing - set(LAYERS) == set(), "place new modules in LAYERS and docs/architecture.md"
+
+
+def test_layers_import_only_downward():
+    bad = []
+    for path in modules():
+        me = component("torchjem." + ".".join(path.relative_to(SRC).with_suffix("").parts))
+        for line, mod in imports_of(path):
+            other = component(mod)
+            if other == me or mod == "torchjem":
+                continue
+            if LAYERS[other] >= LAYERS[me]:
+                where = f"{path.relative_to(SRC)}:{line} ({me}, layer {LAYERS[me]})"
+                bad.append(f"{where} imports {mod} (layer {LAYERS[other]})")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_checker_catches_an_upward_import(tmp_path):
+    # the rule must be able to fail: a data module importing the trainer resolves to layer 5 > 2
+    (tmp_path / "torchjem" / "data").mkdir(parents=True)
+    bad = tmp_path / "torchjem" / "data" / "x.py"
+    bad.write_text("def f():\n    from ..training import Trainer\n    from . import readers\n")
+    found = imports_of(bad, tmp_path / "torchjem")
+    assert found == [(2, "torchjem.training"), (3, "torchjem.data.readers")]
+    assert LAYERS[component(found[0][1])] > LAYERS["data"] and component(found[1][1]) == "data"
+
+
+# Constructors of the objects a config describes; where else each may legitimately be called.
+BUILT_IN_ONE_PLACE = {
+    r"\bReplayBuffer\(": {"build.py", "sampling.py"},
+    r"\bChainSampler\(": {"build.py", "sampling.py"},
+    r"\bHybridObjective\(": {"build.py"},
+    r"\bcreate_net\(": {"build.py", "nets/registry.py"},
+    r"\bload_data\(": {"build.py", "data/datasets.py", "evaluate/ood.py"},  # ood: OOD sets named by the user
+    r"torch\.optim\.(Adam|SGD)\(": {"build.py", "speed.py", "evaluate/features.py"},  # probe; feature classifier
+}
+
+
+def calls(path: Path) -> set[str]:
+    """Names of the functions and classes called in ``path`` (``a.b.C(...)`` gives ``a.b.C``)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            out.add(ast.unparse(node.func))
+    return out
+
+
+@pytest.mark.parametrize("pattern", sorted(BUILT_IN_ONE_PLACE))
+def test_config_objects_are_built_in_one_place(pattern):
+    where = {str(p.relative_to(SRC)) for p in modules() if any(re.search(pattern, c + "(") for c in calls(p))}
+    assert where <= BUILT_IN_ONE_PLACE[pattern], f"{pattern} called in {sorted(where - BUILT_IN_ONE_PLACE[pattern])}"
+    assert where & {"build.py", "evaluate/features.py"}, "the pattern must match the construction site itself"
