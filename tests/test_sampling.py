@@ -83,3 +83,45 @@ def test_buffer_state_round_trip_and_gaussian_init():
     assert torch.equal(other.x, buf.x) and other.init == "gaussian"
     with pytest.raises(ValueError, match="shape"):
         ReplayBuffer(20, (1, 2, 2), n_classes=2).load_state_dict(buf.state_dict())
+
+
+def test_buffer_is_a_module_that_moves_and_saves_with_its_sampler():
+    from torchjem import ChainSampler
+
+    buf = ReplayBuffer(30, (1, 2, 2), n_classes=3, reinit_freq=0.25)
+    sampler = ChainSampler(SGLD(n_steps=2), buf)
+    state = sampler.state_dict()
+    assert set(state) == {"buffer.x", "buffer.mean", "buffer.std", "buffer._extra_state"}
+    assert state["buffer._extra_state"] == {"init": "uniform", "reinit_freq": 0.25}
+    assert sampler.to(torch.float64).buffer.x.dtype == torch.float64  # .to() reaches the registered states
+    # the buffer follows the model it samples for ("meta" stands in for a GPU on a CPU-only machine)
+    jem = JEM(_net()).to("meta")
+    x = ChainSampler(SGLD(n_steps=2), ReplayBuffer(30, (16,), n_classes=3)).sample(jem, 5)
+    assert x.device.type == "meta"
+
+
+def test_sample_writes_back_and_draw_leaves_the_buffer_alone():
+    from torchjem import ChainSampler
+
+    torch.manual_seed(0)
+    jem = JEM(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)))
+    sampler = ChainSampler(SGLD(n_steps=3, noise=0.0), ReplayBuffer(30, (1, 2, 2), n_classes=3, reinit_freq=0.0))
+    before = sampler.buffer.x.clone()
+    shown = sampler.draw(jem, 8)  # unconditional from a buffer: its entries, 0 more steps
+    assert torch.equal(sampler.buffer.x, before) and (shown == before[:, None]).flatten(2).all(2).any(0).all()
+    y = torch.tensor([2, 0, 1])
+    x = sampler.sample(jem, y=y)  # class-conditional: from each class's block, K steps, written back
+    changed = (sampler.buffer.x != before).flatten(1).any(1).nonzero().flatten()
+    assert (changed // 10).tolist() == [0, 1, 2]  # one entry changed in each class's block of 10
+    assert all((sampler.buffer.x[i] == x).flatten(1).all(1).any() for i in changed)
+    fresh = sampler.fresh().sample(jem, 6)
+    assert fresh.shape == (6, 1, 2, 2) and sampler.fresh().buffer is None
+
+
+def test_buffer_loads_the_pre_module_checkpoint_layout():
+    buf = ReplayBuffer(40, (1, 2, 2), n_classes=2)
+    old = {"x": torch.zeros(40, 1, 2, 2), "init": "gaussian", "reinit_freq": 0.1,
+           "mean": torch.ones(2, 1, 2, 2), "std": torch.ones(2, 1, 2, 2)}  # fmt: skip
+    buf.load_state_dict(old)
+    assert buf.init == "gaussian" and buf.reinit_freq == 0.1 and torch.equal(buf.mean, old["mean"])
+    assert torch.equal(buf.x, old["x"])
