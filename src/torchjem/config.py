@@ -32,7 +32,7 @@ class DataConfig:
 
 @dataclass
 class NetConfig:
-    name: str = "convnet"  # a name in torchjem.nets (see `jem nets`)
+    name: str = "convnet"  # a registered net (see `jem nets`) or an import path package.module:factory
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the net's constructor
     energy_head: bool = False  # separate scalar energy head instead of logsumexp of the logits
 
