@@ -1,5 +1,6 @@
 """Data-parallel training with torch.distributed: joining torchrun's process group, rank helpers,
-the few collectives the trainer needs, the DDP wrapper, replay-buffer shards, and a clean shutdown.
+the few collectives the trainer needs, the DDP wrapper, per-rank RNG states, and a clean shutdown
+(the layout of the replay-buffer shards is torchjem.sampling's).
 
 Launch with ``torchrun --nproc_per_node=N -m torchjem.cli train ...`` (see docs/distributed.md).
 Without torchrun (``WORLD_SIZE`` unset or 1) nothing here creates a process group and every

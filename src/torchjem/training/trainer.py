@@ -74,7 +74,11 @@ class Trainer:
         self._resume_note: str | None = None
 
     # -- what the run exposes --------------------------------------------------------------------
-    data_name = property(lambda self: getattr(self.data, "name", type(getattr(self.data, "dataset", self.data)).__name__))  # noqa: E501
+    @property
+    def data_name(self) -> str:
+        """The data set's name (a Dataset's class name when it has none)."""
+        return getattr(self.data, "name", type(getattr(self.data, "dataset", self.data)).__name__)
+
     buffer = property(lambda self: self.sampler.buffer if self.sampler is not None else None)
     step = property(lambda self: self.state.progress.step)
     epoch = property(lambda self: self.state.progress.epoch)
