@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -22,8 +23,8 @@ def test_calibrated_predictor_has_ece_near_zero():
     conf = 0.2 + 0.79 * torch.rand(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     probs, y = synthetic(n, 10, conf, conf)
     res = calibration_from_probs(probs, y, n_bins=20)
-    assert res["ece"] < 0.015
-    assert res["n"] == n and res["n_bins"] == 20
+    assert res.ece < 0.015
+    assert res.n == n and res.n_bins == 20
 
 
 def test_overconfident_predictor_has_large_ece():
@@ -31,10 +32,10 @@ def test_overconfident_predictor_has_large_ece():
     conf = torch.full((n,), 0.99, dtype=torch.float64)
     probs, y = synthetic(n, 10, conf, torch.full((n,), 0.6))
     res = calibration_from_probs(probs, y)
-    assert res["ece"] == pytest.approx(0.39, abs=0.03)
-    assert res["mce"] >= res["ece"]
-    assert res["accuracy"] == pytest.approx(0.6, abs=0.03)
-    assert res["confidence"] == pytest.approx(0.99)
+    assert res.ece == pytest.approx(0.39, abs=0.03)
+    assert res.mce >= res.ece
+    assert res.accuracy == pytest.approx(0.6, abs=0.03)
+    assert res.confidence == pytest.approx(0.99)
 
 
 def test_bins_reproduce_the_reported_ece_and_mce():
@@ -42,12 +43,12 @@ def test_bins_reproduce_the_reported_ece_and_mce():
     logits = 3 * torch.randn(2000, 5, generator=g, dtype=torch.float64)
     y = torch.randint(0, 5, (2000,), generator=g)
     res = calibration_from_probs(logits.softmax(1), y, n_bins=15)
-    b = res["bins"]
+    b = res.bins
     assert len(b["edges"]) == 16 and sum(b["count"]) == 2000
     gaps = [abs(a - c) for a, c, k in zip(b["accuracy"], b["confidence"], b["count"]) if k]
     weights = [k / 2000 for k in b["count"] if k]
-    assert sum(w * g for w, g in zip(weights, gaps)) == pytest.approx(res["ece"], abs=1e-6)
-    assert max(gaps) == pytest.approx(res["mce"], abs=1e-6)
+    assert sum(w * g for w, g in zip(weights, gaps)) == pytest.approx(res.ece, abs=1e-6)
+    assert max(gaps) == pytest.approx(res.mce, abs=1e-6)
 
 
 def test_calibration_of_a_model_matches_its_probabilities():
@@ -56,7 +57,7 @@ def test_calibration_of_a_model_matches_its_probabilities():
     x, y = torch.rand(300, 1, 4, 4) * 2 - 1, torch.randint(0, 3, (300,))
     res = calibration(net, x, y, n_bins=10)
     ref = calibration_from_probs(net(x).double().softmax(1), y, n_bins=10)
-    assert res["ece"] == pytest.approx(ref["ece"], abs=1e-6)
+    assert res.ece == pytest.approx(ref.ece, abs=1e-6)
     assert net.training  # mode restored
 
 
@@ -72,3 +73,22 @@ def test_calibration_of_a_model_matches_its_probabilities():
 def test_bad_input_gives_a_clear_error(probs, y, bins, match):
     with pytest.raises(ValueError, match=match):
         calibration_from_probs(probs, y, n_bins=bins)
+
+
+def test_calibration_result_matches_numpy_binning_and_keeps_the_report_schema():
+    g = torch.Generator().manual_seed(7)
+    probs = (2 * torch.randn(3000, 4, generator=g, dtype=torch.float64)).softmax(1)
+    y = torch.randint(0, 4, (3000,), generator=g)
+    res = calibration_from_probs(probs, y, n_bins=10)
+    # ECE by hand: bins (lo, hi] over the max probability, weighted |accuracy - confidence| gaps.
+    p, labels = probs.numpy(), y.numpy()
+    conf, correct = p.max(1), (p.argmax(1) == labels).astype(float)
+    idx = np.clip(np.ceil(conf * 10).astype(int) - 1, 0, 9)
+    gaps = [(idx == b).sum() / 3000 * abs(correct[idx == b].mean() - conf[idx == b].mean()) for b in np.unique(idx)]
+    assert res.ece == pytest.approx(sum(gaps), abs=1e-6)  # torchmetrics sums in float32
+    assert res.accuracy == pytest.approx(correct.mean()) and res.confidence == pytest.approx(conf.mean())
+    assert res.bins["count"] == np.bincount(idx, minlength=10).tolist()
+    d = res.to_dict()
+    assert list(d) == ["ece", "mce", "n_bins", "n", "accuracy", "confidence", "bins"]
+    assert list(d["bins"]) == ["edges", "confidence", "accuracy", "count"]
+    assert d["ece"] == res.ece and d["n_bins"] == 10 and d["n"] == 3000

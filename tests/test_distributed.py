@@ -158,8 +158,8 @@ def test_validation_is_combined_over_ranks(runs):
     run = load_run(runs["tmp"] / "full", "last", "cpu")
     data = runs["single"].data
     ref = classification(run.jem, data.x_val, data.y_val)
-    assert val["val_acc"] == pytest.approx(ref["accuracy"], abs=1e-6)
-    assert val["val_nll"] == pytest.approx(ref["nll"], abs=1e-5)
+    assert val["val_acc"] == pytest.approx(ref.accuracy, abs=1e-6)
+    assert val["val_nll"] == pytest.approx(ref.nll, abs=1e-5)
 
 
 # -- only rank 0 writes; checkpoints hold every rank ----------------------------------------------

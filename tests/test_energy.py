@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -53,3 +54,23 @@ def test_prediction_restores_each_module_mode():
     a = predict_logits(net, torch.randn(4, 1, 4, 4))
     assert a.shape == (4, 3)
     assert [m.training for m in net.modules()] == [False, False, False, True, False]
+
+
+def test_classification_result_counts_hits_and_keeps_the_report_schema():
+    import numpy as np
+
+    from torchjem.evaluate.classification import classification
+    from torchjem.evaluate.results import ClassificationResult
+
+    net = _net()
+    x, y = torch.randn(50, 1, 4, 4, generator=torch.Generator().manual_seed(2)), torch.arange(50) % 5
+    res = classification(net, x, y, batch_size=16)
+    assert isinstance(res, ClassificationResult)
+    with torch.no_grad():
+        logits = net(x).double().numpy()
+    labels = y.numpy()
+    log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    assert res.accuracy == pytest.approx(np.mean(logits.argmax(1) == labels))
+    assert res.nll == pytest.approx(-log_probs[np.arange(50), labels].mean(), rel=1e-5)
+    assert res.to_dict() == {"accuracy": res.accuracy, "nll": res.nll, "n": 50, "refine_steps": 0}
+    assert list(res.to_dict()) == ["accuracy", "nll", "n", "refine_steps"]

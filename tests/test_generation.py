@@ -1,6 +1,8 @@
 import logging
 
+import numpy as np
 import pytest
+import scipy.linalg
 import torch
 from torch import nn
 
@@ -65,8 +67,10 @@ def test_conditional_accuracy_counts_samples_of_their_class():
     x[torch.arange(20), 0, 0, y] = 1.0
     x.view(20, -1)[:1, :4] = torch.tensor([0, 0, 0, 1.0])  # one sample of class 0 looks like a 3
     res = conditional_accuracy(net, x, y)
-    assert res["conditional_accuracy"] == pytest.approx(19 / 20)
-    assert res["per_class"] == pytest.approx([0.8, 1.0, 1.0, 1.0])
+    assert res.conditional_accuracy == pytest.approx(19 / 20)
+    assert res.per_class == pytest.approx([0.8, 1.0, 1.0, 1.0])
+    assert res.to_dict() == {"conditional_accuracy": res.conditional_accuracy, "per_class": res.per_class, "n": 20}
+    assert list(res.to_dict()) == ["conditional_accuracy", "per_class", "n"]
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +103,38 @@ def test_sample_quality_of_real_data_against_itself(digits, fnet):
     x = digits.x_test[:120]
     same = sample_quality(x, x, net)
     noise = sample_quality(x, torch.rand_like(x) * 2 - 1, net)
-    assert same["fid"] == pytest.approx(0.0, abs=1e-3)
-    assert noise["fid"] > 10 + same["fid"]
-    assert noise["kid_mean"] > same["kid_mean"]
-    assert same["feature_net"] == "classifier[digits]"
+    assert same.fid == pytest.approx(0.0, abs=1e-3)
+    assert noise.fid > 10 + same.fid
+    assert noise.kid_mean > same.kid_mean
+    assert same.feature_net == "classifier[digits]"
+
+
+def fid_by_hand(a: np.ndarray, b: np.ndarray) -> float:
+    """|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)), with unbiased covariances."""
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(sa @ sb).real
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(sa + sb - 2 * root))
+
+
+def test_sample_quality_matches_hand_computed_fid_and_score_and_keeps_the_report_schema():
+    # Features = the flattened 4-pixel inputs themselves, so FID and the score can be computed by hand.
+    net = ModuleFeatures(nn.Flatten(), "pixels")
+    g = torch.Generator().manual_seed(5)
+    x_real = torch.randn(300, 1, 2, 2, generator=g, dtype=torch.float64)
+    x_fake = 0.7 * torch.randn(300, 1, 2, 2, generator=g, dtype=torch.float64) + 0.4
+    x_ref = torch.randn(300, 1, 2, 2, generator=g, dtype=torch.float64)
+    res = sample_quality(x_real, x_fake, net)
+    f_real, f_fake = x_real.flatten(1).numpy(), x_fake.flatten(1).numpy()
+    assert res.fid == pytest.approx(fid_by_hand(f_real, f_fake), rel=1e-6)
+    p = np.exp(f_fake) / np.exp(f_fake).sum(1, keepdims=True)  # one split for 300 samples
+    kl = (p * (np.log(p) - np.log(p.mean(0)))).sum(1)
+    assert res.is_mean == pytest.approx(np.exp(kl.mean()), rel=1e-6)
+    keys = ["feature_net", "feature_label", "n_real", "n_fake", "fid", "kid_mean", "kid_std", "is_mean", "is_std"]
+    assert list(res.to_dict()) == keys and res.fid_real_reference is None  # no reference: left out
+    assert res.to_dict()["n_fake"] == 300 and res.to_dict()["feature_net"] == "pixels"
+    with_ref = sample_quality(x_real, x_fake, net, x_reference=x_ref)
+    assert list(with_ref.to_dict()) == [*keys, "fid_real_reference", "is_real_reference"]
+    assert with_ref.fid_real_reference == pytest.approx(fid_by_hand(f_real, x_ref.flatten(1).numpy()), rel=1e-6)
 
 
 def test_generation_draws_scores_and_labels_samples(digits, fnet):
@@ -113,13 +145,36 @@ def test_generation_draws_scores_and_labels_samples(digits, fnet):
     sampler = ChainSampler(sgld, ReplayBuffer(100, (1, 8, 8), 10))
     x_real = digits.x_test[:30]
     res = generation(jem, sampler, x_real, 10, net, per_class=2, x_reference=digits.x_train[:30])
-    assert res["source"] == "replay buffer" and res["steps_unconditional"] == 0 and res["steps_conditional"] == 2
-    assert res["arrays"]["unconditional"].shape == (30, 1, 8, 8) and res["arrays"]["conditional"].shape == (20, 1, 8, 8)
-    assert res["arrays"]["y_conditional"].tolist() == [c for c in range(10) for _ in range(2)]
-    assert res["fid"] > res["fid_real_reference"] >= 0  # uniform-noise buffer vs real digits
-    assert 0 <= res["conditional_accuracy"] <= 1 and len(res["conditional_accuracy_per_class"]) == 10
+    assert res.source == "replay buffer" and res.steps_unconditional == 0 and res.steps_conditional == 2
+    assert res.arrays["unconditional"].shape == (30, 1, 8, 8) and res.arrays["conditional"].shape == (20, 1, 8, 8)
+    assert res.arrays["y_conditional"].tolist() == [c for c in range(10) for _ in range(2)]
+    assert res.fid > res.fid_real_reference >= 0  # uniform-noise buffer vs real digits
+    assert 0 <= res.conditional_accuracy <= 1 and len(res.conditional_accuracy_per_class) == 10
     fresh = generation(jem, sampler.fresh(), x_real, 10, net, n=10, per_class=1)
-    assert fresh["source"].startswith("fresh") and fresh["steps_unconditional"] == 2 and fresh["n_fake"] == 10
+    assert fresh.source.startswith("fresh") and fresh.steps_unconditional == 2 and fresh.n_fake == 10
+    assert res.to_dict()["fid_real_reference"] == res.fid_real_reference and "fid_real_reference" not in fresh.to_dict()
+
+
+def test_generation_result_scores_its_own_samples_and_keeps_the_report_schema(digits, fnet):
+    net, _ = fnet
+    torch.manual_seed(1)
+    jem = JEM(ClassifierFeatures((1, 8, 8), 10, width=4))
+    sampler = ChainSampler(SGLD(n_steps=2), shape=(1, 8, 8))
+    res = generation(jem, sampler, digits.x_test[:20], 10, net, n=12, per_class=3)
+    x_c, y_c = res.arrays["conditional"], res.arrays["y_conditional"]
+    with torch.no_grad():
+        pred = net.logits(x_c).argmax(1).numpy()
+    hits = pred == y_c.numpy()
+    assert res.conditional_accuracy == pytest.approx(hits.mean())
+    assert res.conditional_accuracy_per_class == pytest.approx([hits[y_c.numpy() == c].mean() for c in range(10)])
+    assert res.arrays["unconditional"].shape == (12, 1, 8, 8) and float(res.arrays["unconditional"].abs().max()) <= 1
+    d = res.to_dict()
+    assert list(d) == [
+        "source", "steps_unconditional", "steps_conditional", "feature_net", "feature_label", "n_real", "n_fake",
+        "fid", "kid_mean", "kid_std", "is_mean", "is_std", "conditional_accuracy", "conditional_accuracy_per_class",
+        "per_class", "out_of_range", "arrays",
+    ]  # fmt: skip
+    assert d["arrays"]["conditional"] is x_c and d["per_class"] == 3 and d["n_real"] == 20 and d["n_fake"] == 12
 
 
 def test_inception_features_from_a_local_torchscript_file(tmp_path):

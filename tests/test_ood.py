@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from torchjem.energy import JEM
@@ -86,12 +87,29 @@ def test_ood_detection_reports_every_set_and_score_consistently():
     x_in = torch.rand(40, 3, 4) * 0.2
     sets = {"uniform": builtin_ood_set("uniform", x_in, 30), "interp": builtin_ood_set("interp", x_in)}
     res = ood_detection(net, x_in, sets)
-    assert list(res["sets"]) == ["uniform", "interp"] and res["n_in"] == 40
-    assert res["sets"]["uniform"]["n"] == 30
+    assert list(res.sets) == ["uniform", "interp"] and res.n_in == 40
+    assert res.sets["uniform"]["n"] == 30
     for name in sets:
         for score in ("px", "py", "pxgrad", "maxlogit"):
-            expected = ood_metrics(res["arrays"]["in"][score], res["arrays"][name][score])
-            assert res["sets"][name][score] == pytest.approx(expected)
+            expected = ood_metrics(res.arrays["in"][score], res.arrays[name][score])
+            assert res.sets[name][score] == pytest.approx(expected)
+
+
+def test_ood_result_aurocs_match_sklearn_and_keep_the_report_schema():
+    net = small_net().float()
+    x_in, x_out = torch.rand(40, 3, 4) * 0.2, builtin_ood_set("uniform", torch.rand(40, 3, 4), 30)
+    res = ood_detection(net, x_in, {"uniform": x_out}, scores=["px", "py"])
+    with torch.no_grad():
+        l_in, l_out = net(x_in).double(), net(x_out).double()
+    labels = np.r_[np.ones(40), np.zeros(30)]
+    px = np.r_[l_in.logsumexp(1).numpy(), l_out.logsumexp(1).numpy()]
+    py = np.r_[l_in.softmax(1).amax(1).numpy(), l_out.softmax(1).amax(1).numpy()]
+    assert res.sets["uniform"]["px"]["auroc"] == pytest.approx(roc_auc_score(labels, px))
+    assert res.sets["uniform"]["py"]["auroc"] == pytest.approx(roc_auc_score(labels, py))
+    d = res.to_dict()
+    assert list(d) == ["n_in", "scores", "sets", "arrays"]
+    assert d["n_in"] == 40 and d["scores"] == ["px", "py"] and list(d["arrays"]) == ["in", "uniform"]
+    assert list(d["sets"]["uniform"]) == ["n", "px", "py"] and d["sets"]["uniform"]["n"] == 30
 
 
 @pytest.mark.parametrize("name", list(BUILTIN_SETS))

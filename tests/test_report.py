@@ -6,10 +6,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 from conftest import tiny_config  # noqa: E402
 from torchjem.cli import main  # noqa: E402
 from torchjem.evaluate.features import default_feature_net  # noqa: E402
+from torchjem.evaluate.ood import SCORES, builtin_ood_set  # noqa: E402
+from torchjem.evaluate.results import OODResult  # noqa: E402
+from torchjem.evaluate.suite import evaluate_model  # noqa: E402
 from torchjem.report import _get, fmt  # noqa: E402
 from torchjem.training import train  # noqa: E402
 from torchjem.workflows.evaluate import evaluate_run, headline  # noqa: E402
@@ -145,6 +150,27 @@ def test_cli_eval_writes_a_report_and_rejects_bad_input(runs, tmp_path, capsys):
     assert "unknown OOD set 'nosuchset'" in capsys.readouterr().err
     assert main(["eval", str(runs / "jem"), "--scores", "px", "energy", "--quiet"]) == 2
     assert "unknown OOD score 'energy'" in capsys.readouterr().err
+
+
+def test_model_evaluation_holds_the_parts_asked_for_and_gives_the_report_dict():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x, y = torch.rand(60, 1, 4, 4) * 2 - 1, torch.arange(60) % 3
+    res = evaluate_model(net, x, y, n_classes=3, ood_sets={"uniform": builtin_ood_set("uniform", x)}, n_bins=5)
+    assert res.classification_refined is None and res.generation is None
+    assert isinstance(res.ood, OODResult) and res.ood.n_in == 60
+    with torch.no_grad():
+        hits = (net(x).argmax(1) == y).numpy()
+    d = res.to_dict()
+    assert list(d) == ["classification", "calibration", "ood"]  # the parts not asked for are left out
+    assert d["classification"] == {"accuracy": pytest.approx(hits.mean()), "nll": res.classification.nll, "n": 60,
+                                   "refine_steps": 0}  # fmt: skip
+    assert d["calibration"]["n_bins"] == 5 and sum(d["calibration"]["bins"]["count"]) == 60
+    assert d["calibration"]["accuracy"] == pytest.approx(hits.mean())
+    assert set(d["ood"]["sets"]["uniform"]) == {"n", *SCORES}
+    refined = evaluate_model(net, x, y, n_classes=3, refine_steps=1)
+    assert list(refined.to_dict()) == ["classification", "classification_refined", "calibration"]
+    assert refined.classification_refined.refine_steps == 1 and refined.classification_refined.n == 60
 
 
 @pytest.mark.parametrize(

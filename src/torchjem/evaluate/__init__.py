@@ -1,12 +1,14 @@
 """Evaluations, one module each; every one takes a model (any classifier returning logits) and data
-and returns a plain dict of figures (plus "arrays" for plots).
+and returns a typed result (a dataclass from ``results``: fields, plus ``arrays`` for plots) whose
+``to_dict()`` is the plain dict the report and report.json are built from.
 
 classification  accuracy and NLL, optionally after SGLD refinement
 calibration     ECE / MCE and reliability-diagram bins
 ood             OOD scores (px, py, pxgrad, maxlogit), AUROC / AUPR / FPR95, OOD sets
 generation      FID / KID / Inception-style score and conditional accuracy of samples
 features        the feature networks behind the generation figures
-suite           everything for a run and its baseline, written as one report
+results         the result dataclasses, one schema for all of the above
+suite           every evaluation of one model (evaluate_model -> ModelEvaluation) and its OOD sets
 
 The functions named like their module (classification, calibration, generation) are imported
 from the module itself. Names are imported lazily, so that ``import torchjem`` (training) does not load torchmetrics.
@@ -38,7 +40,13 @@ _EXPORTS = {
     "default_feature_net": "features",
     "resolve_feature_net": "features",
     "evaluate_model": "suite",
-    "evaluate_run": "suite",
+    "ClassificationResult": "results",
+    "CalibrationResult": "results",
+    "OODResult": "results",
+    "SampleQuality": "results",
+    "ConditionalAccuracy": "results",
+    "GenerationResult": "results",
+    "ModelEvaluation": "results",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -24,12 +24,12 @@ DATA_RANGE = (-1.0, 1.0)
 NORMS = ("linf", "l2")
 
 
-def _check_norm(norm: str) -> None:
+def check_norm(norm: str) -> None:
     if norm not in NORMS:
         raise ValueError(f"attack norm must be one of {NORMS}, got {norm!r}")
 
 
-def _check_range(x: torch.Tensor, data_range: tuple[float, float], what: str = "attack input x") -> None:
+def check_range(x: torch.Tensor, data_range: tuple[float, float], what: str = "attack input x") -> None:
     lo, hi = data_range
     if not torch.isfinite(x).all():
         raise ValueError(f"{what} contains NaN or infinite values")
@@ -60,7 +60,7 @@ def project(
     bisection steps find t, always on the feasible side. Clamping after a plain ball projection
     (what most libraries do) stays feasible but is not the nearest point.
     """
-    _check_norm(norm)
+    check_norm(norm)
     lo, hi = data_range
     if norm == "linf":
         return torch.minimum(torch.maximum(x, x0 - eps), x0 + eps).clamp(lo, hi)
@@ -137,7 +137,7 @@ def pgd(
     of a randomised model (expectation over transformation), so the attack sees its expected
     gradient rather than one noisy draw. The model runs in eval mode with frozen parameters.
     """
-    _check_norm(norm)
+    check_norm(norm)
     if eps < 0:
         raise ValueError(f"attack eps must be >= 0, got {eps}")
     if steps < 1 or restarts < 1 or eot < 1:
@@ -146,7 +146,7 @@ def pgd(
         raise ValueError(f"attack step_size must be > 0, got {step_size}")
     if y.ndim != 1 or len(y) != len(x):
         raise ValueError(f"attack labels y must have shape ({len(x)},), got {tuple(y.shape)}")
-    _check_range(x, data_range)
+    check_range(x, data_range)
     x0 = x.detach()
     alpha = 2.5 * eps / steps if step_size is None else step_size
     sign = -1.0 if targeted else 1.0

@@ -12,13 +12,13 @@ from torch import nn
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from ..utils import predict_logits
+from .results import CalibrationResult
 
 
-def calibration_from_probs(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 20) -> dict:
+def calibration_from_probs(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 20) -> CalibrationResult:
     """ECE, MCE and per-bin figures of class probabilities ``probs`` (N, C) against labels ``y``.
 
-    Returns {"ece", "mce", "n_bins", "n", "accuracy", "confidence", "bins": {"edges", "confidence",
-    "accuracy", "count"}}; ``confidence`` is the mean max-probability, ``bins`` the reliability diagram.
+    ``confidence`` is the mean max-probability, ``bins`` the reliability diagram (see ``CalibrationResult``).
     """
     if not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"calibration n_bins must be a positive integer, got {n_bins!r}")
@@ -41,23 +41,25 @@ def calibration_from_probs(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 2
     conf_sum = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, conf)
     acc_sum = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, correct)
     safe = count.clamp(min=1)
-    return {
-        "ece": float(ece),
-        "mce": float(mce),
-        "n_bins": n_bins,
-        "n": len(y),
-        "accuracy": float(correct.mean()),
-        "confidence": float(conf.mean()),
-        "bins": {
+    return CalibrationResult(
+        ece=float(ece),
+        mce=float(mce),
+        n_bins=n_bins,
+        n=len(y),
+        accuracy=float(correct.mean()),
+        confidence=float(conf.mean()),
+        bins={
             "edges": edges.tolist(),
             "confidence": (conf_sum / safe).tolist(),
             "accuracy": (acc_sum / safe).tolist(),
             "count": [int(c) for c in count.tolist()],
         },
-    }
+    )
 
 
-def calibration(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_bins: int = 20, batch_size: int = 512) -> dict:
+def calibration(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_bins: int = 20, batch_size: int = 512
+) -> CalibrationResult:
     """Calibration of ``model`` (any classifier returning logits) on (x, y); see ``calibration_from_probs``."""
     if len(x) == 0:
         raise ValueError("calibration: the evaluation set is empty")

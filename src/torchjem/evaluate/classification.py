@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from ..energy import as_jem
 from ..sampling import SGLD
 from ..utils import model_device, predict_logits
+from .results import ClassificationResult
 
 
 def refine(
@@ -47,8 +48,8 @@ def classification(
     refine_steps: int = 0,
     sampler: SGLD | None = None,
     progress: bool = False,
-) -> dict[str, float]:
-    """{"accuracy", "nll", "n", "refine_steps"} on (x, y).
+) -> ClassificationResult:
+    """Accuracy and mean NLL of ``model`` on (x, y).
 
     With ``refine_steps`` > 0 the inputs first take that many SGLD steps under the model
     (``sampler``: the run's sampler, or the paper's default), then are classified.
@@ -61,9 +62,9 @@ def classification(
         x = refine(model, x, refine_steps, sampler, batch_size, progress)
     logits = predict_logits(model, x, batch_size)
     y = y.cpu()
-    return {
-        "accuracy": float((logits.argmax(1) == y).float().mean()),
-        "nll": float(F.cross_entropy(logits, y)),
-        "n": len(y),
-        "refine_steps": int(refine_steps),
-    }
+    return ClassificationResult(
+        accuracy=float((logits.argmax(1) == y).float().mean()),
+        nll=float(F.cross_entropy(logits, y)),
+        n=len(y),
+        refine_steps=int(refine_steps),
+    )

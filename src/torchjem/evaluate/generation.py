@@ -9,6 +9,7 @@ so the metric definitions are torchmetrics' own while the network is ours (see `
 from __future__ import annotations
 
 import warnings
+from dataclasses import fields
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 from ..sampling import ChainSampler
 from ..utils import frozen_eval, model_device, predict_logits
 from .features import FeatureNet, feature_label
+from .results import ConditionalAccuracy, GenerationResult, SampleQuality
 
 
 class _Given(nn.Module):
@@ -104,7 +106,7 @@ def sample_quality(
     x_reference: torch.Tensor | None = None,
     batch_size: int = 256,
     progress: bool = False,
-) -> dict:
+) -> SampleQuality:
     """FID, KID and Inception-style score of ``x_fake`` against ``x_real`` under ``net``.
 
     With ``x_reference`` (other real data, e.g. training images), also its FID against ``x_real``
@@ -116,26 +118,28 @@ def sample_quality(
     f_fake, l_fake = embed(net, x_fake, batch_size, progress, "features (samples)")
     kid_mean, kid_std = kernel_distance(f_real, f_fake)
     is_mean, is_std = inception_style_score(l_fake)
-    out = {
-        "feature_net": net.name,
-        "feature_label": feature_label(net),
-        "n_real": len(x_real),
-        "n_fake": len(x_fake),
-        "fid": frechet_distance(f_real, f_fake),
-        "kid_mean": kid_mean,
-        "kid_std": kid_std,
-        "is_mean": is_mean,
-        "is_std": is_std,
-    }
+    out = SampleQuality(
+        feature_net=net.name,
+        feature_label=feature_label(net),
+        n_real=len(x_real),
+        n_fake=len(x_fake),
+        fid=frechet_distance(f_real, f_fake),
+        kid_mean=kid_mean,
+        kid_std=kid_std,
+        is_mean=is_mean,
+        is_std=is_std,
+    )
     if x_reference is not None:
         f_ref, l_ref = embed(net, x_reference, batch_size, progress, "features (reference)")
-        out["fid_real_reference"] = frechet_distance(f_real, f_ref)
-        out["is_real_reference"] = inception_style_score(l_ref)[0]
+        out.fid_real_reference = frechet_distance(f_real, f_ref)
+        out.is_real_reference = inception_style_score(l_ref)[0]
     return out
 
 
 @torch.no_grad()
-def conditional_accuracy(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict:
+def conditional_accuracy(
+    classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256
+) -> ConditionalAccuracy:
     """Fraction of class-conditional samples ``x`` that ``classifier`` assigns to the class ``y`` they
     were drawn for, overall and per class."""
     if len(x) == 0 or len(x) != len(y):
@@ -148,7 +152,7 @@ def conditional_accuracy(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor
     y = y.cpu()
     hit = (pred == y).float()
     per_class = [float(hit[y == c].mean()) if (y == c).any() else float("nan") for c in range(int(y.max()) + 1)]
-    return {"conditional_accuracy": float(hit.mean()), "per_class": per_class, "n": len(y)}
+    return ConditionalAccuracy(conditional_accuracy=float(hit.mean()), per_class=per_class, n=len(y))
 
 
 def generate(
@@ -183,15 +187,15 @@ def generation(
     x_reference: torch.Tensor | None = None,
     batch_size: int = 256,
     progress: bool = False,
-) -> dict:
+) -> GenerationResult:
     """Unconditional and class-conditional samples, their quality and conditional accuracy.
 
     Samples start from the sampler's replay buffer when it has one (unconditional: the buffer's entries after
     ``n_steps`` more steps, default 0; conditional: the class's block after the sampler's K
     steps), otherwise from fresh U(-1, 1) chains of ``n_steps`` (default K) steps. ``n`` defaults
     to ``len(x_real)``. Samples are clipped to the data range [-1, 1] before scoring (as in the
-    grids); "out_of_range" is the fraction of unconditional sample values that were outside it.
-    The samples themselves are under "arrays" (for the grids).
+    grids); ``out_of_range`` is the fraction of unconditional sample values that were outside it.
+    The samples themselves are in ``arrays`` (for the grids).
     """
     if len(x_real) < 2:
         raise ValueError(f"generation needs at least 2 real examples, got {len(x_real)}")
@@ -213,14 +217,14 @@ def generation(
     buffer = sampler.buffer is not None
     steps_u = n_steps if n_steps is not None else (0 if buffer else sampler.n_steps)
     steps_c = n_steps if n_steps is not None else sampler.n_steps
-    return {
-        "source": "replay buffer" if buffer else "fresh chains from U(-1, 1)",
-        "steps_unconditional": steps_u,
-        "steps_conditional": steps_c,
-        **quality,
-        "conditional_accuracy": cond["conditional_accuracy"],
-        "conditional_accuracy_per_class": cond["per_class"],
-        "per_class": per_class,
-        "out_of_range": out_of_range,
-        "arrays": {"unconditional": x_u, "conditional": x_c, "y_conditional": y},
-    }
+    return GenerationResult(
+        source="replay buffer" if buffer else "fresh chains from U(-1, 1)",
+        steps_unconditional=steps_u,
+        steps_conditional=steps_c,
+        **{f.name: getattr(quality, f.name) for f in fields(quality)},  # SampleQuality's fields, flat
+        conditional_accuracy=cond.conditional_accuracy,
+        conditional_accuracy_per_class=cond.per_class,
+        per_class=per_class,
+        out_of_range=out_of_range,
+        arrays={"unconditional": x_u, "conditional": x_c, "y_conditional": y},
+    )

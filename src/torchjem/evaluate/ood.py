@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..energy import as_jem
 from ..utils import frozen_eval, model_device
+from .results import OODResult
 
 SCORES: dict[str, str] = {
     "px": "log p(x) = logsumexp of the logits",
@@ -165,11 +166,11 @@ def ood_detection(
     scores: Sequence[str] = tuple(SCORES),
     batch_size: int = 256,
     progress: bool = False,
-) -> dict:
+) -> OODResult:
     """Every score's AUROC, AUPR-in, AUPR-out and FPR95 for ``x_in`` against each OOD set.
 
-    Returns {"n_in", "scores", "sets": {set: {"n", score: {metrics}}}, "arrays": {"in" | set:
-    {score: list}}}; ``arrays`` holds the raw scores for the histograms.
+    ``sets``: {set: {"n", score: {metrics}}}; ``arrays``: {"in" | set: {score: list}}, the raw scores
+    for the histograms.
     """
     scores = check_scores(scores)
     if len(x_in) == 0:
@@ -186,11 +187,11 @@ def ood_detection(
                 "(use fit_to_shape)"
             )
     s_in = ood_scores(model, x_in, scores, batch_size, progress, "OOD scores (in-dist)")
-    result: dict = {"n_in": len(x_in), "scores": scores, "sets": {}, "arrays": {"in": _lists(s_in)}}
+    result = OODResult(n_in=len(x_in), scores=scores, sets={}, arrays={"in": _lists(s_in)})
     for name, x in ood_sets.items():
         s_out = ood_scores(model, x, scores, batch_size, progress, f"OOD scores ({name})")
-        result["sets"][name] = {"n": len(x), **{s: ood_metrics(s_in[s], s_out[s]) for s in scores}}
-        result["arrays"][name] = _lists(s_out)
+        result.sets[name] = {"n": len(x), **{s: ood_metrics(s_in[s], s_out[s]) for s in scores}}
+        result.arrays[name] = _lists(s_out)
     return result
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..utils import model_device, predict_logits
-from .attacks import DATA_RANGE, _check_norm, _check_range, distal_adversarials, pgd
+from .attacks import DATA_RANGE, check_norm, check_range, distal_adversarials, pgd
 from .ood import ood_scores
 
 log = logging.getLogger("torchjem")
@@ -88,11 +88,11 @@ def robust_accuracy(
     Targeted attacks aim at a random wrong class per input (seeded by the global RNG); accuracy
     still counts correct classifications. ``step_size`` None: 2.5 eps / steps.
     """
-    _check_norm(norm)
+    check_norm(norm)
     eps = check_eps(eps)
     if len(x) == 0 or len(x) != len(y):
         raise ValueError(f"robust_accuracy needs as many labels as inputs (> 0), got {len(x)} and {len(y)}")
-    _check_range(x, data_range)
+    check_range(x, data_range)
     if candidates is not None and tuple(candidates.shape) != (len(eps), *x.shape):
         raise ValueError(f"candidates must have shape {(len(eps), *x.shape)}, got {tuple(candidates.shape)}")
     device = model_device(model)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -18,6 +17,7 @@ from .classification import classification
 from .features import FeatureNet
 from .generation import generation
 from .ood import BUILTIN_SETS, SCORES, builtin_ood_set, named_ood_set, ood_detection
+from .results import ModelEvaluation
 
 log = logging.getLogger("torchjem")
 
@@ -42,29 +42,29 @@ def evaluate_model(
     sample_steps: int | None = None,
     batch_size: int = 256,
     progress: bool = False,
-) -> dict[str, Any]:
+) -> ModelEvaluation:
     """Classification, calibration, OOD detection (with ``ood_sets``) and generation (with a
     ``sampler`` and a ``feature_net``) of ``model``, any classifier returning logits. Refinement
     (``refine_steps``) uses the sampler's SGLD (the paper's default without one).
 
-    Returns {"classification", "classification_refined"?, "calibration", "ood"?, "generation"?}.
+    The parts not asked for (``classification_refined``, ``ood``, ``generation``) are None.
     """
-    out: dict[str, Any] = {}
     log.info("evaluate: classification and calibration on %d test examples", len(x_test))
-    out["classification"] = classification(model, x_test, y_test, batch_size)
+    clf, refined = classification(model, x_test, y_test, batch_size), None
     if refine_steps:
         log.info("evaluate: classification after %d SGLD refinement steps", refine_steps)
         sgld = sampler.sgld if sampler is not None else None
-        out["classification_refined"] = classification(
+        refined = classification(
             model, x_test, y_test, batch_size, refine_steps=refine_steps, sampler=sgld, progress=progress
         )
-    out["calibration"] = calibration(model, x_test, y_test, n_bins, batch_size)
+    cal = calibration(model, x_test, y_test, n_bins, batch_size)
+    out = ModelEvaluation(classification=clf, classification_refined=refined, calibration=cal)
     if ood_sets:
         log.info("evaluate: OOD detection against %s", ", ".join(ood_sets))
-        out["ood"] = ood_detection(model, x_test, ood_sets, scores, batch_size, progress)
+        out.ood = ood_detection(model, x_test, ood_sets, scores, batch_size, progress)
     if sampler is not None and feature_net is not None:
         log.info("evaluate: generation (%s)", "replay buffer" if sampler.buffer is not None else "fresh chains")
-        out["generation"] = generation(
+        out.generation = generation(
             model,
             sampler,
             x_test,

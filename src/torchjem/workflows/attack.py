@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from ..evaluate.attacks import JEMDefence, _check_norm
+from ..evaluate.attacks import JEMDefence, check_norm
 from ..evaluate.robustness import DEFAULT_EPS, adversarial_accuracy, check_eps, distal_report, robust_accuracy
 from ..report import plot_curves
 from .runs import LoadedRun, check_same_data, load_run
@@ -49,7 +49,7 @@ class AttackOptions:
 
     def check(self) -> AttackOptions:
         """Raise ValueError for an invalid option (before any run is loaded); fills in eps."""
-        _check_norm(self.norm)
+        check_norm(self.norm)
         self.eps = check_eps(self.eps if self.eps is not None else DEFAULT_EPS[self.norm])
         n = list(self.refine_steps)
         if not n or any(k < 0 for k in n) or len(set(n)) != len(n):

@@ -41,7 +41,7 @@ def run_demo(
     summary: dict[str, Any] = {"data": data.name, "quick": quick}
     for name, tr in (("jem", jem), ("baseline", base)):
         res = classification(tr.jem, data.x_test, data.y_test)
-        summary[name] = {"test_accuracy": res["accuracy"], "test_nll": res["nll"], "run_dir": str(tr.run.path)}
+        summary[name] = {"test_accuracy": res.accuracy, "test_nll": res.nll, "run_dir": str(tr.run.path)}
 
     # Robustness (docs/robustness.md): L-inf PGD on test digits against JEM-0, JEM-n (SGLD-refined,
     # attacked through the chains and with JEM-0's adversarials transferred) and the baseline.

@@ -113,7 +113,7 @@ def evaluate_run(
             refine_steps=o.refine_steps, sampler=run.sampler if o.generate or o.refine_steps else None,
             feature_net=fnet, x_reference=x_ref, per_class=per_class, sample_steps=o.sample_steps,
             progress=o.progress,
-        )  # fmt: skip
+        ).to_dict()  # fmt: skip
         rob = (robustness or {}).get(role)
         rob = check_robustness(rob, run.path) if rob is not None else load_robustness(run.path)
         models[role] = {

@@ -1,0 +1,161 @@
+"""The typed results of the evaluation functions, one schema in one place.
+
+Each result is a dataclass, so that its fields show in an editor and a typo fails at once rather
+than as a KeyError deep in a report. ``to_dict()`` gives the plain dict the report (report.json and
+``torchjem.report``) is built from: keys in field order, optional parts (None) left out. It is
+built field by field, not with ``dataclasses.asdict``, which would deep-copy the sample tensors;
+nested lists, dicts and tensors are therefore shared with the result, not copied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+OPTIONAL = {"optional": True}  # field metadata: left out of to_dict() when None
+
+
+def _optional() -> Any:
+    """A field that defaults to None and is left out of ``to_dict()`` when None (as the dicts did)."""
+    return field(default=None, metadata=OPTIONAL)
+
+
+class _Result:
+    """``to_dict()`` for the result dataclasses below."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as the plain dict of report.json (nested results converted, arrays included)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is None and f.metadata.get("optional"):
+                continue
+            out[f.name] = value.to_dict() if isinstance(value, _Result) else value
+        return out
+
+
+@dataclass(kw_only=True)
+class ClassificationResult(_Result):
+    """Accuracy and mean NLL on ``n`` examples, after ``refine_steps`` SGLD steps on the inputs (0: none)."""
+
+    accuracy: float
+    nll: float
+    n: int
+    refine_steps: int
+
+
+@dataclass(kw_only=True)
+class CalibrationResult(_Result):
+    """ECE / MCE of the max-softmax confidence over ``n_bins`` equal-width bins, and the bins themselves.
+
+    ``accuracy`` and ``confidence`` are over all ``n`` examples; ``bins`` (the reliability diagram) holds
+    "edges" (n_bins + 1) and per bin "confidence", "accuracy" (means; 0 for an empty bin) and "count".
+    """
+
+    ece: float
+    mce: float
+    n_bins: int
+    n: int
+    accuracy: float
+    confidence: float
+    bins: dict[str, list[float] | list[int]]
+
+
+@dataclass(kw_only=True)
+class OODResult(_Result):
+    """OOD detection of ``n_in`` in-distribution inputs against each OOD set, for each of ``scores``.
+
+    ``sets``: {set: {"n": size, score: {"auroc", "aupr_in", "aupr_out", "fpr95"}}};
+    ``arrays``: the raw scores {"in" | set: {score: list}} for the histograms.
+    """
+
+    n_in: int
+    scores: list[str]
+    sets: dict[str, dict[str, Any]]
+    arrays: dict[str, dict[str, list[float]]]
+
+
+@dataclass(kw_only=True)
+class SampleQuality(_Result):
+    """FID, KID (mean, std) and Inception-style score (mean, std) of ``n_fake`` samples against ``n_real``
+    real inputs under the feature network ``feature_net``.
+
+    The ``*_real_reference`` figures (other real data against the real set, given ``x_reference``) are
+    what real data scores at this sample size; None (and left out of ``to_dict()``) without a reference.
+    """
+
+    feature_net: str
+    feature_label: str
+    n_real: int
+    n_fake: int
+    fid: float
+    kid_mean: float
+    kid_std: float
+    is_mean: float
+    is_std: float
+    fid_real_reference: float | None = _optional()
+    is_real_reference: float | None = _optional()
+
+
+@dataclass(kw_only=True)
+class ConditionalAccuracy(_Result):
+    """Fraction of ``n`` class-conditional samples classified as their class, overall and per class
+    (NaN for a class without samples)."""
+
+    conditional_accuracy: float
+    per_class: list[float]
+    n: int
+
+
+@dataclass(kw_only=True)
+class GenerationResult(_Result):
+    """Where the samples came from, their quality (the fields of ``SampleQuality``) and conditional accuracy.
+
+    ``per_class``: conditional samples per class; ``out_of_range``: fraction of unconditional sample
+    values outside [-1, 1] before clipping; ``arrays``: the samples {"unconditional", "conditional",
+    "y_conditional"} (CPU tensors) for the grids.
+    """
+
+    source: str
+    steps_unconditional: int
+    steps_conditional: int
+    feature_net: str
+    feature_label: str
+    n_real: int
+    n_fake: int
+    fid: float
+    kid_mean: float
+    kid_std: float
+    is_mean: float
+    is_std: float
+    fid_real_reference: float | None = _optional()
+    is_real_reference: float | None = _optional()
+    conditional_accuracy: float
+    conditional_accuracy_per_class: list[float]
+    per_class: int
+    out_of_range: float
+    arrays: dict[str, torch.Tensor]
+
+
+@dataclass(kw_only=True)
+class ModelEvaluation(_Result):
+    """Every evaluation of one model (``evaluate_model``); a part is None when it was not asked for."""
+
+    classification: ClassificationResult
+    classification_refined: ClassificationResult | None = _optional()
+    calibration: CalibrationResult
+    ood: OODResult | None = _optional()
+    generation: GenerationResult | None = _optional()
+
+
+__all__ = [
+    "ClassificationResult",
+    "CalibrationResult",
+    "OODResult",
+    "SampleQuality",
+    "ConditionalAccuracy",
+    "GenerationResult",
+    "ModelEvaluation",
+]
