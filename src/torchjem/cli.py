@@ -12,7 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from .config import CONFIG_DIR, ConfigError, config_reference
+from .config import CONFIG_DIR, config_reference
+from .errors import InputError, UserError
 
 log = logging.getLogger("torchjem")
 
@@ -164,14 +165,14 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if args.evaluate_saved:
         model_dir = args.model or args.run_dir
         if model_dir is None:
-            raise ValueError("--evaluate-saved FILE needs --model RUN_DIR (the run to evaluate)")
+            raise InputError("--evaluate-saved FILE needs --model RUN_DIR (the run to evaluate)")
         run = load_run(model_dir, args.checkpoint, device)
         models = defence_settings(run, args.refine_steps or [0], args.chains, args.init_noise, args.gradient)
         res = {name: evaluate_saved(args.evaluate_saved, m, args.batch_size) for name, m in models.items()}
         print(json.dumps(res, indent=2))
         return 0
     if args.run_dir is None:
-        raise ValueError("jem attack needs RUN_DIR (or --evaluate-saved FILE --model RUN_DIR)")
+        raise InputError("jem attack needs RUN_DIR (or --evaluate-saved FILE --model RUN_DIR)")
     options = AttackOptions(
         norm=args.norm, eps=args.eps, refine_steps=args.refine_steps or [0, 1, 10], limit=args.limit,
         checkpoint=args.checkpoint, steps=args.steps, step_size=args.step_size, random_start=not args.no_random_start,
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s [rank {rank}] %(message)s")
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except UserError as e:  # anything else is a bug: its traceback stays
         print(f"jem {args.command}: error: {e}", file=sys.stderr)
         return 2
 

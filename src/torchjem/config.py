@@ -10,11 +10,9 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .errors import ConfigError
+
 CONFIG_DIR = Path(__file__).parent / "configs"  # the shipped recipes
-
-
-class ConfigError(ValueError):
-    """A configuration value or key that is not valid; the message says what was expected."""
 
 
 @dataclass

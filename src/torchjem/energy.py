@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .errors import InputError
+
 
 class JEM(nn.Module):
     """Joint energy-based model over any classifier.
@@ -37,7 +39,7 @@ class JEM(nn.Module):
         if energy_head:
             dim = feature_dim if feature_dim is not None else getattr(classifier, "num_features", None)
             if n_classes is None or dim is None:
-                raise ValueError(
+                raise InputError(
                     "JEM(energy_head=True) needs n_classes and the feature size (feature_dim, or a backbone with "
                     "a num_features attribute)"
                 )

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .energy import as_jem
+from .errors import InputError
 from .sampling import ChainSampler
 
 IGNORE = -100  # the label of an unlabelled example (PyTorch's cross-entropy ignore_index)
@@ -40,7 +41,7 @@ class HybridObjective:
         self.pyx, self.px, self.pxy = pyx, px, pxy
         self.data_noise, self.energy_l2 = data_noise, energy_l2
         if self.needs_samples and sampler is None:
-            raise ValueError("the p(x) and p(x|y) terms need a sampler (a ChainSampler)")
+            raise InputError("the p(x) and p(x|y) terms need a sampler (a ChainSampler)")
 
     @property
     def needs_samples(self) -> bool:

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
+from .errors import InputError
 
 ROBUSTNESS_FILE = Path("attack") / "attack.json"
 OOD_METRICS = {"auroc": "AUROC", "aupr_in": "AUPR-in", "aupr_out": "AUPR-out", "fpr95": "FPR95"}
@@ -57,7 +58,7 @@ def load_robustness(run_dir: str | Path) -> dict | None:
     try:
         result = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+        raise InputError(f"{path} is not valid JSON: {e}") from None
     return check_robustness(result, Path(run_dir), str(path))
 
 
@@ -65,11 +66,11 @@ def check_robustness(result: dict, run_dir: Path | None = None, what: str = "rob
     """Validate an attack.json dict ({"norm", "eps", "n", "curves", "png", "distal"?}); resolves
     its "png" against ``run_dir`` into "png_path" (None when the file is missing)."""
     if not isinstance(result, dict) or not isinstance(result.get("curves"), dict) or "eps" not in result:
-        raise ValueError(f"{what}: expected a dict with 'eps' and 'curves' (the schema of attack.json)")
+        raise InputError(f"{what}: expected a dict with 'eps' and 'curves' (the schema of attack.json)")
     eps = list(result["eps"])
     for name, curve in result["curves"].items():
         if len(curve) != len(eps):
-            raise ValueError(f"{what}: curve {name!r} has {len(curve)} values for {len(eps)} eps")
+            raise InputError(f"{what}: curve {name!r} has {len(curve)} values for {len(eps)} eps")
     out = dict(result)
     png = result.get("png")
     path = None

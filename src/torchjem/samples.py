@@ -14,6 +14,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from .checkpoint import atomic_write_bytes  # noqa: E402
+from .errors import InputError
 from .sampling import ChainSampler  # noqa: E402
 
 
@@ -55,7 +56,7 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None, title:
                     ax.plot(ch, lw=0.8)
             ax.axis("off")
     else:
-        raise ValueError(f"save_grid expects (N, C, H, W) images or (N, C, L) signals, got shape {tuple(x.shape)}")
+        raise InputError(f"save_grid expects (N, C, H, W) images or (N, C, L) signals, got shape {tuple(x.shape)}")
     if title:
         fig.suptitle(title, fontsize=9)
     buf = io.BytesIO()
@@ -78,9 +79,9 @@ def write_sample_grids(
     ``sampler.draw`` (the buffer is left as it is). Returns the paths and the samples, so callers
     can score them."""
     if n < 1 or per_class < 1:
-        raise ValueError(f"sample grids need n >= 1 and per_class >= 1, got {n} and {per_class}")
+        raise InputError(f"sample grids need n >= 1 and per_class >= 1, got {n} and {per_class}")
     if n_steps is not None and n_steps < 0:
-        raise ValueError(f"SGLD steps must be >= 0, got {n_steps}")
+        raise InputError(f"SGLD steps must be >= 0, got {n_steps}")
     out_dir = Path(out_dir)
     x_u = sampler.draw(model, n, n_steps=n_steps)
     y = torch.arange(n_classes).repeat_interleave(per_class)

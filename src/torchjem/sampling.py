@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .energy import JEM, as_jem
+from .errors import InputError
 from .utils import frozen_eval, model_device
 
 
@@ -28,9 +29,9 @@ class SGLD:
         grad_clamp: float | None = None,
     ) -> None:
         if n_steps < 0:
-            raise ValueError(f"SGLD n_steps must be >= 0, got {n_steps}")
+            raise InputError(f"SGLD n_steps must be >= 0, got {n_steps}")
         if not step_size > 0 or not noise >= 0:  # also refuses NaN
-            raise ValueError(f"SGLD needs step_size > 0 and noise >= 0, got {step_size}, {noise}")
+            raise InputError(f"SGLD needs step_size > 0 and noise >= 0, got {step_size}, {noise}")
         self.n_steps = n_steps
         self.step_size = step_size
         self.noise = noise
@@ -91,11 +92,11 @@ class ReplayBuffer(nn.Module):
     ) -> None:
         super().__init__()
         if n_classes < 1 or size < n_classes or size % n_classes:
-            raise ValueError(f"buffer size {size} must be a positive multiple of n_classes={n_classes}")
+            raise InputError(f"buffer size {size} must be a positive multiple of n_classes={n_classes}")
         if not 0.0 <= reinit_freq <= 1.0:
-            raise ValueError(f"buffer reinit_freq must be in [0, 1], got {reinit_freq}")
+            raise InputError(f"buffer reinit_freq must be in [0, 1], got {reinit_freq}")
         if init not in ("uniform", "gaussian"):
-            raise ValueError(f"buffer init must be 'uniform' or 'gaussian', got {init!r}")
+            raise InputError(f"buffer init must be 'uniform' or 'gaussian', got {init!r}")
         self.size, self.shape, self.n_classes = size, tuple(shape), n_classes
         self.reinit_freq, self.init, self.data_range = reinit_freq, init, data_range
         self.block = size // n_classes
@@ -120,7 +121,7 @@ class ReplayBuffer(nn.Module):
         for c in classes:
             xc = x if c is None else x[y == c]
             if len(xc) < 2:
-                raise ValueError(f"gaussian buffer init needs >= 2 examples of class {c}")
+                raise InputError(f"gaussian buffer init needs >= 2 examples of class {c}")
             means.append(xc.mean(0))
             stds.append(xc.std(0))
         self.mean = torch.stack(means).view(len(means), *self.shape)
@@ -171,7 +172,7 @@ class ReplayBuffer(nn.Module):
             missing.append(prefix + "x")
             return
         if tuple(x.shape) != (self.size, *self.shape):
-            raise ValueError(f"replay buffer state has shape {tuple(x.shape)}, expected {(self.size, *self.shape)}")
+            raise InputError(f"replay buffer state has shape {tuple(x.shape)}, expected {(self.size, *self.shape)}")
         self.x = x.to(self.device, self.x.dtype).clone()
         for key in ("mean", "std"):
             if prefix + key in state_dict:
@@ -197,7 +198,7 @@ class ChainSampler(nn.Module):
     ) -> None:
         super().__init__()
         if buffer is None and shape is None:
-            raise ValueError("ChainSampler without a replay buffer needs the sample shape")
+            raise InputError("ChainSampler without a replay buffer needs the sample shape")
         self.sgld = sgld
         self.buffer = buffer
         self.shape = tuple(buffer.shape if buffer is not None else shape)
@@ -220,7 +221,7 @@ class ChainSampler(nn.Module):
         the sampler's K). ``update=False`` leaves the buffer as it was; ``reinit=False`` starts
         every chain from the buffer (no fresh chains)."""
         if y is None and n is None:
-            raise ValueError("sample needs n or labels y")
+            raise InputError("sample needs n or labels y")
         n = len(y) if y is not None else n
         device = model_device(as_jem(model))
         if y is not None:
@@ -258,7 +259,7 @@ def shard_size(total: int, n_classes: int, world: int) -> int:
     """Entries per rank: ``total`` rounded down to a multiple of ``n_classes * world``, split."""
     per = total // (n_classes * world) * n_classes
     if per < n_classes:
-        raise ValueError(
+        raise InputError(
             f"buffer.size={total} is too small for {world} processes: each rank's shard needs at least "
             f"one entry per class ({n_classes}); use buffer.size >= {n_classes * world}"
         )

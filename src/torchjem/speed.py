@@ -19,6 +19,7 @@ from torch import nn
 
 from .config import ConfigError, TrainConfig
 from .energy import JEM
+from .errors import InputError
 
 AMP_MODES = ("none", "bf16")
 
@@ -111,7 +112,7 @@ def autocast(amp: str, device: torch.device | str) -> Iterator[None]:
     dtype (fp32), so the chains' states and the replay buffer stay fp32.
     """
     if amp not in AMP_MODES:
-        raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+        raise InputError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     if amp == "none":
         yield
         return

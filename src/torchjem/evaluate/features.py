@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..errors import InputError, MissingError
 
 log = logging.getLogger("torchjem")
 
@@ -99,7 +100,7 @@ class ModuleFeatures(FeatureNet):
         super().__init__()
         self.module, self.name, self.layer = module, name, layer
         if layer is not None and layer not in dict(module.named_modules()):
-            raise ValueError(f"feature layer {layer!r} is not a sub-module of the given network")
+            raise InputError(f"feature layer {layer!r} is not a sub-module of the given network")
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)
@@ -127,19 +128,19 @@ class InceptionFeatures(FeatureNet):
         super().__init__()
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"Inception weights file {str(path)!r} does not exist")
+            raise MissingError(f"Inception weights file {str(path)!r} does not exist")
         try:
             with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format these files use
                 warnings.simplefilter("ignore", DeprecationWarning)
                 self.net = torch.jit.load(str(path), map_location=device).eval()
         except RuntimeError as e:
-            raise ValueError(f"{str(path)!r} is not a TorchScript Inception detector: {e}") from None
+            raise InputError(f"{str(path)!r} is not a TorchScript Inception detector: {e}") from None
         self.name = f"inception-v3[{path.name}]"
 
     @staticmethod
     def _rgb_uint8(x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"Inception features need (N, 1 or 3, H, W) images, got shape {tuple(x.shape)}")
+            raise InputError(f"Inception features need (N, 1 or 3, H, W) images, got shape {tuple(x.shape)}")
         x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
         return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
@@ -248,7 +249,7 @@ def resolve_feature_net(
             return InceptionFeatures(rest, device)
         if Path(spec).suffix in (".pt", ".pth", ".pts"):
             return InceptionFeatures(spec, device)
-    raise ValueError(f"feature net {spec!r}: expected 'auto', 'inception:PATH' or a path to a TorchScript .pt file")
+    raise InputError(f"feature net {spec!r}: expected 'auto', 'inception:PATH' or a path to a TorchScript .pt file")
 
 
 def feature_label(net: FeatureNet) -> str:

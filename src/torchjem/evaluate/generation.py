@@ -18,6 +18,7 @@ from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from ..sampling import ChainSampler
 from ..utils import frozen_eval, model_device, predict_logits
 from .features import FeatureNet, feature_label
@@ -41,7 +42,7 @@ def embed(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features, logits) of ``x`` under ``net``, float64 on the CPU."""
     if len(x) == 0:
-        raise ValueError(f"{desc}: the set is empty")
+        raise InputError(f"{desc}: the set is empty")
     device = model_device(net, x.device)
     feats, logits = [], []
     with frozen_eval(net):
@@ -55,7 +56,7 @@ def embed(
 def frechet_distance(f_real: torch.Tensor, f_fake: torch.Tensor) -> float:
     """FID between two feature sets (N, D) (torchmetrics' formula)."""
     if len(f_real) < 2 or len(f_fake) < 2:
-        raise ValueError(f"FID needs at least 2 examples per set, got {len(f_real)} and {len(f_fake)}")
+        raise InputError(f"FID needs at least 2 examples per set, got {len(f_real)} and {len(f_fake)}")
     fid = FrechetInceptionDistance(feature=_Given(f_real.shape[1]))
     fid.update(f_real.double(), real=True)
     fid.update(f_fake.double(), real=False)
@@ -71,7 +72,7 @@ def kernel_distance(
     """
     size = min(subset_size, max(2, min(len(f_real), len(f_fake)) // 2))
     if size < 2:
-        raise ValueError(f"KID needs at least 2 examples per set, got {len(f_real)} and {len(f_fake)}")
+        raise InputError(f"KID needs at least 2 examples per set, got {len(f_real)} and {len(f_fake)}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         kid = KernelInceptionDistance(feature=_Given(f_real.shape[1]), subsets=subsets, subset_size=size)
@@ -89,7 +90,7 @@ def inception_style_score(logits: torch.Tensor, splits: int | None = None) -> tu
     one per 1,000 examples (at most 10, the usual protocol on 50,000 samples; at least 1).
     """
     if len(logits) < 1:
-        raise ValueError("Inception-style score needs at least 1 example")
+        raise InputError("Inception-style score needs at least 1 example")
     splits = splits or min(10, max(1, len(logits) // 1000))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -113,7 +114,7 @@ def sample_quality(
     and its score: the values real data gets at this sample size, to read the others against.
     """
     if x_fake.shape[1:] != x_real.shape[1:]:
-        raise ValueError(f"samples have shape {tuple(x_fake.shape[1:])} but the real set {tuple(x_real.shape[1:])}")
+        raise InputError(f"samples have shape {tuple(x_fake.shape[1:])} but the real set {tuple(x_real.shape[1:])}")
     f_real, _ = embed(net, x_real, batch_size, progress, "features (real)")
     f_fake, l_fake = embed(net, x_fake, batch_size, progress, "features (samples)")
     kid_mean, kid_std = kernel_distance(f_real, f_fake)
@@ -143,7 +144,7 @@ def conditional_accuracy(
     """Fraction of class-conditional samples ``x`` that ``classifier`` assigns to the class ``y`` they
     were drawn for, overall and per class."""
     if len(x) == 0 or len(x) != len(y):
-        raise ValueError(f"conditional accuracy needs as many labels as samples (> 0), got {len(x)} and {len(y)}")
+        raise InputError(f"conditional accuracy needs as many labels as samples (> 0), got {len(x)} and {len(y)}")
     if isinstance(classifier, FeatureNet):
         _, logits = embed(classifier, x, batch_size)
         pred = logits.argmax(1)
@@ -198,17 +199,17 @@ def generation(
     The samples themselves are in ``arrays`` (for the grids).
     """
     if len(x_real) < 2:
-        raise ValueError(f"generation needs at least 2 real examples, got {len(x_real)}")
+        raise InputError(f"generation needs at least 2 real examples, got {len(x_real)}")
     if per_class < 1 or n_classes < 1:
-        raise ValueError(f"generation needs per_class >= 1 and n_classes >= 1, got {per_class}, {n_classes}")
+        raise InputError(f"generation needs per_class >= 1 and n_classes >= 1, got {per_class}, {n_classes}")
     n = len(x_real) if n is None else n
     if n < 2:
-        raise ValueError(f"generation needs at least 2 samples, got n={n}")
+        raise InputError(f"generation needs at least 2 samples, got n={n}")
     x_u = generate(model, sampler, n, None, n_steps, batch_size, progress, "samples (unconditional)")
     y = torch.arange(n_classes).repeat_interleave(per_class)
     x_c = generate(model, sampler, len(y), y, n_steps, batch_size, progress, "samples (conditional)")
     if not (torch.isfinite(x_u).all() and torch.isfinite(x_c).all()):
-        raise ValueError("generation: the sampler produced NaN or infinite samples (the model may have diverged)")
+        raise InputError("generation: the sampler produced NaN or infinite samples (the model may have diverged)")
     # Unclamped SGLD can leave the data range; scored as shown: clipped to [-1, 1].
     out_of_range = float((x_u.abs() > 1).float().mean())
     x_u, x_c = x_u.clamp(-1, 1), x_c.clamp(-1, 1)

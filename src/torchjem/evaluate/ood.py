@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..energy import as_jem
+from ..errors import InputError
 from ..utils import frozen_eval, model_device
 from .results import OODResult
 
@@ -42,7 +43,7 @@ def check_scores(scores: Iterable[str]) -> list[str]:
     scores = list(scores)
     bad = [s for s in scores if s not in SCORES]
     if bad or not scores:
-        raise ValueError(
+        raise InputError(
             f"unknown OOD score {', '.join(map(repr, bad)) or '(none given)'}; available: {', '.join(SCORES)}"
         )
     return scores
@@ -59,7 +60,7 @@ def ood_scores(
     """The requested scores of every input, each a (N,) float64 CPU tensor (higher = more in-dist)."""
     scores = check_scores(scores)
     if len(x) == 0:
-        raise ValueError(f"{desc}: the set is empty")
+        raise InputError(f"{desc}: the set is empty")
     jem = as_jem(model)
     device = model_device(jem)
     out: dict[str, list[torch.Tensor]] = {s: [] for s in scores}
@@ -93,9 +94,9 @@ def ood_metrics(score_in: torch.Tensor | np.ndarray, score_out: torch.Tensor | n
     s_in = np.asarray(score_in, dtype=np.float64).ravel()
     s_out = np.asarray(score_out, dtype=np.float64).ravel()
     if len(s_in) == 0 or len(s_out) == 0:
-        raise ValueError(f"OOD metrics need both sets non-empty, got {len(s_in)} in and {len(s_out)} out")
+        raise InputError(f"OOD metrics need both sets non-empty, got {len(s_in)} in and {len(s_out)} out")
     if not (np.isfinite(s_in).all() and np.isfinite(s_out).all()):
-        raise ValueError("OOD metrics: scores contain NaN or infinite values")
+        raise InputError("OOD metrics: scores contain NaN or infinite values")
     scores = np.concatenate([s_in, s_out])
     labels = np.concatenate([np.ones(len(s_in)), np.zeros(len(s_out))])
     fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
@@ -111,9 +112,9 @@ def ood_metrics(score_in: torch.Tensor | np.ndarray, score_out: torch.Tensor | n
 def builtin_ood_set(name: str, x_in: torch.Tensor, n: int | None = None, seed: int = 0) -> torch.Tensor:
     """One of BUILTIN_SETS, shaped like ``x_in`` (``n`` examples, default len(x_in)), seeded."""
     if name not in BUILTIN_SETS:
-        raise ValueError(f"unknown built-in OOD set {name!r}; available: {', '.join(BUILTIN_SETS)}")
+        raise InputError(f"unknown built-in OOD set {name!r}; available: {', '.join(BUILTIN_SETS)}")
     if len(x_in) == 0:
-        raise ValueError("OOD set: the in-distribution set is empty")
+        raise InputError("OOD set: the in-distribution set is empty")
     n = len(x_in) if n is None else n
     g = torch.Generator().manual_seed(seed)
     x_in = x_in.detach().float().cpu()
@@ -135,15 +136,15 @@ def fit_to_shape(x: torch.Tensor, shape: Sequence[int], name: str) -> torch.Tens
 
     shape = tuple(shape)
     if len(x) == 0:
-        raise ValueError(f"OOD set {name!r} is empty")
+        raise InputError(f"OOD set {name!r} is empty")
     if x.ndim != len(shape) + 1:
-        raise ValueError(f"OOD set {name!r} has inputs of shape {tuple(x.shape[1:])}; the model takes {shape}")
+        raise InputError(f"OOD set {name!r} has inputs of shape {tuple(x.shape[1:])}; the model takes {shape}")
     if x.is_floating_point() and not torch.isfinite(x).all():
-        raise ValueError(f"OOD set {name!r} contains NaN or infinite values")
+        raise InputError(f"OOD set {name!r} contains NaN or infinite values")
     try:
         return resize_to(x, shape)
     except ValueError as e:
-        raise ValueError(
+        raise InputError(
             f"OOD set {name!r} (inputs {tuple(x.shape[1:])}) cannot be fed to the model {shape}: {e}"
         ) from None
 
@@ -174,15 +175,15 @@ def ood_detection(
     """
     scores = check_scores(scores)
     if len(x_in) == 0:
-        raise ValueError("OOD detection: the in-distribution set is empty")
+        raise InputError("OOD detection: the in-distribution set is empty")
     if not ood_sets:
-        raise ValueError("OOD detection needs at least one OOD set")
+        raise InputError("OOD detection needs at least one OOD set")
     shape = tuple(x_in.shape[1:])
     for name, x in ood_sets.items():
         if len(x) == 0:
-            raise ValueError(f"OOD set {name!r} is empty")
+            raise InputError(f"OOD set {name!r} is empty")
         if tuple(x.shape[1:]) != shape:
-            raise ValueError(
+            raise InputError(
                 f"OOD set {name!r} has inputs of shape {tuple(x.shape[1:])}; the in-distribution set has {shape} "
                 "(use fit_to_shape)"
             )

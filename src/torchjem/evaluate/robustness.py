@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from ..utils import model_device, predict_logits
 from .attacks import DATA_RANGE, check_norm, check_range, distal_adversarials, pgd
 from .ood import ood_scores
@@ -34,9 +35,9 @@ def eps_key(eps: float) -> str:
 def check_eps(eps: Sequence[float]) -> list[float]:
     eps = [float(e) for e in eps]
     if not eps:
-        raise ValueError("attack eps list is empty")
+        raise InputError("attack eps list is empty")
     if any(e < 0 or not math.isfinite(e) for e in eps) or eps != sorted(eps):
-        raise ValueError(f"attack eps must be finite, >= 0 and in increasing order, got {eps}")
+        raise InputError(f"attack eps must be finite, >= 0 and in increasing order, got {eps}")
     return eps
 
 
@@ -49,7 +50,7 @@ def adversarial_accuracy(
     model classifies all of its adversarials 0..k correctly.
     """
     if x_adv.ndim < 3 or x_adv.shape[1] != len(y):
-        raise ValueError(f"adversarials must have shape (n_eps, {len(y)}, ...), got {tuple(x_adv.shape)}")
+        raise InputError(f"adversarials must have shape (n_eps, {len(y)}, ...), got {tuple(x_adv.shape)}")
     robust = _correct(model, x_adv, y, batch_size).cumprod(dim=0).bool()
     return robust.float().mean(1).tolist(), robust
 
@@ -91,10 +92,10 @@ def robust_accuracy(
     check_norm(norm)
     eps = check_eps(eps)
     if len(x) == 0 or len(x) != len(y):
-        raise ValueError(f"robust_accuracy needs as many labels as inputs (> 0), got {len(x)} and {len(y)}")
+        raise InputError(f"robust_accuracy needs as many labels as inputs (> 0), got {len(x)} and {len(y)}")
     check_range(x, data_range)
     if candidates is not None and tuple(candidates.shape) != (len(eps), *x.shape):
-        raise ValueError(f"candidates must have shape {(len(eps), *x.shape)}, got {tuple(candidates.shape)}")
+        raise InputError(f"candidates must have shape {(len(eps), *x.shape)}, got {tuple(candidates.shape)}")
     device = model_device(model)
     n_classes = predict_logits(model, x[:2].to(device)).shape[1]
     targets = (y + torch.randint(1, n_classes, y.shape)) % n_classes if targeted else y
@@ -154,7 +155,7 @@ def robustness_comparison(
     names = list(models)
     for target, source in transfer.items():
         if target not in models or source not in models or names.index(source) > names.index(target):
-            raise ValueError(f"transfer {target!r} <- {source!r}: both must be models, the source listed first")
+            raise InputError(f"transfer {target!r} <- {source!r}: both must be models, the source listed first")
     out, adversarials = {}, {}
     for name, model in models.items():
         cand = adversarials[transfer[name]] if name in transfer else None
@@ -186,7 +187,7 @@ def distal_report(
     from sklearn.metrics import roc_auc_score
 
     if n < 1 or len(x_data) == 0:
-        raise ValueError(f"distal_report needs n >= 1 and some data, got n={n}, {len(x_data)} data points")
+        raise InputError(f"distal_report needs n >= 1 and some data, got n={n}, {len(x_data)} data points")
     n_classes = predict_logits(model, x_data[:2]).shape[1]
     y = torch.arange(n) % n_classes
     x = distal_adversarials(model, y, tuple(x_data.shape[1:]), steps=steps, step_size=step_size, data_range=data_range)

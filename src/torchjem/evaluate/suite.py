@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..data import list_datasets
+from ..errors import InputError
 from ..sampling import ChainSampler
 from .calibration import calibration
 from .classification import classification
@@ -87,12 +88,12 @@ def check_ood_specs(specs: Sequence[str]) -> list[str]:
         if s in BUILTIN_SETS or s == HELD_OUT:
             continue
         if s.partition(":")[0] not in known:
-            raise ValueError(
+            raise InputError(
                 f"unknown OOD set {s!r}; use {', '.join(BUILTIN_SETS)}, {HELD_OUT} (runs trained on data.classes) "
                 f"or a data set name (NAME or NAME:ROOT) from: {', '.join(known)}"
             )
     if len(set(specs)) != len(specs):
-        raise ValueError(f"OOD sets listed twice: {specs}")
+        raise InputError(f"OOD sets listed twice: {specs}")
     return specs
 
 
@@ -110,11 +111,11 @@ def build_ood_sets(
             sets[spec], desc[spec] = builtin_ood_set(spec, x_in, n, seed + i), BUILTIN_SETS[spec]
         elif spec == HELD_OUT:
             if held_out is None:
-                raise ValueError(
+                raise InputError(
                     f"OOD set {HELD_OUT!r} needs a run trained on a subset of the classes (data.classes=[...])"
                 )
             if len(held_out) == 0:
-                raise ValueError(f"OOD set {HELD_OUT!r} is empty: no test images outside the trained classes")
+                raise InputError(f"OOD set {HELD_OUT!r} is empty: no test images outside the trained classes")
             sets[spec], desc[spec] = held_out[:n].float(), "test images of the classes the model was not trained on"
         else:
             sets[spec], desc[spec] = named_ood_set(spec, shape, n), f"test split of data set {spec}, resized"

@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import InputError
+
 _NETS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -16,7 +18,7 @@ def register_net(name: str) -> Callable[[Callable[..., nn.Module]], Callable[...
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _NETS:
-            raise ValueError(f"a net named {name!r} is already registered")
+            raise InputError(f"a net named {name!r} is already registered")
         _NETS[name] = fn
         return fn
 
@@ -30,18 +32,18 @@ def list_nets() -> list[str]:
 def net_options(name: str) -> list[str]:
     """Constructor argument names of a registered net."""
     if name not in _NETS:
-        raise ValueError(f"unknown net {name!r}; available: {', '.join(list_nets())}")
+        raise InputError(f"unknown net {name!r}; available: {', '.join(list_nets())}")
     return list(inspect.signature(_NETS[name]).parameters)
 
 
 def create_net(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered net; unknown names or arguments give an error listing valid ones."""
     if name not in _NETS:
-        raise ValueError(f"unknown net {name!r}; available: {', '.join(list_nets())}")
+        raise InputError(f"unknown net {name!r}; available: {', '.join(list_nets())}")
     fn = _NETS[name]
     params = inspect.signature(fn).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         bad = sorted(set(kwargs) - set(params))
         if bad:
-            raise ValueError(f"net {name!r} has no option {', '.join(bad)}; options: {', '.join(params)}")
+            raise InputError(f"net {name!r} has no option {', '.join(bad)}; options: {', '.join(params)}")
     return fn(**kwargs)

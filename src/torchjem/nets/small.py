@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import InputError
 from .registry import register_net
 
 
 def _act(name: str) -> nn.Module:
     acts = {"leaky_relu": lambda: nn.LeakyReLU(0.2), "relu": nn.ReLU, "swish": nn.SiLU, "elu": nn.ELU}
     if name not in acts:
-        raise ValueError(f"unknown activation {name!r}; available: {', '.join(acts)}")
+        raise InputError(f"unknown activation {name!r}; available: {', '.join(acts)}")
     return acts[name]()
 
 

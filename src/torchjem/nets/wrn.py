@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .registry import register_net
 
 
@@ -20,7 +21,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
         return nn.InstanceNorm2d(channels, affine=True)
     if kind == "layer":
         return nn.GroupNorm(1, channels)
-    raise ValueError(f"unknown norm {kind!r}; expected none, batch, instance or layer")
+    raise InputError(f"unknown norm {kind!r}; expected none, batch, instance or layer")
 
 
 class WideBasic(nn.Module):
@@ -55,7 +56,7 @@ class WideResNet(nn.Module):
     ) -> None:
         super().__init__()
         if (depth - 4) % 6:
-            raise ValueError(f"Wide-ResNet depth must be 6n+4 (e.g. 10, 16, 28), got {depth}")
+            raise InputError(f"Wide-ResNet depth must be 6n+4 (e.g. 10, 16, 28), got {depth}")
         n = (depth - 4) // 6
         widths = [16, 16 * width, 32 * width, 64 * width]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=True)

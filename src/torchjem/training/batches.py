@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .. import build
 from ..config import Config, ConfigError
 from ..data import DataSplits, check_splits, to_float
+from ..errors import InputError
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -106,10 +107,10 @@ def describe(data: Any) -> tuple[tuple[int, ...], int, tuple[torch.Tensor, torch
         return data.shape, data.n_classes, (data.x_train, data.y_train)
     dataset = data.dataset if isinstance(data, DataLoader) else data
     if not isinstance(dataset, Dataset) or not hasattr(dataset, "__len__") or len(dataset) == 0:
-        raise ValueError(f"training data must be a DataSplits or a non-empty map-style Dataset, got {type(data)}")
+        raise InputError(f"training data must be a DataSplits or a non-empty map-style Dataset, got {type(data)}")
     n_classes = getattr(dataset, "n_classes", None) or len(getattr(dataset, "classes", []))
     if not n_classes:
-        raise ValueError(
+        raise InputError(
             f"the training Dataset {type(dataset).__name__} needs an n_classes attribute or a classes list "
             "(as torchvision's ImageFolder has)"
         )

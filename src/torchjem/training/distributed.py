@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import rng_state, set_rng_state
 from ..energy import JEM
+from ..errors import InputError
 from ..utils import resolve_device
 
 log = logging.getLogger("torchjem")
@@ -83,17 +84,17 @@ def rank_seed(seed: int, rank: int) -> int:
 def _rank_device(device: str) -> torch.device:
     """The device of this rank: ``cuda:LOCAL_RANK`` for auto/cuda when CUDA is there, else CPU."""
     if device.startswith("cuda:"):
-        raise ValueError(
+        raise InputError(
             f"device {device!r}: under torchrun each process uses cuda:LOCAL_RANK; "
             "set device=cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES"
         )
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+        raise InputError(f"device {device!r} requested but CUDA is not available; use --device cpu")
     n = torch.cuda.device_count()
     if local_rank() >= n:
-        raise ValueError(f"LOCAL_RANK={local_rank()} but this node has only {n} GPU(s); lower --nproc_per_node")
+        raise InputError(f"LOCAL_RANK={local_rank()} but this node has only {n} GPU(s); lower --nproc_per_node")
     return torch.device("cuda", local_rank())
 
 
@@ -130,7 +131,7 @@ def init_distributed(
         )
         log.info("process group: rank %d of %d, backend %s, device %s", get_rank(), world, backend, dev)
     elif dev.type == "cuda" and "nccl" not in str(dist.get_backend()):
-        raise ValueError(f"the process group uses {dist.get_backend()!r}; device {dev} needs NCCL")
+        raise InputError(f"the process group uses {dist.get_backend()!r}; device {dev} needs NCCL")
     return dev
 
 

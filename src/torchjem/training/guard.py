@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..config import DivergenceConfig
+from ..errors import UserError
 from ..utils import seed_everything
 from . import distributed as ddp
 from .state import TrainState
@@ -17,7 +18,7 @@ from .state import TrainState
 log = logging.getLogger("torchjem")
 
 
-class DivergenceError(RuntimeError):
+class DivergenceError(UserError, RuntimeError):
     """Training diverged more often than ``divergence.max_retries`` allows."""
 
 

@@ -16,6 +16,7 @@ from .. import build
 from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..config import Config, from_dict, load_config
 from ..energy import JEM
+from ..errors import MissingError
 from ..rundir import RunDir
 from ..sampling import ReplayBuffer, merge_shards, split_shard
 from ..utils import seed_everything
@@ -166,7 +167,7 @@ def read_resume(run_dir: str | Path, overrides: list[str], model: nn.Module | No
 
     def read() -> dict[str, Any]:
         if not ckpt.is_file():
-            raise FileNotFoundError(
+            raise MissingError(
                 f"cannot resume {str(run.path)!r}: no checkpoint at {ckpt} (it is written after the first epoch)"
             )
         return load_checkpoint(ckpt)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from ..errors import InputError
 from ..evaluate.attacks import JEMDefence, check_norm
 from ..evaluate.robustness import DEFAULT_EPS, adversarial_accuracy, check_eps, distal_report, robust_accuracy
 from ..report import plot_curves
@@ -48,19 +49,19 @@ class AttackOptions:
     progress: bool = True
 
     def check(self) -> AttackOptions:
-        """Raise ValueError for an invalid option (before any run is loaded); fills in eps."""
+        """Raise InputError for an invalid option (before any run is loaded); fills in eps."""
         check_norm(self.norm)
         self.eps = check_eps(self.eps if self.eps is not None else DEFAULT_EPS[self.norm])
         n = list(self.refine_steps)
         if not n or any(k < 0 for k in n) or len(set(n)) != len(n):
-            raise ValueError(f"refine_steps must be distinct counts >= 0, got {n}")
+            raise InputError(f"refine_steps must be distinct counts >= 0, got {n}")
         counts = {"limit": 1 if self.limit is None else self.limit, "steps": self.steps, "restarts": self.restarts}
         counts.update({"eot": self.eot, "n_chains": self.n_chains, "batch_size": self.batch_size})
         bad = {k: v for k, v in counts.items() if v < 1} | ({"distal": self.distal} if self.distal < 0 else {})
         if bad:
-            raise ValueError(f"attack options must be >= 1 (distal >= 0), got {bad}")
+            raise InputError(f"attack options must be >= 1 (distal >= 0), got {bad}")
         if self.gradient not in ("exact", "bpda"):
-            raise ValueError(f"attack gradient must be 'exact' or 'bpda', got {self.gradient!r}")
+            raise InputError(f"attack gradient must be 'exact' or 'bpda', got {self.gradient!r}")
         return self
 
 
@@ -94,13 +95,13 @@ def evaluate_saved(path: str | Path, model: nn.Module, batch_size: int = 256) ->
     state = load_checkpoint(path)
     missing = [k for k in ("x_adv", "y", "eps") if k not in state]
     if missing:
-        raise ValueError(f"{path} is not a saved-adversarials file: it lacks {missing}")
+        raise InputError(f"{path} is not a saved-adversarials file: it lacks {missing}")
     x_adv, y = state["x_adv"], state["y"]
     try:
         accuracy, _ = adversarial_accuracy(model, x_adv, y, batch_size)
     except RuntimeError as e:
         shape = tuple(x_adv.shape[2:])
-        raise ValueError(f"the model cannot classify the adversarials of {path} (inputs {shape}): {e}") from None
+        raise InputError(f"the model cannot classify the adversarials of {path} (inputs {shape}): {e}") from None
     return {
         "file": str(path),
         "setting": state.get("setting"),

@@ -17,6 +17,7 @@ from torch import nn
 
 from .. import build
 from ..data import DataSplits
+from ..errors import InputError
 from ..evaluate.features import resolve_feature_net
 from ..evaluate.ood import SCORES, check_scores
 from ..evaluate.suite import DEFAULT_OOD, HELD_OUT, build_ood_sets, check_ood_specs, evaluate_model
@@ -46,17 +47,17 @@ class EvalOptions:
     progress: bool = True
 
     def check(self) -> EvalOptions:
-        """Raise ValueError for an invalid option (before any run is loaded)."""
+        """Raise InputError for an invalid option (before any run is loaded)."""
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
-            raise ValueError(f"limit must be a positive integer, got {self.limit!r}")
+            raise InputError(f"limit must be a positive integer, got {self.limit!r}")
         if not isinstance(self.n_bins, int) or self.n_bins < 1:
-            raise ValueError(f"calibration bins must be a positive integer, got {self.n_bins!r}")
+            raise InputError(f"calibration bins must be a positive integer, got {self.n_bins!r}")
         if self.refine_steps < 0:
-            raise ValueError(f"refine_steps must be >= 0, got {self.refine_steps}")
+            raise InputError(f"refine_steps must be >= 0, got {self.refine_steps}")
         if self.per_class < 1:
-            raise ValueError(f"per_class must be >= 1, got {self.per_class}")
+            raise InputError(f"per_class must be >= 1, got {self.per_class}")
         if self.sample_steps is not None and self.sample_steps < 0:
-            raise ValueError(f"sample_steps must be >= 0, got {self.sample_steps}")
+            raise InputError(f"sample_steps must be >= 0, got {self.sample_steps}")
         self.scores = check_scores(self.scores)
         if self.ood is not None:
             check_ood_specs(self.ood)
@@ -92,7 +93,7 @@ def evaluate_run(
     if data is None:  # (a caller-provided DataSplits has no held-out classes to offer)
         data, held = main.data(), build.held_out_data(main.cfg)
     if list(data.shape) != list(main.shape) or data.n_classes != main.n_classes:
-        raise ValueError(f"data {data.name!r} {data.shape} does not match the run's {main.data_meta}")
+        raise InputError(f"data {data.name!r} {data.shape} does not match the run's {main.data_meta}")
     ood = o.ood if o.ood is not None else [*DEFAULT_OOD, *([HELD_OUT] if held is not None else [])]
 
     x_test, y_test = data.x_test[: o.limit], data.y_test[: o.limit]

@@ -14,6 +14,7 @@ from ..checkpoint import load_checkpoint
 from ..config import Config, from_dict, load_config
 from ..data import DataSplits
 from ..energy import JEM
+from ..errors import InputError, MissingError
 from ..rundir import RunDir
 from ..sampling import SGLD, ChainSampler, ReplayBuffer
 from ..utils import resolve_device
@@ -57,13 +58,13 @@ class LoadedRun:
     def data(self) -> DataSplits:
         """The run's data set, as configured (it must be loadable by name)."""
         if self.data_meta["name"] != self.cfg.data.name:
-            raise ValueError(
+            raise InputError(
                 f"run {str(self.path)!r} was trained on data {self.data_meta['name']!r}, which cannot be loaded by "
                 f"name (config data.name is {self.cfg.data.name!r}); pass the data (data=DataSplits)"
             )
         data = build.build_data(self.cfg)
         if list(data.shape) != list(self.shape) or data.n_classes != self.n_classes:
-            raise ValueError(f"data {data.name!r} {data.shape} does not match the run's {self.data_meta}")
+            raise InputError(f"data {data.name!r} {data.shape} does not match the run's {self.data_meta}")
         return data
 
 
@@ -75,10 +76,10 @@ def load_run(
     run trained on a model object (any classifier, or a JEM)."""
     run = RunDir(path)
     if not run.path.is_dir():
-        raise FileNotFoundError(f"run directory {str(run.path)!r} does not exist")
+        raise MissingError(f"run directory {str(run.path)!r} does not exist")
     ckpt = run.checkpoint(which)
     if not ckpt.is_file():
-        raise FileNotFoundError(f"run {str(run.path)!r} has no checkpoint {which!r} (looked for {ckpt})")
+        raise MissingError(f"run {str(run.path)!r} has no checkpoint {which!r} (looked for {ckpt})")
     dev = resolve_device(device)
     state = load_checkpoint(ckpt, map_location=dev)
     cfg = from_dict(state["config"]) if "config" in state else load_config(run.config)
@@ -103,7 +104,7 @@ def check_same_data(run: LoadedRun, other: LoadedRun, what: str = "baseline") ->
     key_a = (a["name"], list(a["shape"]), int(a["n_classes"]), run.cfg.data.classes)
     key_b = (b["name"], list(b["shape"]), int(b["n_classes"]), other.cfg.data.classes)
     if key_a != key_b:
-        raise ValueError(
+        raise InputError(
             f"{what} run {str(other.path)!r} was trained on other data ({b}, classes {other.cfg.data.classes}) "
             f"than {str(run.path)!r} ({a}, classes {run.cfg.data.classes})"
         )

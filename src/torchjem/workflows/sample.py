@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..errors import InputError
 from ..samples import write_sample_grids
 from .runs import load_run
 
@@ -26,9 +27,9 @@ def sample_run(
     and samples. Chains start from the run's replay buffer (left unchanged) or, with ``fresh`` or
     for a run without a buffer, from U(-1, 1) noise."""
     if n < 1 or per_class < 1:
-        raise ValueError(f"jem sample needs --n >= 1 and --per-class >= 1, got {n} and {per_class}")
+        raise InputError(f"jem sample needs --n >= 1 and --per-class >= 1, got {n} and {per_class}")
     if n_steps is not None and n_steps < 0:
-        raise ValueError(f"jem sample needs --steps >= 0, got {n_steps}")
+        raise InputError(f"jem sample needs --steps >= 0, got {n_steps}")
     run = load_run(run_dir, checkpoint, device)
     sampler = run.sampler
     if fresh:

@@ -1,0 +1,42 @@
+"""The one error type for user errors, and its kinds.
+
+A ``UserError`` is a problem with what the user gave (a config value, data, a checkpoint, a
+command-line argument, a run directory, a disk that cannot be written): its message names the
+thing and what was expected. ``jem`` prints it as one ``error:`` line and exits 2, before long work
+where it can. Any other exception is a bug and keeps its traceback. The kinds also derive from the
+built-in type a Python caller would expect (ValueError, FileNotFoundError, OSError).
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's input; the message says what to change."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration key or value that is not valid."""
+
+
+class DataError(UserError, ValueError):
+    """Data that cannot be used: a wrong shape, labels out of range, an unreadable file."""
+
+
+class InputError(UserError, ValueError):
+    """An argument of a library call or a command-line option that is not valid."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be read: truncated, empty, foreign or missing parts."""
+
+
+class MissingError(UserError, FileNotFoundError):
+    """A file or directory that does not exist."""
+
+
+class RunDirError(UserError):
+    """A run directory that cannot be used now: held by another trainer, or a finished run."""
+
+
+class WriteError(UserError, OSError):
+    """A file that cannot be written (disk full, read-only, not a directory); names the path."""
