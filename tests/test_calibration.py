@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from torchjem.errors import InputError
 from torchjem.evaluate.calibration import calibration, calibration_from_probs
 
 
@@ -92,3 +93,56 @@ def test_calibration_result_matches_numpy_binning_and_keeps_the_report_schema():
     assert list(d) == ["ece", "mce", "n_bins", "n", "accuracy", "confidence", "bins"]
     assert list(d["bins"]) == ["edges", "confidence", "accuracy", "count"]
     assert d["ece"] == res.ece and d["n_bins"] == 10 and d["n"] == 3000
+
+
+def _valid_probs(n: int = 6, c: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(11)
+    return torch.randn(n, c, generator=g, dtype=torch.float64).softmax(1), torch.arange(n) % c
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        ("nan", r"probabilities must be finite, found 1 NaN and 0 infinite values \(in 1 of 6 rows\)"),
+        ("inf", r"probabilities must be finite, found 0 NaN and 1 infinite values \(in 1 of 6 rows\)"),
+        ("negative", r"must lie in \[0, 1\], found values in \[-0\.25, [0-9.]+\] \(in 1 of 6 rows\)"),
+        ("above one", r"must lie in \[0, 1\], found values in \[0, 1\.5\] \(in 1 of 6 rows\)"),
+        ("logits", r"must lie in \[0, 1\].*not logits"),
+        ("rows off", r"must sum to 1 \(within 0\.001\), found row sums in \[0\.5, 1\] \(1 of 6 rows off\)"),
+        ("slightly off", r"must sum to 1 \(within 0\.001\), found row sums in \[1, 1\.002\] \(1 of 6 rows off\)"),
+    ],
+)
+def test_invalid_probabilities_are_refused_and_named(damage, match):
+    # torchmetrics would silently softmax values outside [0, 1], and NaN scored as a number
+    probs, y = _valid_probs()
+    if damage == "nan":
+        probs[2, 1] = float("nan")
+    elif damage == "inf":
+        probs[2, 1] = float("inf")
+    elif damage == "negative":
+        probs[2] = torch.tensor([-0.25, 0.75, 0.5], dtype=torch.float64)  # sums to 1, one value below 0
+    elif damage == "above one":
+        probs[2] = torch.tensor([1.5, 0.0, 0.0], dtype=torch.float64)
+    elif damage == "logits":
+        probs = 3 * torch.randn(6, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    elif damage == "rows off":
+        probs[4] = probs[4] / probs[4].sum() * 0.5
+    elif damage == "slightly off":
+        probs[4] = probs[4] / probs[4].sum() * 1.002
+    with pytest.raises(InputError, match=r"^calibration: .*" + match):
+        calibration_from_probs(probs, y)
+
+
+def test_probabilities_within_the_tolerance_and_float32_softmax_are_accepted():
+    probs, y = _valid_probs()
+    probs[4] = probs[4] / probs[4].sum() * (1 + 5e-4)  # within 1e-3 of summing to 1
+    res = calibration_from_probs(probs, y, n_bins=5)
+    assert res.confidence == pytest.approx(float(probs.max(1).values.mean()))
+    net_probs = torch.randn(200, 10, generator=torch.Generator().manual_seed(4)).softmax(1)  # float32 rows
+    assert calibration_from_probs(net_probs, torch.zeros(200, dtype=torch.long)).n == 200
+
+
+def test_float_labels_are_refused():
+    probs, y = _valid_probs()
+    with pytest.raises(InputError, match=r"labels must be integer class indices, got dtype torch\.float32"):
+        calibration_from_probs(probs, y.float())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
+import re
 import struct
 import tarfile
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 from torchjem.data import (
     DataSplits,
+    RawData,
     check_data,
     check_model_input,
     check_splits,
@@ -28,8 +30,11 @@ from torchjem.data import (
     read_mnist,
     read_npz,
     read_svhn,
+    read_svhn_mat,
+    splits_from_raw,
     to_float,
 )
+from torchjem.errors import DataError
 from torchjem.nets import create_net
 
 
@@ -331,6 +336,147 @@ def test_npz_layouts(tmp_path: Path) -> None:
     np.savez(tmp_path / "c.npz", images=nhwc)
     with pytest.raises(ValueError, match="expected arrays x and y"):
         read_npz(tmp_path / "c.npz")
+
+
+def _png_bytes(a: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+@pytest.mark.parametrize("channels", [None, 3])
+def test_corrupt_image_names_the_file(tmp_path: Path, damage: str, channels: int | None) -> None:
+    # greyscale, so that the channel probe (which opens every file) reaches the bad one first
+    write_image_folder(tmp_path, mode="L")
+    bad = tmp_path / "cat" / "00.png"
+    good = bad.read_bytes()
+    bad.write_bytes(
+        {"garbage": b"\x89PNG\r\n\x1a\n" + b"junk" * 20, "truncated": good[: len(good) // 2], "empty": b""}[damage]
+    )
+    with pytest.raises(DataError, match="not a readable image") as e:
+        read_image_folder(tmp_path, channels=channels)
+    assert str(bad) in str(e.value) and ".png" in str(e.value)
+    with pytest.raises(DataError, match=re.escape(str(bad))):  # the loader the CLI uses
+        load_data("image_folder", root=str(tmp_path), channels=channels)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "header only"])
+def test_corrupt_svhn_mat_names_the_file(tmp_path: Path, damage: str) -> None:
+    write_svhn(tmp_path)
+    bad = tmp_path / "train_32x32.mat"
+    good = bad.read_bytes()
+    data = {"garbage": bytes(range(256)) * 4, "truncated": good[: len(good) // 2], "header only": good[:200]}
+    bad.write_bytes(data[damage])
+    with pytest.raises(DataError, match="not a readable MATLAB .mat file") as e:
+        read_svhn(tmp_path)
+    assert str(bad) in str(e.value) and "arrays X and y" in str(e.value)
+    with pytest.raises(DataError, match=re.escape(str(bad))):
+        load_data("svhn", root=str(tmp_path))
+
+
+def test_svhn_mat_with_text_labels_names_the_file(tmp_path: Path) -> None:
+    from scipy.io import savemat
+
+    savemat(tmp_path / "train_32x32.mat", {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.array(["a", "b"])})
+    with pytest.raises(DataError, match=r"train_32x32\.mat: 'y' must hold numeric labels 1\.\.10"):
+        read_svhn_mat(tmp_path / "train_32x32.mat")
+
+
+def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "truncated", "cut at the end", "a .npy", "bad crc"])
+def test_corrupt_npz_names_the_file(tmp_path: Path, damage: str) -> None:
+    good = _npz_bytes(x=np.arange(5 * 16, dtype=np.uint8).reshape(5, 4, 4), y=np.arange(5) % 2)
+    npy = io.BytesIO()
+    np.save(npy, np.zeros((5, 4, 4), np.uint8))
+    flipped = bytearray(good)
+    start = good.index(b"\x93NUMPY") + 140  # inside the first member's array data: its CRC no longer matches
+    flipped[start : start + 8] = bytes(255 - b for b in flipped[start : start + 8])
+    data, expected = {
+        "garbage": (b"these are not the arrays you are looking for" * 3, "not a readable .npz file"),
+        "empty": (b"", "not a readable .npz file"),
+        "truncated": (good[: len(good) // 2], "not a readable .npz file"),
+        "cut at the end": (good[:-30], "not a readable .npz file"),
+        "a .npy": (npy.getvalue(), "a single .npy array of shape (5, 4, 4), not a .npz archive"),
+        "bad crc": (bytes(flipped), "array 'x' cannot be read"),
+    }[damage]
+    path = tmp_path / "d.npz"
+    path.write_bytes(data)
+    with pytest.raises(DataError) as e:
+        read_npz(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: {expected}"), msg
+    assert "numpy.savez" in msg  # what was expected
+    with pytest.raises(DataError, match=re.escape(str(path))):
+        load_data("npz", root=str(path))
+
+
+def test_npz_object_arrays_and_directories_name_the_file(tmp_path: Path) -> None:
+    np.savez(tmp_path / "o.npz", x=np.array([np.zeros(3), "a"], dtype=object), y=np.arange(2))
+    with pytest.raises(DataError, match=r"o\.npz: array 'x' cannot be read.*object arrays"):
+        read_npz(tmp_path / "o.npz")
+    (tmp_path / "dir.npz").mkdir()
+    with pytest.raises(DataError, match=r"dir\.npz is a directory; expected a \.npz file"):
+        read_npz(tmp_path / "dir.npz")
+
+
+def test_npz_negative_or_unnamed_labels_name_the_file_and_the_range(tmp_path: Path) -> None:
+    x = np.zeros((6, 4, 4), np.uint8)
+    np.savez(tmp_path / "neg.npz", x=x, y=np.array([0, 1, -3, 2, 1, 0]))
+    with pytest.raises(DataError) as e:
+        read_npz(tmp_path / "neg.npz")
+    assert str(tmp_path / "neg.npz") in str(e.value) and "'y' labels must be >= 0" in str(e.value)
+    assert "found -3..2" in str(e.value)
+    with pytest.raises(DataError, match=r"neg\.npz: 'y' labels must be >= 0"):
+        load_data("npz", root=str(tmp_path / "neg.npz"))
+    np.savez(tmp_path / "t.npz", x_train=x, y_train=np.zeros(6, int), x_test=x[:2], y_test=np.array([0, -1]))
+    with pytest.raises(DataError, match=r"t\.npz: 'y_test' labels must be >= 0 \(class indices\), found -1\.\.0"):
+        read_npz(tmp_path / "t.npz")
+    np.savez(tmp_path / "names.npz", x=x, y=np.array([0, 1, 2, 0, 1, 2]), class_names=np.array(["a", "b"]))
+    with pytest.raises(
+        DataError, match=r"names\.npz: 'y' labels must be in 0\.\.1 \(one per class name\), found 0\.\.2"
+    ):
+        read_npz(tmp_path / "names.npz")
+    np.savez(tmp_path / "none.npz", x=x[:0], y=np.zeros(0, int))
+    with pytest.raises(DataError, match=r"none\.npz: 'x' holds no examples"):
+        read_npz(tmp_path / "none.npz")
+
+
+def test_cifar_batch_without_labels_names_the_file(tmp_path: Path) -> None:
+    write_cifar10(tmp_path)
+    bad = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    bad.write_bytes(pickle.dumps({"data": np.zeros((3, 3072), np.uint8), "fine": [0, 1, 2]}, protocol=2))
+    with pytest.raises(DataError, match=re.escape(f"{bad}: a CIFAR batch holds an entry 'labels'")):
+        read_cifar10(tmp_path)
+    bad.write_bytes(pickle.dumps({"data": np.zeros((3, 3072), np.uint8), "labels": [0, -1, 2]}, protocol=2))
+    with pytest.raises(DataError, match=re.escape(f"{bad}: labels must be class indices >= 0, found -1..2")):
+        read_cifar10(tmp_path)
+
+
+def test_splits_from_raw_checks_labels_and_small_sets(tmp_path: Path) -> None:
+    x = torch.zeros(5, 1, 4, 4, dtype=torch.uint8)
+    with pytest.raises(DataError, match=r"data set 'mine': training labels must be >= 0, found -1\.\.1"):
+        splits_from_raw("mine", RawData(x, torch.tensor([0, 1, -1, 0, 1])), 0.0, 0, False)
+    with pytest.raises(DataError, match=r"'mine': test labels must be in 0\.\.1 \(one per class name\), found 0\.\.4"):
+        splits_from_raw(
+            "mine", RawData(x, torch.zeros(5, dtype=torch.long), x, torch.arange(5), ["a", "b"]), 0, 0, False
+        )
+    with pytest.raises(DataError, match=r"'mine': training labels must be 5 integers, got torch\.float32"):
+        splits_from_raw("mine", RawData(x, torch.zeros(5)), 0.0, 0, False)
+    with pytest.raises(DataError, match=r"'mine': 1 example and no test split"):
+        splits_from_raw("mine", RawData(x[:1], torch.zeros(1, dtype=torch.long)), 0.0, 0, False)
+    # 5 examples of 2 classes: a 20% test split holds 1 example, too few to stratify (scikit-learn
+    # refuses), so the split is a plain seeded one
+    np.savez(tmp_path / "small.npz", x=np.zeros((5, 4, 4), np.uint8), y=np.array([0, 0, 1, 1, 1]))
+    d = load_data("npz", root=str(tmp_path / "small.npz"), val_size=0)
+    assert len(d.x_test) == 1 and len(d.x_train) == 4 and d.n_classes == 2
 
 
 # -- load_data over the readers ------------------------------------------------------------------

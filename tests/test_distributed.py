@@ -198,8 +198,9 @@ def test_fault_on_one_rank_rewinds_every_rank(runs):
         assert torch.isfinite(f["params"]).all()
     events = [r for r in RunDir(runs["tmp"] / "fault").read_metrics() if r.get("event") == "recovery"]
     assert len(events) == 1
-    assert events[0]["cause"] == "loss is nan on rank 1"
-    assert events[0]["at_step"] == 12 and events[0]["rewound_to"] == 10
+    assert "loss is nan on rank 1" in events[0]["cause"]  # (averaged NaN gradients reach rank 0 weights too)
+    # snapshots: each epoch end (6 steps) and 5 steps after the last one: 6, 11
+    assert events[0]["at_step"] == 12 and events[0]["rewound_to"] == 11
 
 
 # -- another world size --------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from torch import nn
 
 from torchjem.data import load_data
 from torchjem.energy import JEM
+from torchjem.errors import InputError
 from torchjem.evaluate.features import (
     ClassifierFeatures,
     InceptionFeatures,
@@ -210,3 +211,43 @@ def test_bad_input_gives_a_clear_error(fnet):
         sample_quality(torch.zeros(4, 1, 8, 8), torch.zeros(4, 1, 6, 6), net)
     with pytest.raises(ValueError, match="empty"):
         sample_quality(torch.zeros(0, 1, 8, 8), torch.zeros(0, 1, 8, 8), net)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("which", ["real", "generated"])
+def test_fid_and_kid_refuse_nan_or_infinite_features(value, which):
+    # torchmetrics turns such features into a NaN distance, which FID used to clip to 0.0: a perfect score
+    f_real, f_fake = gaussian_features(200, 4, seed=1), gaussian_features(200, 4, seed=2)
+    bad = f_real if which == "real" else f_fake
+    bad[7, 2] = value
+    bad[9, 0] = value
+    found = "2 NaN and 0 infinite" if np.isnan(value) else "0 NaN and 2 infinite"
+    for metric, fn in (("FID", frechet_distance), ("KID", kernel_distance)):
+        with pytest.raises(InputError) as e:
+            fn(f_real, f_fake)
+        msg = str(e.value)
+        assert msg.startswith(f"{metric}: the {which} features: expected finite values"), msg
+        assert f"found {found} entries (in 2 of 200 rows)" in msg
+
+
+def test_fid_refuses_features_whose_covariance_overflows_and_mismatched_dims():
+    f_real, f_fake = gaussian_features(50, 3, seed=1), gaussian_features(50, 3, seed=2)
+    with pytest.raises(InputError, match=r"FID: the distance is nan for features as large as .*e\+200"):
+        frechet_distance(f_real * 1e200, f_fake)
+    with pytest.raises(InputError, match=r"same D, got \(50, 3\) and \(50, 2\)"):
+        frechet_distance(f_real, f_fake[:, :2])
+
+
+def test_inception_style_score_and_sample_quality_refuse_nan():
+    logits = torch.zeros(10, 3)
+    logits[4, 1] = float("nan")
+    with pytest.raises(InputError, match=r"Inception-style score: the class logits: .* 1 NaN and 0 infinite"):
+        inception_style_score(logits)
+    # the FID/KID path of sample_quality: features = the pixels, one generated sample holds a NaN
+    net = ModuleFeatures(nn.Flatten(), "pixels")
+    x_real = gaussian_features(40, 4, seed=3).reshape(40, 1, 2, 2)
+    x_fake = gaussian_features(40, 4, seed=4).reshape(40, 1, 2, 2)
+    x_fake[5, 0, 1, 1] = float("nan")
+    with pytest.raises(InputError, match=r"features \(samples\) of feature net 'pixels': .* \(in 1 of 40 rows\)"):
+        sample_quality(x_real, x_fake, net)
+    assert sample_quality(x_real, x_fake.nan_to_num(0.0), net).fid > 0  # finite features still score

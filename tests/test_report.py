@@ -1,23 +1,20 @@
 import json
 import re
 
-import matplotlib
+import pytest
+import torch
+from matplotlib.figure import Figure
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from conftest import tiny_config  # noqa: E402
-from torchjem.cli import main  # noqa: E402
-from torchjem.evaluate.features import default_feature_net  # noqa: E402
-from torchjem.evaluate.ood import SCORES, builtin_ood_set  # noqa: E402
-from torchjem.evaluate.results import OODResult  # noqa: E402
-from torchjem.evaluate.suite import evaluate_model  # noqa: E402
-from torchjem.report import _get, fmt  # noqa: E402
-from torchjem.training import train  # noqa: E402
-from torchjem.workflows.evaluate import evaluate_run, headline  # noqa: E402
+from conftest import tiny_config
+from torchjem.cli import main
+from torchjem.evaluate.features import default_feature_net
+from torchjem.evaluate.ood import SCORES, builtin_ood_set
+from torchjem.evaluate.results import OODResult
+from torchjem.evaluate.suite import evaluate_model
+from torchjem.report import _get, fmt
+from torchjem.training import train
+from torchjem.workflows.evaluate import evaluate_run, headline
 
 ATTACK = {
     "norm": "linf",
@@ -39,10 +36,9 @@ def runs(tmp_path_factory):
     default_feature_net(jem.data, root / "jem" / "feature_net", epochs=2)  # cached: the report reuses it
     (root / "jem" / "attack").mkdir()
     (root / "jem" / "attack" / "attack.json").write_text(json.dumps(ATTACK))
-    fig, ax = plt.subplots(figsize=(2, 2))
-    ax.plot(ATTACK["eps"], ATTACK["curves"]["JEM-0"])
+    fig = Figure(figsize=(2, 2))  # no pyplot: the test leaves the matplotlib backend alone too
+    fig.subplots().plot(ATTACK["eps"], ATTACK["curves"]["JEM-0"])
     fig.savefig(root / "jem" / "attack" / "robust_accuracy.png")
-    plt.close(fig)
     return root
 
 

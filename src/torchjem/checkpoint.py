@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -11,25 +12,50 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import MissingError
+from .errors import CheckpointError, MissingError, WriteError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
 def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write through a temporary file in the same folder, then rename: readers see the old file or
+    the new one, never half of one. Disk-full and permission errors name the path (torch's zip
+    writer reports a full disk as a RuntimeError)."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, RuntimeError) and not any(w in str(e).lower() for w in ("write", "unexpected pos")):
+            raise  # not an I/O failure: a bug keeps its traceback
+        why = f"{str(e).strip()[:200]}; check that the folder is writable and has free space"
+        raise WriteError(f"cannot write {str(path)!r} ({why})") from e
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
+
+
+TMP_SUFFIX = ".tmp"
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that killed writes left in ``folder`` (call it only while no
+    other process writes there: the run directory's lock holder). Returns what was removed."""
+    removed = []
+    for p in Path(folder).glob(f".*{TMP_SUFFIX}"):
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -45,12 +71,37 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     _atomic(Path(path), lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint without executing code (weights_only=True)."""
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Load a checkpoint without executing code (weights_only=True). A truncated, empty, foreign or
+    crafted file, or one without the ``required`` keys, is a CheckpointError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise MissingError(f"checkpoint {str(path)!r} does not exist")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds Python objects other than tensors, numbers, strings, lists and dicts: "
+            "loading it would run code, so it is refused (weights_only=True)"
+        ) from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, ... for truncated or foreign files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} cannot be read ({first[:200]}); it is truncated, empty or not a torchjem/torch "
+            "checkpoint saved with tensors, numbers, strings, lists and dicts only"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, expected a dict")
+    missing = [k for k in required if k not in state]
+    if missing:
+        what = ", ".join(missing)
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks {what}: it is not a torchjem run checkpoint")
+    return state
+
+
+RUN_KEYS = ("model", "config", "data", "step", "epoch")  # what a run's checkpoint must hold
 
 
 def rng_state() -> dict[str, Any]:

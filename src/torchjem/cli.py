@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .config import CONFIG_DIR, config_reference
-from .errors import InputError, UserError
+from .errors import ConfigError, InputError, UserError
 
 log = logging.getLogger("torchjem")
 
@@ -46,6 +46,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run directory (config key out)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
     p.add_argument("--clf-only", action="store_true", help="train a plain classifier baseline (train.clf_only=true)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (refused otherwise)")
     _common(p)
     p.set_defaults(func=cmd_train)
 
@@ -59,7 +60,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             extra.append(f"{key}={value}")
     if args.clf_only:
         extra.append("train.clf_only=true")
-    trainer, result = train_run(args.config, extra, resume=args.resume, progress=not args.quiet)
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces one: use one of them")
+    trainer, result = train_run(
+        args.config, extra, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite
+    )
     if trainer.is_main:
         print(json.dumps(result, indent=2))
     return 0

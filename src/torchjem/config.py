@@ -80,6 +80,7 @@ class TrainConfig:
     clf_only: bool = False  # train the same network as a plain classifier (the baseline)
     eval_every: int = 1  # validation every N epochs
     save_every: int = 10  # keep a checkpoint every N epochs (besides last and best)
+    checkpoint_every: int | None = None  # also write last every N iterations (mid-epoch; resumes at that batch)
     log_every: int = 20  # iterations between metric lines (and host synchronisation)
     amp: str = "none"  # none | bf16: bf16 autocast for the network (log-sum-exp, energies and losses in fp32)
     channels_last: bool = False  # NHWC weights and activations (faster convolutions on CUDA tensor cores)
@@ -145,6 +146,7 @@ class Config:
             ("train.batch_size", self.train.batch_size > 0, "> 0"),
             ("train.eval_every", self.train.eval_every > 0, "> 0"),
             ("train.save_every", self.train.save_every > 0, "> 0"),
+            ("train.checkpoint_every", self.train.checkpoint_every is None or self.train.checkpoint_every > 0, "> 0"),
             ("train.log_every", self.train.log_every > 0, "> 0"),
             ("train.amp", self.train.amp in ("none", "bf16"), "none or bf16"),
             ("divergence.max_retries", self.divergence.max_retries >= 0, ">= 0"),

@@ -65,12 +65,12 @@ class HybridObjective:
         stats: dict[str, torch.Tensor] = {}
         loss = x.new_zeros(())
 
-        x_q = xy_q = None
-        y_l = y[labelled]
+        x_q = xy_q = y_l = None
         if self.px > 0:
             x_q = self.sampler.sample(jem, len(x))
-        if self.pxy > 0 and len(y_l):
-            xy_q = self.sampler.sample(jem, y=y_l)
+        if self.pxy > 0:
+            y_l = y[labelled]  # (a boolean index synchronises with the device: only for this term)
+            xy_q = self.sampler.sample(jem, y=y_l) if len(y_l) else None
 
         # One forward over data and samples together: a single pass through the net.
         parts = [x] + [s for s in (x_q, xy_q) if s is not None]

@@ -7,6 +7,9 @@ model_result holds "classification", "calibration", "ood", "generation" and "rob
 sections (any may be missing). Arrays for plots live under "arrays" keys; they go into the PNGs,
 not into report.json. Every number the HTML shows is rendered from report.json's content, and its
 table cell names its JSON path (``data-key``), so the two cannot disagree.
+
+Plots use matplotlib's object-oriented API (``Figure``, ``matplotlib.image.imsave``; no pyplot),
+so importing this module leaves the user's matplotlib backend as it is.
 """
 
 from __future__ import annotations
@@ -20,14 +23,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.image import imsave
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from .checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
+from .checkpoint import atomic_write_bytes, atomic_write_text
 from .errors import InputError
 
 ROBUSTNESS_FILE = Path("attack") / "attack.json"
@@ -83,10 +84,9 @@ def check_robustness(result: dict, run_dir: Path | None = None, what: str = "rob
 
 
 # -- plots ------------------------------------------------------------------------------------
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=96)  # the figures use constrained layout
-    plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
 
@@ -98,9 +98,8 @@ def plot_reliability(cal: dict, path: str | Path, label: str = "") -> Path:
     lo, width = edges[:-1], np.diff(edges)
     acc, conf, count = (np.asarray(bins[k], dtype=float) for k in ("accuracy", "confidence", "count"))
     filled = count > 0
-    fig, (ax, axc) = plt.subplots(
-        2, 1, figsize=(4.2, 4.8), gridspec_kw={"height_ratios": [3, 1]}, sharex=True, constrained_layout=True
-    )
+    fig = Figure(figsize=(4.2, 4.8), layout="constrained")
+    ax, axc = fig.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     ax.bar(
         lo[filled], acc[filled], width[filled], align="edge", color="#4c72b0", edgecolor="k", lw=0.5, label="accuracy"
     )
@@ -130,9 +129,8 @@ def plot_reliability(cal: dict, path: str | Path, label: str = "") -> Path:
 def plot_ood_histograms(ood: dict, path: str | Path, label: str = "") -> Path:
     """One panel per (OOD set, score): the in-distribution scores against the set's, with AUROC."""
     arrays, scores, sets = ood["arrays"], ood["scores"], list(ood["sets"])
-    fig, axes = plt.subplots(
-        len(sets), len(scores), figsize=(2.7 * len(scores), 2.0 * len(sets)), squeeze=False, constrained_layout=True
-    )
+    fig = Figure(figsize=(2.7 * len(scores), 2.0 * len(sets)), layout="constrained")
+    axes = fig.subplots(len(sets), len(scores), squeeze=False)
     for r, name in enumerate(sets):
         for c, score in enumerate(scores):
             ax = axes[r, c]
@@ -165,14 +163,15 @@ def save_samples(x: Any, path: str | Path, nrow: int | None = None, width: int =
     scale = max(1, width // img.shape[1])
     img = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
     buf = io.BytesIO()
-    plt.imsave(buf, img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, format="png")
+    imsave(buf, img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, format="png")
     atomic_write_bytes(Path(path), buf.getvalue())
     return Path(path)
 
 
 def plot_curves(curves: dict[str, list[float]], eps: list[float], norm: str, path: str | Path) -> Path:
     """A PNG of robust accuracy against eps, one line per setting."""
-    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=110)
+    fig = Figure(figsize=(5, 3.6), dpi=110)
+    ax = fig.subplots()
     for name, acc in curves.items():
         ax.plot(list(eps), acc, marker="o", label=name)
     ax.set_xlabel(f"epsilon ({'L-inf' if norm == 'linf' else 'L2'}, data in [-1, 1])")

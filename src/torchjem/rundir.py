@@ -5,13 +5,19 @@ RUN_DIR/metrics.jsonl      one JSON object per line (iterations, epochs, events)
 RUN_DIR/train.log          the log
 RUN_DIR/checkpoints/       last.pt, best.pt, epoch_NNNN.pt
 RUN_DIR/samples/           PNG sample grids
+RUN_DIR/.lock              held by the process that trains into it
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
+
+from .errors import RunDirError, WriteError
 
 
 class RunDir:
@@ -35,7 +41,69 @@ class RunDir:
             return p
         return self.checkpoints / f"{which}.pt"
 
+    def has_run(self) -> bool:
+        """Whether a run already wrote here (a checkpoint or metrics)."""
+        return self.checkpoint("last").is_file() or self.metrics.is_file()
+
+    def clear(self) -> None:
+        """Remove what a previous run wrote (checkpoints, metrics, log, config), for ``--overwrite``."""
+        import shutil
+
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
+        for p in (self.metrics, self.log, self.config):
+            p.unlink(missing_ok=True)
+
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics.is_file():
             return []
         return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+
+class RunLock:
+    """One writer per run directory: an exclusive ``flock`` on RUN_DIR/.lock, which records the
+    holder's pid and host for the message a second writer gets. The operating system drops the
+    lock when its process dies, so a killed run leaves no stale lock, while orphaned workers of a
+    killed launcher still hold it. (Where ``fcntl`` does not exist, e.g. Windows, nothing is locked.)"""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run, self._file = run, None
+
+    @property
+    def path(self) -> Path:
+        return self.run.path / ".lock"
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        try:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            f = open(self.path, "a+")
+        except OSError as e:
+            raise WriteError(f"cannot create run directory {str(self.run.path)!r} ({e})") from None
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise RunDirError(
+                f"run directory {str(self.run.path)!r} is in use by {holder}; wait for that run to end (or stop it), "
+                "or choose another --out"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the descriptor drops the flock
+            self._file = None
+
+    close = release  # for contextlib.closing
+
+    def __del__(self) -> None:
+        self.release()

@@ -1,21 +1,22 @@
-"""Drawing samples from a JEM and writing them as PNG grids."""
+"""Drawing samples from a JEM and writing them as PNG grids.
+
+Figures are drawn with matplotlib's object-oriented API (``Figure``, no pyplot), so importing
+this module leaves the user's matplotlib backend as it is.
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from .checkpoint import atomic_write_bytes  # noqa: E402
+from .checkpoint import atomic_write_bytes
 from .errors import InputError
-from .sampling import ChainSampler  # noqa: E402
+from .sampling import ChainSampler
 
 
 def grid_image(x: torch.Tensor, nrow: int | None = None, pad: int = 1) -> np.ndarray:
@@ -40,16 +41,16 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None, title:
     if x.ndim == 4:
         img = grid_image(x, nrow)
         scale = max(1, 256 // max(img.shape[:2]))
-        fig, ax = plt.subplots(
-            figsize=(img.shape[1] * scale / 64, img.shape[0] * scale / 64 + (0.3 if title else 0)), dpi=96
-        )
+        fig = Figure(figsize=(img.shape[1] * scale / 64, img.shape[0] * scale / 64 + (0.3 if title else 0)), dpi=96)
+        ax = fig.subplots()
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
         ax.axis("off")
     elif x.ndim == 3:
         n = len(x)
         nrow = nrow or math.ceil(math.sqrt(n))
         rows = math.ceil(n / nrow)
-        fig, axes = plt.subplots(rows, nrow, figsize=(1.2 * nrow, 0.8 * rows), dpi=96, squeeze=False)
+        fig = Figure(figsize=(1.2 * nrow, 0.8 * rows), dpi=96)
+        axes = fig.subplots(rows, nrow, squeeze=False)
         for i, ax in enumerate(axes.flat):
             if i < n:
                 for ch in x[i].detach().float().cpu().numpy():
@@ -60,8 +61,7 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None, title:
     if title:
         fig.suptitle(title, fontsize=9)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
+    fig.savefig(buf, format="png", bbox_inches="tight")  # a Figure of its own: no pyplot, no backend switch
     atomic_write_bytes(path, buf.getvalue())
     return path
 

@@ -10,6 +10,7 @@ Pixels are read as uint8 and converted once to float32 in [-1, 1] (the DataSplit
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import random
 from functools import lru_cache
@@ -48,15 +49,48 @@ def fixed_test_split(y: torch.Tensor, fraction: float = TEST_FRACTION) -> tuple[
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(y))
+    if len(y) < 2:
+        raise DataError(f"a test split needs at least 2 labelled examples, got {len(y)}")
     counts = np.bincount(y.numpy())
-    stratify = y.numpy() if len(counts) and counts[counts > 0].min() >= 2 else None
-    tr, te = train_test_split(idx, test_size=fraction, random_state=0, stratify=stratify)
+    n_test = math.ceil(fraction * len(y))  # as scikit-learn rounds
+    # stratified only when possible: every class twice, and room for each class in both splits
+    n_cls = int((counts > 0).sum())
+    ok = len(counts) and counts[counts > 0].min() >= 2 and min(n_test, len(y) - n_test) >= n_cls
+    tr, te = train_test_split(idx, test_size=fraction, random_state=0, stratify=y.numpy() if ok else None)
     return torch.from_numpy(np.sort(tr)), torch.from_numpy(np.sort(te))
+
+
+def check_raw(name: str, raw: RawData) -> None:
+    """Labels that can index classes: integer, one per example, >= 0 (and below the number of
+    class names when there are names); a training set that is not empty. Raises DataError naming
+    the data set."""
+    splits = [("training", raw.x_train, raw.y_train)]
+    if raw.x_test is not None and raw.y_test is not None:
+        splits.append(("test", raw.x_test, raw.y_test))
+    if len(raw.x_train) == 0:
+        raise DataError(f"data set {name!r}: the training split holds no examples")
+    if raw.x_test is None and len(raw.x_train) < 2:
+        raise DataError(
+            f"data set {name!r}: {len(raw.x_train)} example and no test split; a test split is carved off, "
+            "which needs at least 2 examples"
+        )
+    for split, x, y in splits:
+        if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool or y.shape != (len(x),):
+            raise DataError(
+                f"data set {name!r}: {split} labels must be {len(x)} integers, got {y.dtype} {tuple(y.shape)}"
+            )
+        if len(y) == 0:
+            continue
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or (raw.class_names and hi >= len(raw.class_names)):
+            want = f"in 0..{len(raw.class_names) - 1} (one per class name)" if raw.class_names else ">= 0"
+            raise DataError(f"data set {name!r}: {split} labels must be {want}, found {lo}..{hi}")
 
 
 def splits_from_raw(name: str, raw: RawData, val_size: float, split_seed: int, flip: bool) -> DataSplits:
     """Carve validation (by ``split_seed``) and, if the source has none, test (fixed) splits,
     then map pixels to float [-1, 1]."""
+    check_raw(name, raw)
     x, y = raw.x_train, raw.y_train
     if raw.x_test is None or raw.y_test is None:
         tr, te = fixed_test_split(y)

@@ -2,7 +2,9 @@
 
 Each reader returns the pixels as stored (uint8, (N, C, H, W)) and int64 labels, bit for bit;
 ``to_float`` maps uint8 to float in [-1, 1]. Nothing is downloaded: a missing file raises
-``FileNotFoundError`` naming the file, the expected layout and where such files come from.
+``MissingError`` (a FileNotFoundError) naming the file, the expected layout and where such files
+come from; a file that cannot be read (corrupt, truncated, the wrong format, labels out of range)
+raises ``DataError`` (a ValueError) naming the file and what was expected.
 
     read_cifar10 / read_cifar100   python-pickle batches, a directory or the .tar.gz
     read_svhn                      train_32x32.mat / test_32x32.mat (scipy.io.loadmat)
@@ -18,6 +20,8 @@ import io
 import pickle
 import struct
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,14 +97,25 @@ class _SafeUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _unpickle(data: bytes, name: str) -> dict[str, Any]:
+class _Batch(dict):
+    """An unpickled CIFAR batch that knows its file: a missing entry raises DataError naming both."""
+
+    def __init__(self, name: str, entries: dict[str, Any]) -> None:
+        super().__init__(entries)
+        self.name = name
+
+    def __missing__(self, key: str) -> Any:
+        raise DataError(f"{self.name}: a CIFAR batch holds an entry {key!r}, found {sorted(map(str, self))}")
+
+
+def _unpickle(data: bytes, name: str) -> _Batch:
     try:
         obj = _SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
     except Exception as e:  # noqa: BLE001 - any failure means "not a CIFAR batch"
         raise DataError(f"{name}: not a CIFAR python-pickle batch ({e})") from None
     if not isinstance(obj, dict):
         raise DataError(f"{name}: expected a pickled dict, got {type(obj).__name__}")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    return _Batch(name, {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()})
 
 
 class _Files:
@@ -155,9 +170,14 @@ def _cifar_images(batch: dict[str, Any], name: str) -> torch.Tensor:
 
 
 def _labels(values: Any, n: int, name: str) -> torch.Tensor:
-    y = torch.as_tensor(np.asarray(values, dtype=np.int64))
+    try:
+        y = torch.as_tensor(np.asarray(values, dtype=np.int64))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise DataError(f"{name}: labels must be integers, got {type(values).__name__} ({e})") from None
     if y.shape != (n,):
         raise DataError(f"{name}: {n} images but labels of shape {tuple(y.shape)}")
+    if n and int(y.min()) < 0:
+        raise DataError(f"{name}: labels must be class indices >= 0, found {int(y.min())}..{int(y.max())}")
     return y
 
 
@@ -177,11 +197,11 @@ def read_cifar10(path: str | Path) -> RawData:
         xs, ys = [], []
         for i in range(1, 6):
             b = files.read(f"data_batch_{i}")
-            xs.append(_cifar_images(b, f"data_batch_{i}"))
-            ys.append(_labels(b["labels"], len(xs[-1]), f"data_batch_{i}"))
+            xs.append(_cifar_images(b, b.name))
+            ys.append(_labels(b["labels"], len(xs[-1]), b.name))
         t = files.read("test_batch")
-        x_test = _cifar_images(t, "test_batch")
-        y_test = _labels(t["labels"], len(x_test), "test_batch")
+        x_test = _cifar_images(t, t.name)
+        y_test = _labels(t["labels"], len(x_test), t.name)
         meta = files.read("batches.meta")
     finally:
         files.close()
@@ -201,8 +221,8 @@ def read_cifar100(path: str | Path, labels: str = "fine") -> RawData:
         out = {}
         for split in ("train", "test"):
             b = files.read(split)
-            x = _cifar_images(b, split)
-            out[split] = (x, _labels(b[f"{labels}_labels"], len(x), split))
+            x = _cifar_images(b, b.name)
+            out[split] = (x, _labels(b[f"{labels}_labels"], len(x), b.name))
         meta = files.read("meta")
     finally:
         files.close()
@@ -218,11 +238,22 @@ def read_svhn_mat(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     path = Path(path)
     try:
         mat = loadmat(path)
-    except (ValueError, OSError) as e:
-        raise DataError(f"{path}: not a readable MATLAB .mat file ({e})") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - scipy raises MatReadError, ValueError, TypeError, ... on bad files
+        raise DataError(
+            f"{path}: not a readable MATLAB .mat file (expected SVHN's format-2 file with arrays X and y; "
+            f"{type(e).__name__}: {e})"
+        ) from None
     if "X" not in mat or "y" not in mat:
         raise DataError(f"{path}: an SVHN file holds arrays 'X' and 'y', found {sorted(mat)}")
-    X, y = mat["X"], np.asarray(mat["y"]).reshape(-1).astype(np.int64)
+    X, y = np.asarray(mat["X"]), np.asarray(mat["y"])
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise DataError(f"{path}: 'y' must hold numeric labels 1..10, got dtype {y.dtype}")
+    y = y.reshape(-1)
+    if len(y) and not np.array_equal(y, np.round(y)):
+        raise DataError(f"{path}: 'y' must hold whole-number labels 1..10, found non-integer values")
+    y = y.astype(np.int64)
     if X.dtype != np.uint8 or X.ndim != 4 or X.shape[2] != 3 or X.shape[3] != len(y):
         raise DataError(f"{path}: 'X' must be uint8 (32, 32, 3, N) with N = len(y), got {X.dtype} {X.shape}")
     if len(y) and (y.min() < 1 or y.max() > 10):
@@ -327,6 +358,23 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+@contextmanager
+def _open_image(path: Path) -> Iterator[Any]:
+    """``PIL.Image.open(path)`` whose failures while open or decoded in the block (not an image,
+    truncated, corrupt, too large) raise ``DataError`` naming the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            yield im
+    except DataError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        # Pillow reports bad files as OSError (UnidentifiedImageError, "image file is truncated"),
+        # SyntaxError (broken chunks), ValueError or EOFError, and huge sizes as DecompressionBombError
+        raise DataError(f"{path}: not a readable image ({', '.join(sorted(IMAGE_SUFFIXES))}; {e})") from None
+
+
 def read_image_folder(
     path: str | Path,
     size: int | tuple[int, int] | None = None,
@@ -380,7 +428,7 @@ def read_image_folder(
     if channels is None:
         grey = True
         for f, _ in files:
-            with Image.open(f) as im:
+            with _open_image(f) as im:
                 if im.mode not in ("1", "L", "LA", "I", "I;16", "F"):
                     grey = False
                     break
@@ -388,14 +436,11 @@ def read_image_folder(
     mode = "L" if channels == 1 else "RGB"
     arrays = []
     for f, _ in files:
-        try:
-            with Image.open(f) as im:
-                im = im.convert(mode)
-                if hw is not None and im.size != (hw[1], hw[0]):
-                    im = im.resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
-                a = np.asarray(im, dtype=np.uint8)
-        except OSError as e:
-            raise DataError(f"{f}: not a readable image ({e})") from None
+        with _open_image(f) as im:
+            im = im.convert(mode)
+            if hw is not None and im.size != (hw[1], hw[0]):
+                im = im.resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
+            a = np.asarray(im, dtype=np.uint8)
         if arrays and a.shape != arrays[0].shape:
             raise DataError(
                 f"{f} is {a.shape[1]}x{a.shape[0]} but {files[0][0]} is {arrays[0].shape[1]}x{arrays[0].shape[0]}; "
@@ -443,19 +488,47 @@ def _npz_images(a: np.ndarray, key: str, path: Path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
+_NPZ_LAYOUT = "arrays x (N, ...) and y (N,), or x_train, y_train, x_test, y_test"
+
+
+def _npz_array(z: Any, key: str, path: Path) -> np.ndarray:
+    """Array ``key`` of an open .npz; a damaged or pickled member raises DataError naming the file."""
+    try:
+        return z[key]
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - zipfile, zlib and numpy raise many kinds on damaged members
+        raise DataError(
+            f"{path}: array {key!r} cannot be read (a damaged file, or object arrays, which are not loaded; "
+            f"expected numeric arrays as numpy.savez writes them; {type(e).__name__}: {e})"
+        ) from None
+
+
 def read_npz(path: str | Path) -> RawData:
     """A .npz with ``x`` and ``y`` (no test split) or ``x_train``, ``y_train``, ``x_test``,
     ``y_test``; optional ``class_names``. uint8 ``x`` are pixels in [0, 255]; float ``x`` are
-    used as given and must already lie in [-1, 1]."""
+    used as given and must already lie in [-1, 1]. Labels are class indices >= 0 (below
+    ``len(class_names)`` when the file names its classes)."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; expected a .npz file holding {_NPZ_LAYOUT}")
     if not path.is_file():
-        raise _missing(
-            ".npz data",
-            path,
-            f"  {path} holding arrays x (N, ...) and y (N,), or x_train, y_train, x_test, y_test",
-            "numpy.savez(path, x=images, y=labels)",
+        raise _missing(".npz data", path, f"  {path} holding {_NPZ_LAYOUT}", "numpy.savez(path, x=images, y=labels)")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - BadZipFile, EOFError, ValueError (pickle data), OSError, ...
+        raise DataError(
+            f"{path}: not a readable .npz file (expected a zip archive as numpy.savez writes, holding "
+            f"{_NPZ_LAYOUT}; {type(e).__name__}: {e})"
+        ) from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise DataError(
+            f"{path}: a single .npy array of shape {getattr(z, 'shape', '?')}, not a .npz archive; "
+            f"expected {_NPZ_LAYOUT} (numpy.savez(path, x=images, y=labels))"
         )
-    with np.load(path, allow_pickle=False) as z:
+    with z:
         keys = set(z.files)
         if {"x_train", "y_train"} <= keys:
             pairs = [("x_train", "y_train")] + ([("x_test", "y_test")] if {"x_test", "y_test"} <= keys else [])
@@ -465,12 +538,17 @@ def read_npz(path: str | Path) -> RawData:
             raise DataError(
                 f"{path}: expected arrays x and y (or x_train, y_train, x_test, y_test), found {sorted(keys)}"
             )
+        names = [str(n) for n in _npz_array(z, "class_names", path)] if "class_names" in keys else []
         out = []
         for kx, ky in pairs:
-            x, y = _npz_images(z[kx], kx, path), z[ky]
+            x, y = _npz_images(_npz_array(z, kx, path), kx, path), _npz_array(z, ky, path)
             if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or len(y) != len(x):
                 raise DataError(f"{path}: {ky!r} must be {len(x)} integer labels, got {y.dtype} {y.shape}")
+            if len(y) and (y.min() < 0 or (names and y.max() >= len(names))):
+                want = f"in 0..{len(names) - 1} (one per class name)" if names else ">= 0 (class indices)"
+                raise DataError(f"{path}: {ky!r} labels must be {want}, found {y.min()}..{y.max()}")
+            if not out and len(x) == 0:
+                raise DataError(f"{path}: {kx!r} holds no examples (expected N >= 1 along its first axis)")
             out.append((x, torch.from_numpy(y.astype(np.int64))))
-        names = [str(n) for n in z["class_names"]] if "class_names" in keys else []
     test = out[1] if len(out) > 1 else (None, None)
     return RawData(*out[0], *test, names)

@@ -15,11 +15,41 @@ from ..errors import InputError
 from ..utils import predict_logits
 from .results import CalibrationResult
 
+SUM_TOLERANCE = 1e-3  # how far a row of probabilities may sum from 1
+
+
+def check_probabilities(probs: torch.Tensor) -> None:
+    """Raise InputError unless ``probs`` (N, C) are finite, in [0, 1] and each row sums to 1 within
+    ``SUM_TOLERANCE``; the message says what was found."""
+    finite = torch.isfinite(probs)
+    if not bool(finite.all()):
+        rows = int((~finite).any(1).sum())
+        raise InputError(
+            f"calibration: probabilities must be finite, found {int(torch.isnan(probs).sum())} NaN and "
+            f"{int(torch.isinf(probs).sum())} infinite values (in {rows} of {len(probs)} rows)"
+        )
+    lo, hi = float(probs.min()), float(probs.max())
+    if lo < 0 or hi > 1:
+        rows = int(((probs < 0) | (probs > 1)).any(1).sum())
+        raise InputError(
+            f"calibration: probabilities must lie in [0, 1], found values in [{lo:.6g}, {hi:.6g}] (in {rows} of "
+            f"{len(probs)} rows); pass softmax probabilities, not logits"
+        )
+    sums = probs.sum(1)
+    off = (sums - 1).abs() > SUM_TOLERANCE
+    if bool(off.any()):
+        raise InputError(
+            f"calibration: each row of probabilities must sum to 1 (within {SUM_TOLERANCE:g}), found row sums in "
+            f"[{float(sums.min()):.6g}, {float(sums.max()):.6g}] ({int(off.sum())} of {len(probs)} rows off)"
+        )
+
 
 def calibration_from_probs(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 20) -> CalibrationResult:
     """ECE, MCE and per-bin figures of class probabilities ``probs`` (N, C) against labels ``y``.
 
     ``confidence`` is the mean max-probability, ``bins`` the reliability diagram (see ``CalibrationResult``).
+    Probabilities must be finite, in [0, 1], with rows that sum to 1 (within ``SUM_TOLERANCE``):
+    softmax outputs, not logits.
     """
     if not isinstance(n_bins, int) or n_bins < 1:
         raise InputError(f"calibration n_bins must be a positive integer, got {n_bins!r}")
@@ -27,10 +57,13 @@ def calibration_from_probs(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 2
         raise InputError(f"calibration: probabilities must be a non-empty (N, C) tensor, got {tuple(probs.shape)}")
     if y.ndim != 1 or len(y) != len(probs):
         raise InputError(f"calibration: labels must have shape ({len(probs)},), got {tuple(y.shape)}")
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise InputError(f"calibration: labels must be integer class indices, got dtype {y.dtype}")
     n_classes = probs.shape[1]
     probs, y = probs.detach().double().cpu(), y.detach().long().cpu()
     if int(y.min()) < 0 or int(y.max()) >= n_classes:
-        raise InputError(f"calibration: labels must be in [0, {n_classes - 1}]")
+        raise InputError(f"calibration: labels must be in [0, {n_classes - 1}], found {int(y.min())}..{int(y.max())}")
+    check_probabilities(probs)
     conf, pred = probs.max(1)
     correct = (pred == y).double()
     ece = multiclass_calibration_error(probs, y, n_classes, n_bins=n_bins, norm="l1")

@@ -8,6 +8,7 @@ so the metric definitions are torchmetrics' own while the network is ours (see `
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import fields
 
@@ -50,17 +51,51 @@ def embed(
             xb = x[i : i + batch_size].to(device)
             feats.append(net.features(xb).flatten(1).double().cpu())
             logits.append(net.logits(xb).double().cpu())
-    return torch.cat(feats), torch.cat(logits)
+    feats, logits = torch.cat(feats), torch.cat(logits)
+    check_finite(feats, f"{desc} of feature net {net.name!r}")
+    check_finite(logits, f"{desc}: class logits of feature net {net.name!r}")
+    return feats, logits
+
+
+def check_finite(values: torch.Tensor, what: str) -> None:
+    """Raise InputError when ``values`` hold NaN or infinite entries, saying how many and in how many rows."""
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        rows = int(bad.reshape(len(values), -1).any(1).sum()) if values.ndim > 1 else int(bad.sum())
+        raise InputError(
+            f"{what}: expected finite values, found {int(torch.isnan(values).sum())} NaN and "
+            f"{int(torch.isinf(values).sum())} infinite entries (in {rows} of {len(values)} rows)"
+        )
+
+
+def _check_feature_sets(f_real: torch.Tensor, f_fake: torch.Tensor, metric: str) -> None:
+    """Two (N, D) feature sets with the same D and finite values, for ``metric`` (FID, KID)."""
+    if f_real.ndim != 2 or f_fake.ndim != 2 or f_real.shape[1] != f_fake.shape[1]:
+        raise InputError(
+            f"{metric} needs two (N, D) feature sets with the same D, got {tuple(f_real.shape)} and "
+            f"{tuple(f_fake.shape)}"
+        )
+    check_finite(f_real, f"{metric}: the real features")
+    check_finite(f_fake, f"{metric}: the generated features")
 
 
 def frechet_distance(f_real: torch.Tensor, f_fake: torch.Tensor) -> float:
-    """FID between two feature sets (N, D) (torchmetrics' formula)."""
+    """FID between two feature sets (N, D) (torchmetrics' formula); NaN or infinite features raise
+    InputError (torchmetrics would return NaN, which must not read as a score)."""
     if len(f_real) < 2 or len(f_fake) < 2:
         raise InputError(f"FID needs at least 2 examples per set, got {len(f_real)} and {len(f_fake)}")
+    _check_feature_sets(f_real, f_fake, "FID")
     fid = FrechetInceptionDistance(feature=_Given(f_real.shape[1]))
     fid.update(f_real.double(), real=True)
     fid.update(f_fake.double(), real=False)
-    return max(0.0, float(fid.compute()))
+    value = float(fid.compute())
+    if not math.isfinite(value):  # finite features so large that their covariances overflow
+        big = max(float(f_real.abs().max()), float(f_fake.abs().max()))
+        raise InputError(
+            f"FID: the distance is {value} for features as large as {big:.3g}; expected features of moderate "
+            "size (their covariances overflow float64)"
+        )
+    return max(0.0, value)  # the matrix square root can leave a tiny negative rounding error
 
 
 def kernel_distance(
@@ -70,9 +105,10 @@ def kernel_distance(
 
     Subsets hold at most half of the smaller set, so that they differ and the std means something.
     """
-    size = min(subset_size, max(2, min(len(f_real), len(f_fake)) // 2))
-    if size < 2:
+    if len(f_real) < 2 or len(f_fake) < 2:
         raise InputError(f"KID needs at least 2 examples per set, got {len(f_real)} and {len(f_fake)}")
+    _check_feature_sets(f_real, f_fake, "KID")
+    size = min(subset_size, max(2, min(len(f_real), len(f_fake)) // 2))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         kid = KernelInceptionDistance(feature=_Given(f_real.shape[1]), subsets=subsets, subset_size=size)
@@ -91,6 +127,7 @@ def inception_style_score(logits: torch.Tensor, splits: int | None = None) -> tu
     """
     if len(logits) < 1:
         raise InputError("Inception-style score needs at least 1 example")
+    check_finite(logits, "Inception-style score: the class logits")
     splits = splits or min(10, max(1, len(logits) // 1000))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

@@ -11,7 +11,7 @@ import torch
 
 from ..config import DivergenceConfig
 from ..errors import UserError
-from ..utils import seed_everything
+from ..utils import frozen_eval, seed_everything
 from . import distributed as ddp
 from .state import TrainState
 
@@ -41,14 +41,15 @@ class DivergenceGuard:
         self._snapshot = self.state.snapshot()
         self._snapshot_step = self.state.progress.step
 
-    def maybe_snapshot(self) -> None:
-        if self.state.progress.step - self._snapshot_step >= self.cfg.snapshot_every:
-            self.snapshot()
+    def snapshot_due(self) -> bool:
+        return self.state.progress.step - self._snapshot_step >= self.cfg.snapshot_every
 
-    def check(self, stats: dict[str, torch.Tensor]) -> str | None:
+    def check(self, stats: dict[str, torch.Tensor], x: torch.Tensor | None = None) -> str | None:
         """The cause of a divergence on any rank (every rank gets the same answer, so all rewind
-        together), or None. One host synchronisation."""
-        cause = self._local_cause(stats)
+        together), or None. ``stats`` are the last step's diagnostics (from before its update);
+        with ``x`` (due before a snapshot or a checkpoint) the state after the update is checked
+        too: finite weights, and finite outputs on a few inputs."""
+        cause = self._local_cause(stats) or (self._state_cause(x) if x is not None else None)
         if self.state.world_size == 1:
             return cause
         ranks = ddp.flagged_ranks(cause is not None, self.state.device)
@@ -56,6 +57,15 @@ class DivergenceGuard:
             return None
         causes = ddp.all_gather_objects(cause)
         return "; ".join(f"{causes[r]} on rank {r}" for r in ranks)
+
+    def _state_cause(self, x: torch.Tensor) -> str | None:
+        jem = self.state.jem
+        if not bool(torch.stack([torch.isfinite(p).all() for p in jem.parameters()]).all()):
+            return "non-finite weights after the update"
+        with torch.no_grad(), frozen_eval(jem):
+            if not bool(torch.isfinite(jem.logits(x[:8])).all()):
+                return "non-finite outputs after the update"
+        return None
 
     def _local_cause(self, stats: dict[str, torch.Tensor]) -> str | None:
         d = self.cfg

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .. import build
-from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..checkpoint import RUN_KEYS, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..config import Config, from_dict, load_config
 from ..energy import JEM
 from ..errors import MissingError
@@ -31,6 +31,7 @@ class Progress:
 
     step: int = 0  # optimiser steps taken
     epoch: int = 0  # completed epochs
+    batch: int = 0  # batches done in the current epoch (a mid-epoch checkpoint resumes there)
     lr_scale: float = 1.0  # divergence back-off
     retries: int = 0  # divergence recoveries so far
     best_val: float = -1.0  # best validation accuracy
@@ -101,8 +102,8 @@ class TrainState:
         self.jem.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.progress = Progress(
-            int(state["step"]), int(state["epoch"]), float(state["lr_scale"]), int(state["retries"]),
-            float(state["best_val"]),
+            int(state["step"]), int(state["epoch"]), int(state.get("batch", 0)), float(state["lr_scale"]),
+            int(state["retries"]), float(state["best_val"]),
         )  # fmt: skip
         saved_world = int(state.get("distributed", {}).get("world_size", 1))
         if saved_world == self.world_size == 1:
@@ -146,7 +147,7 @@ class TrainState:
                 "model": self.jem.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "buffer": self.buffer.state_dict() if self.buffer is not None else None,
-                "step": self.progress.step,
+                "progress": asdict(self.progress),
             }
         )
 
@@ -155,7 +156,11 @@ class TrainState:
         self.optimizer.load_state_dict(snap["optimizer"])
         if self.buffer is not None and snap["buffer"] is not None:
             self.buffer.load_state_dict(snap["buffer"])
-        self.progress.step = snap["step"]
+        # the position (step, epoch, batch) and best score come back; the guard's counters stay
+        p, keep = self.progress, ("lr_scale", "retries")
+        for k, v in snap["progress"].items():
+            if k not in keep:
+                setattr(p, k, v)
 
 
 def read_resume(run_dir: str | Path, overrides: list[str], model: nn.Module | None) -> tuple[Config, dict[str, Any]]:
@@ -170,7 +175,7 @@ def read_resume(run_dir: str | Path, overrides: list[str], model: nn.Module | No
             raise MissingError(
                 f"cannot resume {str(run.path)!r}: no checkpoint at {ckpt} (it is written after the first epoch)"
             )
-        return load_checkpoint(ckpt)
+        return load_checkpoint(ckpt, required=RUN_KEYS)
 
     device = [o.split("=", 1)[1] for o in overrides if o.startswith("device=")]
     ddp.init_distributed(device[-1] if device else "auto")

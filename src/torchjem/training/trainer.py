@@ -4,6 +4,7 @@ batch sources (batches.py) and the data-parallel helpers (distributed.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .. import build
+from ..checkpoint import remove_stale_temporaries
 from ..config import Config, save_config
 from ..data import DataSplits, augment, check_model_input
-from ..rundir import RunDir
+from ..errors import RunDirError
+from ..rundir import RunDir, RunLock
 from ..speed import autocast, configure_speed
 from ..utils import predict_logits, seed_everything
 from . import distributed as ddp
@@ -44,12 +47,36 @@ class Trainer:
         model: nn.Module | None = None,
         progress: bool = True,
         val: Dataset | None = None,
+        *,
+        overwrite: bool = False,
+        resuming: bool = False,
     ) -> None:
         self.cfg = cfg.validate()
-        self.run = RunDir(cfg.out)
+        self.run, self.lock = RunDir(cfg.out), RunLock(RunDir(cfg.out))
         self.device = ddp.init_distributed(cfg.device)  # no process group without torchrun
         self.rank, self.world_size = ddp.get_rank(), ddp.get_world_size()
         self.is_main, self.progress = self.rank == 0, progress
+        ddp.run_on_main(lambda: self._claim(overwrite, resuming))  # every rank stops if the directory is taken
+        try:
+            self._setup(cfg, data, model, val)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _claim(self, overwrite: bool, resuming: bool) -> None:
+        """Take the run directory (rank 0): its lock, and refuse a finished run unless overwriting."""
+        self.lock.acquire()
+        if not resuming and self.run.has_run():
+            if not overwrite:
+                self.lock.release()
+                raise RunDirError(
+                    f"run directory {str(self.run.path)!r} already holds a run; continue it with "
+                    f"`jem train --resume {self.run.path}` (Trainer.resume), or start over with --overwrite"
+                )
+            self.run.clear()
+        remove_stale_temporaries(self.run.checkpoints)  # from writes a kill interrupted
+
+    def _setup(self, cfg: Config, data: Any, model: nn.Module | None, val: Dataset | None) -> None:
         self.data, self.val = (build.build_data(cfg) if data is None else data), val
         self.shape, self.n_classes, train_xy = describe(self.data)
         seed_everything(cfg.seed)
@@ -107,7 +134,7 @@ class Trainer:
         e.g. a longer ``train.epochs``); it keeps writing to ``run_dir``, wherever it was moved.
         ``model`` and ``data``: as given to the first Trainer when they did not come from the config."""
         cfg, state = read_resume(run_dir, overrides or [], model)
-        trainer = cls(cfg, data=data, model=model, progress=progress, val=val)
+        trainer = cls(cfg, data=data, model=model, progress=progress, val=val, resuming=True)
         trainer._resume_note = trainer.state.load_state_dict(state)
         log.info("resumed %s at epoch %d, step %d", cfg.out, trainer.epoch, trainer.step)
         return trainer
@@ -128,7 +155,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        p.step += 1
+        p.step, p.batch = p.step + 1, p.batch + 1
         return stats
 
     def validate(self) -> dict[str, float]:
@@ -145,8 +172,9 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train until ``train.epochs`` (or ``train.max_steps``); returns the final figures."""
-        with self.metrics.to_file():
+        """Train until ``train.epochs`` (or ``train.max_steps``); returns the final figures. The run
+        directory's lock is released at the end."""
+        with contextlib.closing(self.lock), self.metrics.to_file():
             if self.is_main:
                 save_config(self.cfg, self.run.config)
             mode, shape = "classifier (clf_only)" if self.cfg.train.clf_only else "JEM", "x".join(map(str, self.shape))
@@ -175,28 +203,32 @@ class Trainer:
                    desc="train", unit="it")  # fmt: skip
         last_val: dict[str, float] = {}
         while not self._done():
-            for i, (x, y) in enumerate(self.batches.epoch(p.epoch)):
+            rewound = False
+            for x, y in self.batches.epoch(p.epoch, start=p.batch):
                 stats = self.train_step(x, y)
                 self.metrics.window.add(stats)
                 bar.update(1)
-                # Also check before every checkpoint (end of epoch, end of run): never save a diverged state.
-                boundary = i == self.steps_per_epoch - 1 or self._done()
-                if p.step % div.check_every == 0 or boundary:
-                    cause = self.guard.check(stats)
-                    if cause:
+                save_now = t.checkpoint_every is not None and p.step % t.checkpoint_every == 0
+                # Before every snapshot and checkpoint the state after the update is checked too.
+                due = p.batch == self.steps_per_epoch or self._done() or save_now or self.guard.snapshot_due()
+                if p.step % div.check_every == 0 or due:
+                    cause = self.guard.check(stats, x if due else None)
+                    if cause:  # back to the last good state: its step, epoch and batch, redone from there
                         self._recover(cause)
-                        bar.n = p.step
-                        continue
-                    self.guard.maybe_snapshot()
+                        bar.n, rewound = p.step, True
+                        break
+                    if self.guard.snapshot_due():
+                        self.guard.snapshot()
                 if p.step % t.log_every == 0:
                     self._log_window(bar)
+                if save_now and p.batch < self.steps_per_epoch:
+                    self.save("last")
                 if self._done():
                     break
-            else:
-                self._end_epoch()
-                last_val = self._maybe_validate() or last_val
+            if rewound:
                 continue
-            break  # max_steps reached mid-epoch
+            if p.batch >= self.steps_per_epoch:
+                last_val = self._end_epoch() or last_val
         self._log_window(bar)
         bar.close()
         if t.max_steps is not None:
@@ -224,31 +256,33 @@ class Trainer:
         if means is not None:
             bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means.get('acc', float('nan')):.3f}")
 
-    def _end_epoch(self) -> None:
-        self.state.progress.epoch += 1
-        self.save("last")
+    def _end_epoch(self) -> dict[str, float]:
+        """Validate, then write best (if better), epoch_NNNN (if due) and last, in that order: last
+        is the commit, so a kill before it redoes the epoch and this whole sequence on resume."""
+        p = self.state.progress
+        p.epoch, p.batch = p.epoch + 1, 0
+        val = {} if self.epoch % self.cfg.train.eval_every and not self._done() else self.validate()
+        if val:
+            self.metrics.write({"step": self.step, "epoch": self.epoch, **val})
+            log.info("epoch %d: val_acc %.4f val_nll %.4f", self.epoch, val["val_acc"], val["val_nll"])
+            if val["val_acc"] > p.best_val:
+                p.best_val = val["val_acc"]
+                self.save("best")
         if self.epoch % self.cfg.train.save_every == 0:
             self.save(f"epoch_{self.epoch:04d}")
-
-    def _maybe_validate(self) -> dict[str, float]:
-        if self.epoch % self.cfg.train.eval_every and not self._done():
-            return {}
-        val = self.validate()
-        if not val:
-            return {}
-        self.metrics.write({"step": self.step, "epoch": self.epoch, **val})
-        log.info("epoch %d: val_acc %.4f val_nll %.4f", self.epoch, val["val_acc"], val["val_nll"])
-        if val["val_acc"] > self.state.progress.best_val:
-            self.state.progress.best_val = val["val_acc"]
-            self.save("best")
-            self.save("last")  # keep "last" consistent with best_val so that a resume sees the same best
+        self.save("last")
+        self.guard.snapshot()  # a checked state (the epoch's last step was checked with its update)
         return val
 
 
 def train(
-    cfg: Config, data: DataSplits | Dataset | None = None, model: nn.Module | None = None, progress: bool = True
+    cfg: Config,
+    data: DataSplits | Dataset | None = None,
+    model: nn.Module | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
 ) -> Trainer:
     """Build a Trainer and fit it; returns the trainer (model, sampler, run directory)."""
-    trainer = Trainer(cfg, data, model, progress)
+    trainer = Trainer(cfg, data, model, progress, overwrite=overwrite)
     trainer.fit()
     return trainer

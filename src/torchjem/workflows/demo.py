@@ -33,9 +33,9 @@ def run_demo(
     jem_cfg = load_config(RECIPE, common + [f"out={out / 'jem'}"])
     base_cfg = load_config(RECIPE, common + [f"out={out / 'baseline'}", "train.clf_only=true"])
     log.info("demo 1/2: training the JEM")
-    jem = train(jem_cfg, progress=progress)
+    jem = train(jem_cfg, progress=progress, overwrite=True)
     log.info("demo 2/2: training the baseline classifier (same net, data and schedule)")
-    base = train(base_cfg, data=jem.data, progress=progress)
+    base = train(base_cfg, data=jem.data, progress=progress, overwrite=True)
     data = jem.data
 
     summary: dict[str, Any] = {"data": data.name, "quick": quick}
@@ -95,7 +95,8 @@ def run_demo(
     # Held-out classes: the demo models saw all ten digits, so two small side runs (JEM and
     # baseline, same recipe, fewer epochs) train on digits 0-4 and meet 5-9 as OOD.
     ho_common = common + ["data.classes=[0,1,2,3,4]", f"train.epochs={2 if quick else 12}"]
-    ho_jem = train(load_config(RECIPE, ho_common + [f"out={out / 'held_out' / 'jem'}"]), progress=progress)
+    ho_cfg = load_config(RECIPE, ho_common + [f"out={out / 'held_out' / 'jem'}"])
+    ho_jem = train(ho_cfg, progress=progress, overwrite=True)
     ho_base = train(
         load_config(RECIPE, ho_common + [f"out={out / 'held_out' / 'baseline'}", "train.clf_only=true"]),
         data=ho_jem.data,

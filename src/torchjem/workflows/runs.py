@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import build
-from ..checkpoint import load_checkpoint
+from ..checkpoint import RUN_KEYS, load_checkpoint
 from ..config import Config, from_dict, load_config
 from ..data import DataSplits
 from ..energy import JEM
@@ -81,7 +81,7 @@ def load_run(
     if not ckpt.is_file():
         raise MissingError(f"run {str(run.path)!r} has no checkpoint {which!r} (looked for {ckpt})")
     dev = resolve_device(device)
-    state = load_checkpoint(ckpt, map_location=dev)
+    state = load_checkpoint(ckpt, map_location=dev, required=RUN_KEYS)
     cfg = from_dict(state["config"]) if "config" in state else load_config(run.config)
     build.check_rebuildable(state.get("net"), model, run.path)
     meta = state["data"]

@@ -27,11 +27,14 @@ def train_run(
     *,
     resume: str | Path | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> tuple[Trainer, dict[str, Any]]:
-    """Train (or, with ``resume``, continue) a run; returns the trainer and its final figures."""
+    """Train (or, with ``resume``, continue) a run; returns the trainer and its final figures.
+    An existing run in the output directory is refused unless ``overwrite``."""
     with distributed_session():
         if resume is not None:
             trainer = Trainer.resume(resume, progress=progress, overrides=overrides)
         else:
-            trainer = Trainer(load_config(resolve_recipe(config), overrides), progress=progress)
+            cfg = load_config(resolve_recipe(config), overrides)
+            trainer = Trainer(cfg, progress=progress, overwrite=overwrite)
         return trainer, trainer.fit()
