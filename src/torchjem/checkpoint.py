@@ -132,3 +132,13 @@ def _to_lists(x: Any) -> Any:
 
 def _to_tuples(x: Any) -> Any:
     return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def check_writable(folder: str | Path) -> Path:
+    """Create ``folder`` and write (then remove) a probe file in it, so that a command that will
+    write there fails at once, not after its long work. Returns the folder."""
+    folder = Path(folder)
+    probe = folder / ".torchjem-write-probe"
+    atomic_write_bytes(probe, b"")
+    probe.unlink(missing_ok=True)
+    return folder

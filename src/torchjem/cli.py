@@ -304,7 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # KEY=VALUE overrides may also come after options: `jem train --quiet a=1 --seed 2 b=3`
+        if args.command != "train" or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     rank = os.environ.get("RANK", "0")  # set by torchrun: ranks other than 0 log warnings only, tagged
     if rank == "0":
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -13,6 +14,7 @@ import yaml
 from .errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"  # the shipped recipes
+MAY_BE_INFINITE = {"divergence.max_loss", "divergence.max_energy"}  # inf: that check is off
 
 
 @dataclass
@@ -150,6 +152,10 @@ class Config:
             ("train.log_every", self.train.log_every > 0, "> 0"),
             ("train.amp", self.train.amp in ("none", "bf16"), "none or bf16"),
             ("divergence.max_retries", self.divergence.max_retries >= 0, ">= 0"),
+            ("divergence.max_loss", self.divergence.max_loss > 0, "> 0 (inf: no loss check)"),
+            ("divergence.max_energy", self.divergence.max_energy > 0, "> 0 (inf: no energy check)"),
+            ("optim.weight_decay", self.optim.weight_decay >= 0, ">= 0"),
+            ("optim.momentum", 0 <= self.optim.momentum < 1, "in [0, 1)"),
             ("divergence.lr_factor", 0 < self.divergence.lr_factor <= 1, "in (0, 1]"),
             ("divergence.check_every", self.divergence.check_every > 0, "> 0"),
             ("divergence.snapshot_every", self.divergence.snapshot_every > 0, "> 0"),
@@ -159,6 +165,12 @@ class Config:
                 "auto, cpu, cuda or cuda:N",
             ),
         ]
+        for section in fields(self):
+            value = getattr(self, section.name)
+            for f in fields(value) if dataclasses.is_dataclass(value) else []:
+                v, key = getattr(value, f.name), f"{section.name}.{f.name}"
+                if isinstance(v, float) and (math.isnan(v) or (math.isinf(v) and key not in MAY_BE_INFINITE)):
+                    raise ConfigError(f"config {key} = {v!r} is invalid: expected a finite number")
         for key, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"config {key} = {_get(self, key)!r} is invalid: expected {expected}")
@@ -214,9 +226,11 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
                 if float(number) != int(float(number)):
                     raise ValueError
                 number = int(float(number))
-            return number
-        except (TypeError, ValueError):
-            raise ConfigError(f"config {key} expects {hint.__name__}, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"config {key} expects {hint.__name__} (finite), got {value!r}") from None
+        if math.isnan(number) or (math.isinf(number) and key not in MAY_BE_INFINITE):
+            raise ConfigError(f"config {key} expects a finite number, got {value!r}")
+        return number
     if hint is str:
         return str(value)
     return value
@@ -247,7 +261,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -256,6 +273,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"override {item!r} conflicts with an earlier override")
         node[parts[-1]] = value
     return nested
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(e, 'problem', None) or e}{where}"
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -277,7 +300,10 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(e)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
         values = loaded

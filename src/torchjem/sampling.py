@@ -113,9 +113,11 @@ class ReplayBuffer(nn.Module):
         return self.x.device
 
     def fit_gaussian(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Fit per-class diagonal Gaussians to data and re-initialise the buffer from them."""
-        x = x.to(self.device, torch.float32).flatten(1)
-        y = y.to(self.device)
+        """Fit per-class diagonal Gaussians to data and re-initialise the buffer from them.
+        Examples with a negative label (unlabelled, -100) are left out."""
+        keep = (y >= 0).to(x.device)
+        x = x[keep].to(self.device, torch.float32).flatten(1)
+        y = y[keep.to(y.device)].to(self.device)
         classes = range(self.n_classes) if self.n_classes > 1 else [None]
         means, stds = [], []
         for c in classes:

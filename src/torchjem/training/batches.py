@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .. import build
 from ..config import Config, ConfigError
 from ..data import DataSplits, check_splits, to_float
 from ..errors import InputError
@@ -148,9 +147,8 @@ def make_batches(
         if cfg.data.labels_per_class is not None:
             raise ConfigError("config data.labels_per_class needs in-memory data; label a Dataset's items -100")
         batches: TensorBatches | LoaderBatches = LoaderBatches(data, *args)
-    else:
-        y = build.semi_supervised_labels(train_xy[1], cfg.data.labels_per_class, n_classes, cfg.data.split_seed)
-        batches = TensorBatches(train_xy[0], y, *args)
+    else:  # (labels already thinned out by data.labels_per_class)
+        batches = TensorBatches(train_xy[0], train_xy[1], *args)
     if world > 1 and batches.n < batch:
         raise ConfigError(
             f"{batches.n} training images cannot fill one global batch of train.batch_size={batch} on {world} "

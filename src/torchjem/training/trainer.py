@@ -79,6 +79,10 @@ class Trainer:
     def _setup(self, cfg: Config, data: Any, model: nn.Module | None, val: Dataset | None) -> None:
         self.data, self.val = (build.build_data(cfg) if data is None else data), val
         self.shape, self.n_classes, train_xy = describe(self.data)
+        if train_xy is not None:  # semi-supervised: the hidden labels become -100 before anything sees them
+            d = cfg.data
+            train_xy = (train_xy[0], build.semi_supervised_labels(train_xy[1], d.labels_per_class, self.n_classes,
+                                                                  d.split_seed))  # fmt: skip
         seed_everything(cfg.seed)
         self.jem = build.build_jem(cfg, self.shape, self.n_classes, model).to(self.device)
         check_model_input(self.jem, self.shape, self.n_classes, f"data set {self.data_name!r}")
@@ -136,6 +140,11 @@ class Trainer:
         cfg, state = read_resume(run_dir, overrides or [], model)
         trainer = cls(cfg, data=data, model=model, progress=progress, val=val, resuming=True)
         trainer._resume_note = trainer.state.load_state_dict(state)
+        if cfg.optim.lr != state["config"]["optim"]["lr"]:  # the advice after giving up: a fresh retry budget
+            p = trainer.state.progress
+            log.info("new optim.lr %g: divergence retries (%d) and lr back-off (%g) reset", cfg.optim.lr, p.retries,
+                     p.lr_scale)  # fmt: skip
+            p.retries, p.lr_scale = 0, 1.0
         log.info("resumed %s at epoch %d, step %d", cfg.out, trainer.epoch, trainer.step)
         return trainer
 

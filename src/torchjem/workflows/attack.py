@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from ..checkpoint import atomic_write_text, check_writable, load_checkpoint, save_checkpoint
 from ..errors import InputError
 from ..evaluate.attacks import JEMDefence, check_norm
 from ..evaluate.robustness import DEFAULT_EPS, adversarial_accuracy, check_eps, distal_report, robust_accuracy
@@ -133,6 +133,7 @@ def attack_run(
     o = replace(options or AttackOptions(), **overrides).check()
     t0 = time.perf_counter()
     run = load_run(run_dir, o.checkpoint, o.device)
+    out = check_writable(Path(out) if out is not None else run.path / "attack")
     base = load_run(baseline, o.checkpoint, o.device) if baseline is not None else None
     if base is not None:
         check_same_data(run, base)
@@ -142,7 +143,6 @@ def attack_run(
     settings = defence_settings(run, o.refine_steps, o.n_chains, init, o.gradient)
     if base is not None:
         settings["baseline"] = base.jem
-    out = Path(out) if out is not None else run.path / "attack"
     attack = dict(
         norm=o.norm, steps=o.steps, step_size=o.step_size, random_start=o.random_start, restarts=o.restarts,
         targeted=o.targeted, eot=o.eot, batch_size=o.batch_size, progress=o.progress,

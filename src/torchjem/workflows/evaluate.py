@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import build
+from ..checkpoint import check_writable
 from ..data import DataSplits
 from ..errors import InputError
 from ..evaluate.features import resolve_feature_net
@@ -85,6 +86,7 @@ def evaluate_run(
     """
     o = replace(options or EvalOptions(), **overrides).check()
     loaded = {"model": load_run(run_dir, o.checkpoint, o.device)}
+    out_dir = check_writable(Path(out) if out is not None else loaded["model"].path / "report") if write else None
     if baseline is not None:
         loaded["baseline"] = load_run(baseline, o.checkpoint, o.device)
         check_same_data(loaded["model"], loaded["baseline"])
@@ -145,7 +147,7 @@ def evaluate_run(
         "models": models,
     }
     if write:
-        files = write_report(report, Path(out) if out is not None else main.path / "report")
+        files = write_report(report, out_dir)
         report["files"] = {k: str(v) for k, v in files.items()}
         log.info("report written to %s", files["html"])
     return report

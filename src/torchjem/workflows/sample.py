@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..checkpoint import check_writable
 from ..errors import InputError
 from ..samples import write_sample_grids
 from .runs import load_run
@@ -36,5 +37,5 @@ def sample_run(
         sampler = sampler.fresh()
     elif sampler.buffer is None:
         log.warning("run has no replay buffer (a clf_only run?): sampling from fresh chains")
-    out = Path(out) if out is not None else run.path / "samples"
+    out = check_writable(Path(out) if out is not None else run.path / "samples")
     return write_sample_grids(run.jem, sampler, run.n_classes, out, n, per_class, n_steps)
