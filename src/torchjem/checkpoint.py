@@ -87,7 +87,8 @@ def load_checkpoint(
             "loading it would run code, so it is refused (weights_only=True)"
         ) from None
     except Exception as e:  # torch raises RuntimeError, EOFError, ... for truncated or foreign files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e).strip()
+        first = text.splitlines()[0].split(". ")[0] if text else type(e).__name__
         raise CheckpointError(
             f"checkpoint {str(path)!r} cannot be read ({first[:200]}); it is truncated, empty or not a torchjem/torch "
             "checkpoint saved with tensors, numbers, strings, lists and dicts only"

@@ -317,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as e:  # anything else is a bug: its traceback stays
-        print(f"jem {args.command}: error: {e}", file=sys.stderr)
+        message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"jem {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

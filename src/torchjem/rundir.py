@@ -66,7 +66,7 @@ class RunLock:
     killed launcher still hold it. (Where ``fcntl`` does not exist, e.g. Windows, nothing is locked.)"""
 
     def __init__(self, run: RunDir) -> None:
-        self.run, self._file = run, None
+        self.run, self._file, self._created = run, None, False
 
     @property
     def path(self) -> Path:
@@ -78,6 +78,7 @@ class RunLock:
         except ImportError:  # pragma: no cover - not POSIX
             return
         try:
+            self._created = not self.run.path.exists()
             self.run.path.mkdir(parents=True, exist_ok=True)
             f = open(self.path, "a+")
         except OSError as e:
@@ -102,6 +103,14 @@ class RunLock:
         if self._file is not None:
             self._file.close()  # closing the descriptor drops the flock
             self._file = None
+
+    def abandon(self) -> None:
+        """Release, and remove the directory again if acquiring created it and nothing else was
+        written there (a run refused before it started leaves nothing behind)."""
+        self.release()
+        if self._created and [p.name for p in self.run.path.iterdir()] in ([".lock"], []):
+            self.path.unlink(missing_ok=True)
+            self.run.path.rmdir()
 
     close = release  # for contextlib.closing
 

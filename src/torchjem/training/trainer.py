@@ -60,7 +60,7 @@ class Trainer:
         try:
             self._setup(cfg, data, model, val)
         except BaseException:
-            self.lock.release()
+            self.lock.abandon()
             raise
 
     def _claim(self, overwrite: bool, resuming: bool) -> None:
