@@ -253,3 +253,21 @@ def test_every_bad_input_is_one_clean_line(tmp_path, capsys):
             failures.append(f"{name}: exit {code}, stderr {err[-3:]}, wrote {out.exists()}")
     assert not failures, "\n".join(failures)
     assert len(cases) >= 45
+
+
+def test_a_full_disk_is_a_message_naming_the_file_and_the_old_checkpoint_survives(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "r"
+    args = ["train", *TINY, "train.max_steps=2", f"--out={out}", "--device=cpu", "--quiet"]
+    assert main(args) == 0
+    last = out / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+
+    def full_disk(obj, f, *a, **k):  # what torch's zip writer raises when the disk fills up mid-write
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    assert main(["train", "--resume", str(out), "train.max_steps=3", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot write '{last}'" in err[0] and "free space" in err[0]
+    assert last.read_bytes() == before and not list(last.parent.glob("*.tmp"))

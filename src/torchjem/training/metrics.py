@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..errors import WriteError
 from ..rundir import RunDir
 from . import distributed as ddp
 
@@ -52,9 +53,11 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self.run.path.mkdir(parents=True, exist_ok=True)
-        with open(self.run.metrics, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.run.metrics, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise WriteError(f"cannot write {str(self.run.metrics)!r} ({e})") from None
 
     def event(self, kind: str, step: int, epoch: int, **fields: Any) -> None:
         self.write({"event": kind, "step": step, "epoch": epoch, **fields})
