@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..config import Config, ConfigError
 from ..data import DataSplits, check_splits, to_float
 from ..errors import InputError
+from ..utils import predict_logits
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -155,3 +156,13 @@ def make_batches(
             "processes; lower train.batch_size"
         )
     return batches
+
+
+def validation_sums(jem: torch.nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """(correct, summed NLL, count) over ``batches``, float64 on the CPU (summed over ranks by the caller)."""
+    sums = torch.zeros(3, dtype=torch.float64)
+    for x, y in batches:
+        logits, y = predict_logits(jem, x), y.cpu()
+        nll = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+        sums += torch.tensor([float((logits.argmax(1) == y).sum()), float(nll), len(y)], dtype=torch.float64)
+    return sums

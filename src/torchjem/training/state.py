@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 from .. import build
-from ..checkpoint import RUN_KEYS, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..checkpoint import RUN_KEYS, load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state
 from ..config import Config, from_dict, load_config
 from ..energy import JEM
-from ..errors import MissingError
-from ..rundir import RunDir
+from ..errors import MissingError, RunDirError
+from ..rundir import RunDir, RunLock
 from ..sampling import ReplayBuffer, merge_shards, split_shard
 from ..utils import seed_everything
 from . import distributed as ddp
@@ -182,3 +182,18 @@ def read_resume(run_dir: str | Path, overrides: list[str], model: nn.Module | No
     state = ddp.run_on_main(read)
     build.check_rebuildable(state.get("net"), model, run.path)
     return load_config(None, [f"out={run.path}", *overrides], base=from_dict(state["config"])), state
+
+
+def claim(run: RunDir, lock: RunLock, overwrite: bool, resuming: bool) -> None:
+    """Take a run directory for training: its lock (one writer), and refuse a finished run unless
+    ``resuming`` or ``overwrite`` (which clears it); removes the temporaries of killed writes."""
+    lock.acquire()
+    if not resuming and run.has_run():
+        if not overwrite:
+            lock.release()
+            raise RunDirError(
+                f"run directory {str(run.path)!r} already holds a run; continue it with "
+                f"`jem train --resume {run.path}` (Trainer.resume), or start over with --overwrite"
+            )
+        run.clear()
+    remove_stale_temporaries(run.checkpoints)

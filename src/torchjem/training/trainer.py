@@ -15,18 +15,16 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .. import build
-from ..checkpoint import remove_stale_temporaries
 from ..config import Config, save_config
 from ..data import DataSplits, augment, check_model_input
-from ..errors import RunDirError
 from ..rundir import RunDir, RunLock
 from ..speed import autocast, configure_speed
-from ..utils import predict_logits, seed_everything
+from ..utils import seed_everything
 from . import distributed as ddp
-from .batches import describe, make_batches, val_batches
+from .batches import describe, make_batches, val_batches, validation_sums
 from .guard import DivergenceError, DivergenceGuard
 from .metrics import MetricsLog
-from .state import TrainState, net_record, read_resume
+from .state import TrainState, claim, net_record, read_resume
 
 log = logging.getLogger("torchjem")
 
@@ -56,25 +54,12 @@ class Trainer:
         self.device = ddp.init_distributed(cfg.device)  # no process group without torchrun
         self.rank, self.world_size = ddp.get_rank(), ddp.get_world_size()
         self.is_main, self.progress = self.rank == 0, progress
-        ddp.run_on_main(lambda: self._claim(overwrite, resuming))  # every rank stops if the directory is taken
+        ddp.run_on_main(lambda: claim(self.run, self.lock, overwrite, resuming))  # all ranks stop if it is taken
         try:
             self._setup(cfg, data, model, val)
         except BaseException:
             self.lock.abandon()
             raise
-
-    def _claim(self, overwrite: bool, resuming: bool) -> None:
-        """Take the run directory (rank 0): its lock, and refuse a finished run unless overwriting."""
-        self.lock.acquire()
-        if not resuming and self.run.has_run():
-            if not overwrite:
-                self.lock.release()
-                raise RunDirError(
-                    f"run directory {str(self.run.path)!r} already holds a run; continue it with "
-                    f"`jem train --resume {self.run.path}` (Trainer.resume), or start over with --overwrite"
-                )
-            self.run.clear()
-        remove_stale_temporaries(self.run.checkpoints)  # from writes a kill interrupted
 
     def _setup(self, cfg: Config, data: Any, model: nn.Module | None, val: Dataset | None) -> None:
         self.data, self.val = (build.build_data(cfg) if data is None else data), val
@@ -170,12 +155,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Validation accuracy and NLL; in a distributed run each rank scores a slice and the sums
         are combined, so every rank gets the same numbers (and makes the same saves)."""
-        sums = torch.zeros(3, dtype=torch.float64)
-        for x, y in val_batches(self.data, self.val, self.rank, self.world_size):
-            logits = predict_logits(self.jem, x)
-            y = y.cpu()
-            nll = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
-            sums += torch.tensor([float((logits.argmax(1) == y).sum()), float(nll), len(y)], dtype=torch.float64)
+        sums = validation_sums(self.jem, val_batches(self.data, self.val, self.rank, self.world_size))
         acc, nll, n = ddp.all_reduce_sum(sums.to(self.device)).tolist()
         return {"val_acc": acc / n, "val_nll": nll / n} if n else {}
 
