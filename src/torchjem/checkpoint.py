@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -72,15 +73,20 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu", required: tuple[str, ...] = ()
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    required: tuple[str, ...] = (),
+    allowed: tuple[type, ...] = (),
 ) -> dict[str, Any]:
-    """Load a checkpoint without executing code (weights_only=True). A truncated, empty, foreign or
-    crafted file, or one without the ``required`` keys, is a CheckpointError naming the file."""
+    """Load a checkpoint without executing code (weights_only=True; ``allowed``: plain classes such
+    as argparse.Namespace that other projects store beside their tensors). A truncated, empty,
+    foreign or crafted file, or one without the ``required`` keys, is a CheckpointError naming it."""
     path = Path(path)
     if not path.is_file():
         raise MissingError(f"checkpoint {str(path)!r} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(list(allowed)):
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         raise CheckpointError(
             f"checkpoint {str(path)!r} holds Python objects other than tensors, numbers, strings, lists and dicts: "
@@ -143,3 +149,74 @@ def check_writable(folder: str | Path) -> Path:
     atomic_write_bytes(probe, b"")
     probe.unlink(missing_ok=True)
     return folder
+
+
+# -- the export format: safetensors + JSON, readable without torchjem ------------------------------
+EXPORT_META, EXPORT_WEIGHTS, EXPORT_BUFFER = "torchjem.json", "model.safetensors", "buffer.safetensors"
+EXPORT_FORMAT = "torchjem-export"
+
+
+def is_export(folder: str | Path) -> bool:
+    return (Path(folder) / EXPORT_META).is_file()
+
+
+def save_export(folder: str | Path, state: dict[str, Any], source: dict[str, Any], buffer: bool = False) -> Path:
+    """Write a run checkpoint's model as ``model.safetensors`` (tensor names as in the JEM's
+    state_dict) and ``torchjem.json`` (network, data, config, where it came from); with
+    ``buffer``, the replay buffer as ``buffer.safetensors``. Atomic, like every write here."""
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    weights = {k: v.detach().cpu().contiguous() for k, v in state["model"].items()}
+    atomic_write_bytes(folder / EXPORT_WEIGHTS, save(weights, metadata={"format": EXPORT_FORMAT}))
+    cfg = state["config"]
+    meta: dict[str, Any] = {
+        "format": EXPORT_FORMAT,
+        "version": 1,
+        "net": cfg["net"],
+        "data": state["data"],
+        "step": int(state["step"]),
+        "epoch": int(state["epoch"]),
+        "source": source,
+        "config": cfg,
+    }
+    b = state.get("buffer")
+    if buffer and b is not None:
+        tensors = {k: b[k].detach().cpu().contiguous() for k in ("x", "mean", "std") if k in b and b[k].numel()}
+        atomic_write_bytes(folder / EXPORT_BUFFER, save(tensors))
+        meta["buffer"] = dict(b.get("_extra_state", {}))
+    atomic_write_text(folder / EXPORT_META, json.dumps(meta, indent=2))
+    return folder
+
+
+def load_export(folder: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """An export folder as a run checkpoint dict (model, buffer, config, data, step, epoch, net)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / EXPORT_META).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{str(folder / EXPORT_META)!r} is not a torchjem export description ({e})") from None
+    if meta.get("format") != EXPORT_FORMAT or not all(k in meta for k in ("net", "data", "config")):
+        raise CheckpointError(f"{str(folder / EXPORT_META)!r} is not a {EXPORT_FORMAT} description")
+
+    def tensors(name: str) -> dict[str, torch.Tensor]:
+        try:
+            return load_file(folder / name, device=str(map_location))
+        except (OSError, SafetensorError, ValueError) as e:
+            raise CheckpointError(f"{str(folder / name)!r} cannot be read as safetensors ({e})") from None
+
+    state: dict[str, Any] = {
+        "model": tensors(EXPORT_WEIGHTS),
+        "config": meta["config"],
+        "data": meta["data"],
+        "step": meta.get("step", 0),
+        "epoch": meta.get("epoch", 0),
+        "net": {"source": "export", "name": meta["net"].get("name", "")},
+        "buffer": None,
+    }
+    if (folder / EXPORT_BUFFER).is_file():
+        state["buffer"] = {**tensors(EXPORT_BUFFER), "_extra_state": meta.get("buffer", {})}
+    return state

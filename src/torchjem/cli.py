@@ -232,6 +232,13 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-generation", action="store_true", help="skip sampling, FID/KID/IS and conditional accuracy")
     p.add_argument("--per-class", type=int, default=20, help="class-conditional samples per class (default 20)")
     p.add_argument("--sample-steps", type=int, default=None, help="SGLD steps per sample (default: as jem sample)")
+    p.add_argument(
+        "--input-noise",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="Gaussian noise on the test and OOD inputs (the JEM reference evaluation uses 0.03)",
+    )
     _common(p)
     p.set_defaults(func=cmd_eval)
 
@@ -244,12 +251,71 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ood=args.ood, limit=args.limit, checkpoint=args.checkpoint, device=args.device or "auto",
         refine_steps=args.refine_steps, feature_net=args.feature_net, scores=args.scores, n_bins=args.bins,
         generate=not args.no_generation, per_class=args.per_class, sample_steps=args.sample_steps,
+        input_noise=args.input_noise,
         seed=0 if args.seed is None else args.seed, progress=not args.quiet,
     )  # fmt: skip
     report = evaluate_run(args.run_dir, options, baseline=args.baseline, out=args.out)
     for role in report["models"]:
         print(f"{report['models'][role]['label']}: {json.dumps(headline(report, role))}")
     print(f"wrote {report['files']['html']} and {report['files']['json']}")
+    return 0
+
+
+# -- jem import / jem export --------------------------------------------------------------------
+def add_interop(sub: argparse._SubParsersAction) -> None:
+    from .workflows.interop import FORMATS
+
+    p = sub.add_parser(
+        "import",
+        help="a published JEM / JEM++ / SADA-JEM checkpoint (or a jem export folder) as a run directory",
+        description="Read CKPT with weights_only loading, map its Wide-ResNet onto torchjem's wrn and write an "
+        "ordinary run directory, so that jem eval / sample / attack work on it (docs/interop.md). Formats: "
+        + "; ".join(f"{k}: {v}" for k, v in FORMATS.items()),
+    )
+    p.add_argument("format", choices=list(FORMATS), help="where the checkpoint comes from")
+    p.add_argument("ckpt", help="the checkpoint file (or export folder)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config changes, e.g. data.val_size=0.1")
+    p.add_argument("--out", required=True, help="the run directory to write")
+    p.add_argument("--data", default=None, help="data set name (default cifar10, cifar100 for 100 classes)")
+    p.add_argument("--data-root", default=None, help="where its files are (config data.root)")
+    p.add_argument("--norm", choices=["none", "batch", "instance", "layer"], default=None,
+                   help="the model's norm, when the file cannot tell (instance vs layer)")  # fmt: skip
+    p.add_argument("--uncond", action="store_true", help="the reference's --uncond model (F: its energy_output head)")
+    p.add_argument("--image-size", type=int, default=32, help="input side in pixels (default 32)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    _common(p)
+    p.set_defaults(func=cmd_import)
+    p = sub.add_parser(
+        "export",
+        help="a run's weights as model.safetensors + torchjem.json (readable without torchjem)",
+        description="Write RUN_DIR/export (or --out): model.safetensors (the JEM's state_dict), torchjem.json "
+        "(net, data, config, source) and buffer.safetensors (the replay buffer). Every jem command and load_run "
+        "accept the folder.",
+    )
+    p.add_argument("run_dir", help="a run directory")
+    p.add_argument("--out", default=None, help="output folder (default RUN_DIR/export)")
+    p.add_argument("--checkpoint", default="last", help="last, best, epoch_NNNN or a .pt file")
+    p.add_argument("--no-buffer", action="store_true", help="leave the replay buffer out")
+    _common(p)
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .workflows.interop import import_checkpoint
+
+    out = import_checkpoint(
+        args.format, args.ckpt, args.out, data=args.data, data_root=args.data_root, norm=args.norm,
+        uncond=args.uncond, image_size=args.image_size, overwrite=args.overwrite, overrides=args.overrides,
+    )  # fmt: skip
+    print(f"wrote run directory {out}: try `jem eval {out}`")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .workflows.interop import export_run
+
+    out = export_run(args.run_dir, args.out, args.checkpoint, buffer=not args.no_buffer)
+    print(f"wrote {out}/model.safetensors and {out}/torchjem.json")
     return 0
 
 
@@ -287,7 +353,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 # Sub-commands, in the order `jem --help` lists them.
-COMMANDS = [add_train, add_sample, add_eval, add_attack, add_demo, add_lists]
+COMMANDS = [add_train, add_sample, add_eval, add_attack, add_interop, add_demo, add_lists]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -306,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # KEY=VALUE overrides may also come after options: `jem train --quiet a=1 --seed 2 b=3`
-        if args.command != "train" or any(e.startswith("-") or "=" not in e for e in extra):
+        if args.command not in ("train", "import") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     rank = os.environ.get("RANK", "0")  # set by torchrun: ranks other than 0 log warnings only, tagged

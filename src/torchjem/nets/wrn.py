@@ -12,11 +12,11 @@ from ..errors import InputError
 from .registry import register_net
 
 
-def _norm(kind: str, channels: int) -> nn.Module:
+def _norm(kind: str, channels: int, bn_momentum: float = 0.1) -> nn.Module:
     if kind == "none":
         return nn.Identity()
     if kind == "batch":
-        return nn.BatchNorm2d(channels)
+        return nn.BatchNorm2d(channels, momentum=bn_momentum)
     if kind == "instance":
         return nn.InstanceNorm2d(channels, affine=True)
     if kind == "layer":
@@ -25,11 +25,13 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 
 class WideBasic(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int, norm: str, dropout: float, slope: float):
+    def __init__(
+        self, c_in: int, c_out: int, stride: int, norm: str, dropout: float, slope: float, bn_momentum: float = 0.1
+    ):
         super().__init__()
-        self.bn1 = _norm(norm, c_in)
+        self.bn1 = _norm(norm, c_in, bn_momentum)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=True)
-        self.bn2 = _norm(norm, c_out)
+        self.bn2 = _norm(norm, c_out, bn_momentum)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=stride, padding=1, bias=True)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.act = nn.LeakyReLU(slope)
@@ -53,6 +55,7 @@ class WideResNet(nn.Module):
         norm: str = "none",
         dropout: float = 0.0,
         slope: float = 0.2,
+        bn_momentum: float = 0.1,
     ) -> None:
         super().__init__()
         if (depth - 4) % 6:
@@ -64,10 +67,10 @@ class WideResNet(nn.Module):
         c_in = widths[0]
         for stage, stride in zip(widths[1:], (1, 2, 2)):
             for i in range(n):
-                layers.append(WideBasic(c_in, stage, stride if i == 0 else 1, norm, dropout, slope))
+                layers.append(WideBasic(c_in, stage, stride if i == 0 else 1, norm, dropout, slope, bn_momentum))
                 c_in = stage
         self.blocks = nn.Sequential(*layers)
-        self.bn = _norm(norm, c_in)
+        self.bn = _norm(norm, c_in, bn_momentum)
         self.act = nn.LeakyReLU(slope)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = c_in
@@ -90,6 +93,9 @@ def wrn(
     norm: str = "none",
     dropout: float = 0.0,
     slope: float = 0.2,
+    bn_momentum: float = 0.1,
 ) -> nn.Module:
-    """Wide-ResNet-depth-width; ``n_classes=0`` returns features (for an energy head)."""
-    return WideResNet(depth, width, n_classes, in_channels, norm, dropout, slope)
+    """Wide-ResNet-depth-width; ``n_classes=0`` returns features (for an energy head).
+    ``bn_momentum``: PyTorch's convention (weight of the new batch); the JEM, JEM++ and SADA-JEM
+    code builds its batch norms with 0.9, which ``jem import`` keeps."""
+    return WideResNet(depth, width, n_classes, in_channels, norm, dropout, slope, bn_momentum)

@@ -100,7 +100,8 @@ class TrainState:
         by another number of processes is re-split and the RNGs re-seeded; the returned note
         says so (None otherwise)."""
         self.jem.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("optimizer") is not None:  # (an imported run starts with a fresh optimiser)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.progress = Progress(
             int(state["step"]), int(state["epoch"]), int(state.get("batch", 0)), float(state["lr_scale"]),
             int(state["retries"]), float(state["best_val"]),
@@ -109,7 +110,8 @@ class TrainState:
         if saved_world == self.world_size == 1:
             if self.buffer is not None and state.get("buffer") is not None:
                 self.buffer.load_state_dict(state["buffer"])
-            set_rng_state(state["rng"])
+            if "rng" in state:
+                set_rng_state(state["rng"])
             return None
         return self._load_sharded(state, saved_world)
 

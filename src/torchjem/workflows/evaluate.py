@@ -44,6 +44,7 @@ class EvalOptions:
     generate: bool = True  # sampling, FID/KID/IS, conditional accuracy
     per_class: int = 20  # class-conditional samples per class
     sample_steps: int | None = None  # SGLD steps per sample (None: as `jem sample`)
+    input_noise: float = 0.0  # Gaussian noise sigma on the test and OOD inputs (the reference eval script's 0.03)
     seed: int = 0
     progress: bool = True
 
@@ -57,6 +58,8 @@ class EvalOptions:
             raise InputError(f"refine_steps must be >= 0, got {self.refine_steps}")
         if self.per_class < 1:
             raise InputError(f"per_class must be >= 1, got {self.per_class}")
+        if not 0 <= self.input_noise < float("inf"):
+            raise InputError(f"input_noise must be a finite sigma >= 0, got {self.input_noise}")
         if self.sample_steps is not None and self.sample_steps < 0:
             raise InputError(f"sample_steps must be >= 0, got {self.sample_steps}")
         self.scores = check_scores(self.scores)
@@ -102,6 +105,10 @@ def evaluate_run(
     n_classes = data.n_classes
     per_class = max(1, min(o.per_class, o.limit // n_classes)) if o.limit is not None else o.per_class
     ood_sets, ood_desc = build_ood_sets(ood, x_test, held, o.seed)
+    if o.input_noise > 0:  # as the reference evaluation: noise on the in-distribution and the OOD inputs
+        g = torch.Generator().manual_seed(o.seed + 1)
+        x_test = x_test + o.input_noise * torch.randn(x_test.shape, generator=g)
+        ood_sets = {k: v + o.input_noise * torch.randn(v.shape, generator=g) for k, v in ood_sets.items()}
     fnet = None
     if o.generate:
         fnet = resolve_feature_net(o.feature_net, data, main.path / "feature_net", model_device(main.jem), o.progress)
@@ -140,6 +147,7 @@ def evaluate_run(
             "scores": o.scores,
             "n_bins": o.n_bins,
             "refine_steps": o.refine_steps,
+            "input_noise": o.input_noise,
             "feature_net": fnet.name if fnet is not None else None,
             "seed": o.seed,
             "ood_descriptions": ood_desc,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import build
-from ..checkpoint import RUN_KEYS, load_checkpoint
+from ..checkpoint import RUN_KEYS, is_export, load_checkpoint, load_export
 from ..config import Config, from_dict, load_config
 from ..data import DataSplits
 from ..energy import JEM
@@ -71,17 +71,21 @@ class LoadedRun:
 def load_run(
     path: str | Path, which: str = "last", device: str | torch.device = "auto", model: nn.Module | None = None
 ) -> LoadedRun:
-    """Load a run's model and chain sampler from its directory (no code from the checkpoint runs;
-    a run whose ``net.name`` is an import path imports that module). ``model``: the network of a
-    run trained on a model object (any classifier, or a JEM)."""
+    """Load a run's model and chain sampler from its directory, or from a folder written by
+    ``jem export`` (model.safetensors + torchjem.json). No code from the files runs; a run whose
+    ``net.name`` is an import path imports that module. ``model``: the network of a run trained on
+    a model object (any classifier, or a JEM)."""
     run = RunDir(path)
     if not run.path.is_dir():
         raise MissingError(f"run directory {str(run.path)!r} does not exist")
-    ckpt = run.checkpoint(which)
-    if not ckpt.is_file():
-        raise MissingError(f"run {str(run.path)!r} has no checkpoint {which!r} (looked for {ckpt})")
     dev = resolve_device(device)
-    state = load_checkpoint(ckpt, map_location=dev, required=RUN_KEYS)
+    if is_export(run.path):
+        state = load_export(run.path, map_location=dev)
+    else:
+        ckpt = run.checkpoint(which)
+        if not ckpt.is_file():
+            raise MissingError(f"run {str(run.path)!r} has no checkpoint {which!r} (looked for {ckpt})")
+        state = load_checkpoint(ckpt, map_location=dev, required=RUN_KEYS)
     cfg = from_dict(state["config"]) if "config" in state else load_config(run.config)
     build.check_rebuildable(state.get("net"), model, run.path)
     meta = state["data"]

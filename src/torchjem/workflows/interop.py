@@ -1,0 +1,241 @@
+"""``jem import`` and ``jem export``: the published JEM, JEM++ and SADA-JEM checkpoints as ordinary
+torchjem run directories, and a run's weights out as safetensors + JSON (docs/interop.md).
+
+The three reference projects save ``{"model_state_dict": ..., "replay_buffer": ...}`` with
+``torch.save``; the model is their ``CCF`` (or, with ``--uncond``, ``F``): a pre-activation
+Wide-ResNet ``f`` whose pooled features feed ``class_output`` (logits) and ``energy_output``.
+torchjem's ``wrn`` net has the same structure, so the import is a renaming of keys:
+
+    f.conv1.*                       -> net.conv1.*
+    f.layer{s}.{j}.{bn1,conv1,bn2,conv2}.*  -> net.blocks.{(s-1)*n+j}.{...}.*   (n blocks a stage)
+    f.layer{s}.{j}.shortcut.0.*     -> net.blocks.{...}.shortcut.*
+    f.bn1.*                         -> net.bn.*
+    class_output.*                  -> net.fc.*   (--uncond: class_head.*, energy_output -> energy_head.*)
+
+Left out on purpose: ``f.linear`` (JEM's unused classifier inside ``f``), ``energy_output`` (unused by
+the CCF model), and JEM++'s YOPO aliases ``f.layer_one`` / ``f.other_layers.*`` (the same tensors as
+``f.conv1`` / ``f.layer1-3`` / ``f.bn1``, checked equal). Any other key is an error listing them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import build
+from ..checkpoint import load_checkpoint, save_checkpoint, save_export
+from ..config import CONFIG_DIR, Config, from_dict, load_config, save_config
+from ..errors import CheckpointError, InputError
+from ..rundir import RunDir, RunLock
+from ..training.state import VERSION, claim
+from .runs import load_run
+
+log = logging.getLogger("torchjem")
+
+FORMATS = {
+    "jem": "wgrathwohl/JEM train_wrn_ebm.py: {'model_state_dict': the CCF model (f = Wide_ResNet with conv1, "
+    "layer1-3, bn1, linear; energy_output; class_output), 'replay_buffer': (N, C, H, W) in [-1, 1]}",
+    "jempp": "sndnyang/JEMPP train_jempp.py (e.g. jempp_M10.pt): as jem, f the YOPO Wide_ResNet (layer_one and "
+    "other_layers alias conv1, layer1-3 and bn1), batch norm, no f.linear",
+    "sadajem": "sndnyang/SADAJEM train_sadajem.py (e.g. sadajem10_948_withbuffer.pt): as jem without f.linear, "
+    "batch norm",
+    "torchjem": "a folder written by `jem export` (model.safetensors + torchjem.json)",
+}
+# Sampling settings of each project, so that `jem sample` / `jem attack` on the import behave like it.
+SAMPLING = {
+    "jem": ["sgld.steps=20", "sgld.step_size=1.0", "sgld.noise=0.01", "objective.data_noise=0.03"],
+    # JEM++ samples with PYLD (not in torchjem): the nearest plain SGLD, clamped as SADA-JEM's
+    "jempp": ["sgld.steps=10", "sgld.step_size=1.0", "sgld.noise=0.001", "sgld.clamp=true", "sgld.grad_clamp=1.0",
+              "objective.data_noise=0.03"],  # fmt: skip
+    "sadajem": ["sgld.steps=5", "sgld.step_size=1.0", "sgld.noise=0.0", "sgld.clamp=true", "sgld.grad_clamp=1.0",
+                "objective.data_noise=0.0"],  # fmt: skip
+}
+BLOCK = re.compile(r"^f\.layer([123])\.(\d+)\.(bn1|conv1|bn2|conv2|shortcut\.0)\.(\w+)$")
+ALIAS = re.compile(r"^f\.(layer_one|other_layers\.(\d+))\.(.+)$")
+
+
+def reference_layout(sd: dict[str, torch.Tensor], norm: str | None = None) -> dict[str, Any]:
+    """Depth, width, input channels, classes and norm of a reference Wide-ResNet state_dict."""
+    for key in ("f.conv1.weight", "class_output.weight", "f.layer1.0.conv1.weight"):
+        if key not in sd:
+            raise CheckpointError(f"the model has no {key!r}")
+    blocks = {int(m.group(2)) for k in sd if (m := BLOCK.match(k)) and m.group(1) == "1"}
+    n, k = len(blocks), sd["f.layer1.0.conv1.weight"].shape[0] // 16
+    if any(f"f.bn1.{p}" in sd for p in ("loc", "scale")):
+        raise CheckpointError("the model uses ActNorm (norm=act), which torchjem's wrn does not have")
+    found = "batch" if "f.bn1.running_mean" in sd else ("affine" if "f.bn1.weight" in sd else "none")
+    if found == "affine":
+        if norm not in ("instance", "layer"):
+            raise InputError("the model has an affine norm without running statistics: pass --norm instance or layer")
+        found = norm
+    elif norm is not None and norm != found:
+        raise InputError(f"--norm {norm} but the model's norm layers are {found!r}")
+    return {
+        "depth": 6 * n + 4,
+        "width": k,
+        "in_channels": int(sd["f.conv1.weight"].shape[1]),
+        "n_classes": int(sd["class_output.weight"].shape[0]),
+        "norm": found,
+    }
+
+
+def map_reference(sd: dict[str, torch.Tensor], n_blocks: int, uncond: bool = False) -> dict[str, torch.Tensor]:
+    """Rename a reference CCF/F state_dict to torchjem's JEM over ``wrn``; raises with every key
+    that has no place."""
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}  # nn.DataParallel's prefix
+    out: dict[str, torch.Tensor] = {}
+    unknown, aliases = [], {}
+    for key, value in sd.items():
+        if m := BLOCK.match(key):
+            stage, j, part, name = int(m.group(1)), int(m.group(2)), m.group(3), m.group(4)
+            part = "shortcut" if part == "shortcut.0" else part
+            out[f"net.blocks.{(stage - 1) * n_blocks + j}.{part}.{name}"] = value
+        elif key.startswith("f.conv1."):
+            out["net.conv1." + key.removeprefix("f.conv1.")] = value
+        elif key.startswith("f.bn1."):
+            out["net.bn." + key.removeprefix("f.bn1.")] = value
+        elif key.startswith("class_output."):
+            out[("class_head." if uncond else "net.fc.") + key.removeprefix("class_output.")] = value
+        elif key.startswith("energy_output."):
+            if uncond:
+                out["energy_head." + key.removeprefix("energy_output.")] = value
+        elif key.startswith("f.linear."):
+            pass  # JEM's classifier inside f, unused by its model
+        elif m := ALIAS.match(key):
+            aliases[key] = value
+        else:
+            unknown.append(key)
+    for key, value in aliases.items():  # JEM++ YOPO: the same tensors under a second name
+        m = ALIAS.match(key)
+        idx, rest = m.group(2), m.group(3)
+        primary = "f.conv1." + rest if m.group(1) == "layer_one" else (
+            f"f.layer{int(idx) + 1}.{rest}" if int(idx) < 3 else f"f.bn1.{rest}")  # fmt: skip
+        if primary not in sd or not torch.equal(sd[primary], value):
+            unknown.append(f"{key} (not an alias of {primary})")
+    if unknown:
+        shown = ", ".join(unknown[:20]) + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else "")
+        raise CheckpointError(f"{len(unknown)} key(s) have no place in torchjem's model: {shown}")
+    return out
+
+
+def _config(kind: str, layout: dict[str, Any], data: str | None, data_root: str | None, uncond: bool,
+            out: Path, extra: list[str]) -> Config:  # fmt: skip
+    name = data or ("cifar100" if layout["n_classes"] == 100 else "cifar10")
+    recipe = CONFIG_DIR / f"{name}_paper.yaml"
+    kwargs = {k: layout[k] for k in ("depth", "width", "norm")} | {"bn_momentum": 0.9, "dropout": 0.0}
+    overrides = [f"data.name={name}", f"net.kwargs={kwargs}", f"net.energy_head={str(uncond).lower()}",
+                 f"out={out}", *SAMPLING[kind]]  # fmt: skip
+    if data_root is not None:
+        overrides.append(f"data.root={data_root}")
+    overrides += extra
+    return load_config(recipe if recipe.is_file() else CONFIG_DIR / "cifar10_paper.yaml", overrides)
+
+
+def import_checkpoint(
+    kind: str,
+    path: str | Path,
+    out: str | Path,
+    *,
+    data: str | None = None,
+    data_root: str | None = None,
+    norm: str | None = None,
+    uncond: bool = False,
+    image_size: int = 32,
+    overwrite: bool = False,
+    overrides: list[str] | None = None,
+) -> Path:
+    """Write ``out``, an ordinary run directory (config.yaml, checkpoints/last.pt), from a published
+    checkpoint of ``kind`` (jem, jempp, sadajem) or a ``jem export`` folder (torchjem). ``data``:
+    the data set name (default cifar10, or cifar100 for 100 classes), ``data_root`` its files;
+    ``overrides``: KEY=VALUE config changes (the network's keys are the file's)."""
+    if kind not in FORMATS:
+        raise InputError(f"unknown checkpoint format {kind!r}; expected one of {', '.join(FORMATS)}")
+    out = Path(out)
+    lock = RunLock(RunDir(out))
+    claim(RunDir(out), lock, overwrite, resuming=False)
+    try:
+        state = _imported_state(kind, Path(path), out, data, data_root, norm, uncond, image_size, overrides or [])
+        save_config(from_dict(state["config"]), RunDir(out).config)
+        save_checkpoint(RunDir(out).checkpoint("last"), state)
+    except BaseException:
+        lock.abandon()
+        raise
+    lock.release()
+    log.info("imported %s checkpoint %s into %s", kind, path, out)
+    return out
+
+
+def _imported_state(kind: str, path: Path, out: Path, data: str | None, data_root: str | None, norm: str | None,
+                    uncond: bool, image_size: int, extra: list[str]) -> dict[str, Any]:  # fmt: skip
+    """The run checkpoint (step 0, no optimiser state) of an imported model, checked by loading it."""
+    if kind == "torchjem":
+        run = load_run(path, device="cpu")
+        cfg = load_config(None, [f"out={out}", *extra], base=run.cfg)
+        meta, model, buffer = run.data_meta, run.jem.state_dict(), run.buffer
+        buffer_state = buffer.state_dict() if buffer is not None else None
+    else:
+        try:
+            ckpt = load_checkpoint(path, required=("model_state_dict",), allowed=(argparse.Namespace,))
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}; expected {FORMATS[kind]}") from None
+        sd = ckpt["model_state_dict"]
+        if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
+            raise CheckpointError(f"{str(path)!r}: model_state_dict is not a dict of tensors; expected {FORMATS[kind]}")
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+        try:
+            layout = reference_layout(sd, norm)
+            model = map_reference(sd, (layout["depth"] - 4) // 6, uncond)
+        except CheckpointError as e:
+            raise CheckpointError(f"{str(path)!r} is not a {kind} checkpoint: {e}; expected {FORMATS[kind]}") from None
+        cfg = _config(kind, layout, data, data_root, uncond, out, extra)
+        meta = {"name": cfg.data.name, "shape": [layout["in_channels"], image_size, image_size],
+                "n_classes": layout["n_classes"]}  # fmt: skip
+        buffer_state = _buffer_state(ckpt.get("replay_buffer"), meta, path)
+    jem = build.build_jem(cfg, tuple(meta["shape"]), meta["n_classes"])
+    try:
+        jem.load_state_dict(model)  # strict: every parameter and statistic of torchjem's model filled
+    except RuntimeError as e:
+        raise CheckpointError(f"{str(path)!r} does not fill torchjem's model: {str(e)[:400]}") from None
+    if buffer_state is not None:
+        cfg.buffer.size = len(buffer_state["x"])
+    return {
+        "version": VERSION,
+        "model": jem.state_dict(),
+        "optimizer": None,
+        "buffer": buffer_state,
+        "step": 0,
+        "epoch": 0,
+        "batch": 0,
+        "lr_scale": 1.0,
+        "retries": 0,
+        "best_val": -1.0,
+        "config": cfg.to_dict(),
+        "data": meta,
+        "net": {"source": "config", "name": cfg.net.name, "imported": {"format": kind, "file": str(path)}},
+    }
+
+
+def _buffer_state(rb: Any, meta: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    if rb is None or (isinstance(rb, (list, tuple)) and len(rb) == 0):
+        return None
+    if not torch.is_tensor(rb) or rb.ndim != 4 or list(rb.shape[1:]) != list(meta["shape"]):
+        shape = tuple(rb.shape) if torch.is_tensor(rb) else type(rb).__name__
+        want = ", ".join(map(str, meta["shape"]))
+        raise CheckpointError(f"{str(path)!r}: replay_buffer is {shape}, expected (N, {want})")
+    keep = len(rb) - len(rb) % meta["n_classes"]  # per-class blocks, as the reference's conditional sampling
+    return {"x": rb[:keep].float().clone(), "_extra_state": {"init": "uniform", "reinit_freq": 0.05}}
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None, which: str = "last", buffer: bool = True) -> Path:
+    """Write RUN_DIR/export (or ``out``): model.safetensors, torchjem.json and, with ``buffer``,
+    buffer.safetensors. safetensors and plain torch read it; ``load_run`` and every command too."""
+    run = load_run(run_dir, which, device="cpu")
+    state = {**run.state, "model": run.jem.state_dict(), "buffer": run.buffer.state_dict() if run.buffer else None}
+    out = Path(out) if out is not None else run.path / "export"
+    source = {"run_dir": str(run.path), "checkpoint": which, "step": int(state["step"])}
+    return save_export(out, state, source, buffer=buffer)
