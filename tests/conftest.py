@@ -42,11 +42,14 @@ class Faulty:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, model, x, y, x_px=None):
+        return self.loss(model, self.inner.draw(model, x, y, x_px))
+
+    def loss(self, *args, **kwargs):  # the trainer calls draw() then loss(): one loss call per step
         self.calls += 1
         if self.calls == self.kill_at:
             raise KeyboardInterrupt("simulated kill")
-        loss, stats = self.inner(*args, **kwargs)
+        loss, stats = self.inner.loss(*args, **kwargs)
         if self.calls in self.nan_at or "always" in self.nan_at:
             loss = loss * float("nan")
             stats["loss"] = loss.detach()

@@ -25,6 +25,7 @@ LAYERS = {
     "sampling": 3,
     "speed": 3,
     "objective": 4,
+    "sam": 4,
     "evaluate": 4,
     "samples": 4,
     "build": 5,

@@ -27,6 +27,7 @@ from .data import DataSplits, held_out_classes, load_data
 from .energy import JEM
 from .nets import create_net, list_nets
 from .objective import IGNORE, HybridObjective
+from .sam import SAM
 from .sampling import SGLD, ChainSampler, ReplayBuffer, shard_size
 from .speed import fused_optimizer_kwargs
 
@@ -168,8 +169,9 @@ def build_training_sampler(
     return build_sampler(cfg, shape, n_classes, device, world_size=world_size, fit=fit)
 
 
-def build_objective(cfg: Config, sampler: ChainSampler | None) -> HybridObjective:
-    """The hybrid loss of the config (cross-entropy alone for ``train.clf_only``)."""
+def build_objective(cfg: Config, sampler: ChainSampler | None, separate_passes: bool = False) -> HybridObjective:
+    """The hybrid loss of the config (cross-entropy alone for ``train.clf_only``); data and samples
+    in ``separate_passes`` for a net with BatchNorm (``utils.has_batch_norm``)."""
     o, clf = cfg.objective, cfg.train.clf_only
     if clf and o.pyx == 0:
         raise ConfigError("config train.clf_only = true needs objective.pyx > 0")
@@ -180,20 +182,27 @@ def build_objective(cfg: Config, sampler: ChainSampler | None) -> HybridObjectiv
         pxy=0.0 if clf else o.pxy,
         data_noise=o.data_noise,
         energy_l2=0.0 if clf else o.energy_l2,
+        separate_passes=separate_passes,
     )
 
 
 # -- optimisation ------------------------------------------------------------------------------
-def build_optimizer(cfg: Config, params: Iterable[nn.Parameter], device: torch.device | str) -> torch.optim.Optimizer:
+def build_optimizer(
+    cfg: Config, params: Iterable[nn.Parameter], device: torch.device | str
+) -> torch.optim.Optimizer | SAM:
+    """Adam or SGD (fused kernels where this torch has them), wrapped in SAM / ASAM when
+    ``optim.sam_rho`` > 0."""
     o = cfg.optim
     params = [p for p in params if p.requires_grad]
     fused = fused_optimizer_kwargs(device)  # CUDA, and CPU since torch 2.4
     try:
         if o.name == "adam":
-            return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **fused)
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, **fused)
+            opt = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **fused)
+        else:
+            opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, **fused)
     except ValueError as e:
         raise ConfigError(f"config optim ({o.name}, lr {o.lr}, weight_decay {o.weight_decay}): {e}") from None
+    return SAM(opt, o.sam_rho, o.sam_adaptive) if o.sam_rho > 0 else opt
 
 
 def learning_rate(o: OptimConfig, step: int, epoch: int, scale: float = 1.0) -> float:

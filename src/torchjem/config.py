@@ -26,6 +26,7 @@ class DataConfig:
     labels_per_class: int | None = None  # semi-supervised: labels kept per class (rest p(x) only)
     classes: list[int] | None = None  # train on these classes only (others become an OOD set)
     augment: bool = False  # pad-and-crop (+ flip where the data set allows it) on training batches
+    augment_px: bool = True  # the p(x) term sees the augmented batch too (false: un-augmented, as SADA-JEM)
     flip: bool | None = None  # horizontal flip; None = the data set's default
     limit: int | None = None  # use at most this many training images (quick runs)
 
@@ -72,6 +73,8 @@ class OptimConfig:
     warmup_iters: int = 1000  # linear learning-rate ramp over these iterations
     decay_epochs: list[int] = field(default_factory=lambda: [160, 180])  # lr step decay at these epochs
     decay_rate: float = 0.3  # lr multiplier at each decay epoch
+    sam_rho: float = 0.0  # sharpness-aware minimisation radius (SADA-JEM: 2 with sam_adaptive); 0: off
+    sam_adaptive: bool = False  # ASAM: the neighbourhood scaled by |w| (Kwon et al. 2021)
 
 
 @dataclass
@@ -155,6 +158,7 @@ class Config:
             ("divergence.max_loss", self.divergence.max_loss > 0, "> 0 (inf: no loss check)"),
             ("divergence.max_energy", self.divergence.max_energy > 0, "> 0 (inf: no energy check)"),
             ("optim.weight_decay", self.optim.weight_decay >= 0, ">= 0"),
+            ("optim.sam_rho", self.optim.sam_rho >= 0, ">= 0 (0: off)"),
             ("optim.momentum", 0 <= self.optim.momentum < 1, "in [0, 1)"),
             ("divergence.lr_factor", 0 < self.divergence.lr_factor <= 1, "in (0, 1]"),
             ("divergence.check_every", self.divergence.check_every > 0, "> 0"),

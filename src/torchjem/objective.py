@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,8 +11,22 @@ from torch import nn
 from .energy import as_jem
 from .errors import InputError
 from .sampling import ChainSampler
+from .utils import frozen_bn_stats
 
 IGNORE = -100  # the label of an unlabelled example (PyTorch's cross-entropy ignore_index)
+
+
+@dataclass
+class Batch:
+    """One step's inputs after the random draws: data (noised), the p(x) term's data when it
+    differs (``x_px``), and the samples of the p(x) and p(x|y) terms (with their labels)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    x_px: torch.Tensor | None
+    x_q: torch.Tensor | None
+    xy_q: torch.Tensor | None
+    y_l: torch.Tensor | None
 
 
 class HybridObjective:
@@ -20,7 +36,8 @@ class HybridObjective:
     class-conditional term. ``data_noise`` adds N(0, sigma^2) to the data inputs (the paper's
     sigma). ``energy_l2`` penalises weight * (E_data^2 + E_sample^2), the maintainers' advice
     against divergence. With ``px == pxy == 0`` it is a plain classifier loss (no sampling, no
-    sampler needed).
+    sampler needed). ``separate_passes``: data and samples through separate forward passes (for
+    nets with BatchNorm, so that their batch statistics are not mixed).
 
     ``loss, stats = objective(model, x, y)``: ``model`` is any classifier returning logits (or a
     JEM, or torchjem's DistributedDataParallel wrapper); labels ``y == -100`` mark unlabelled
@@ -36,10 +53,11 @@ class HybridObjective:
         pxy: float = 0.0,
         data_noise: float = 0.03,
         energy_l2: float = 0.0,
+        separate_passes: bool = False,
     ) -> None:
         self.sampler = sampler
         self.pyx, self.px, self.pxy = pyx, px, pxy
-        self.data_noise, self.energy_l2 = data_noise, energy_l2
+        self.data_noise, self.energy_l2, self.separate_passes = data_noise, energy_l2, separate_passes
         if self.needs_samples and sampler is None:
             raise InputError("the p(x) and p(x|y) terms need a sampler (a ChainSampler)")
 
@@ -53,30 +71,54 @@ class HybridObjective:
             f"energy_l2={self.energy_l2})"
         )
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Loss and diagnostics (0-dim tensors, not synchronised to the host)."""
-        # What the loss runs through: the DDP wrapper when there is one (it has `joint`), so the
-        # gradients are averaged; the chains run on the bare JEM, with no collective.
-        jem = as_jem(model)
-        joint = model.joint if hasattr(model, "joint") else jem.joint
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_px: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict]:
+        """Loss and diagnostics (0-dim tensors, not synchronised to the host). ``x_px``: the
+        data the p(x) term sees when it differs from ``x`` (SADA-JEM: un-augmented images)."""
+        return self.loss(model, self.draw(model, x, y, x_px))
+
+    def draw(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_px: torch.Tensor | None = None) -> Batch:
+        """The random part of a step: data noise and the SGLD samples (written back to the buffer).
+        A second ``loss`` on the same Batch (SAM's second pass) sees exactly the same inputs."""
+        jem = as_jem(model)  # the chains run on the bare JEM, with no collective under DDP
         if self.data_noise > 0:
             x = x + self.data_noise * torch.randn_like(x)
-        labelled = y != IGNORE
-        stats: dict[str, torch.Tensor] = {}
-        loss = x.new_zeros(())
-
+            if x_px is not None:
+                x_px = x_px + self.data_noise * torch.randn_like(x_px)
         x_q = xy_q = y_l = None
         if self.px > 0:
             x_q = self.sampler.sample(jem, len(x))
         if self.pxy > 0:
-            y_l = y[labelled]  # (a boolean index synchronises with the device: only for this term)
+            y_l = y[y != IGNORE]  # (a boolean index synchronises with the device: only for this term)
             xy_q = self.sampler.sample(jem, y=y_l) if len(y_l) else None
+        return Batch(x, y, x_px, x_q, xy_q, y_l)
 
-        # One forward over data and samples together: a single pass through the net.
-        parts = [x] + [s for s in (x_q, xy_q) if s is not None]
-        logits_all, lpx_all = joint(torch.cat(parts) if len(parts) > 1 else x)
-        n = len(x)
-        logits, lpx_data = logits_all[:n], lpx_all[:n]
+    def loss(self, model: nn.Module, b: Batch) -> tuple[torch.Tensor, dict]:
+        """The loss of a drawn Batch. Data and samples go through one forward pass (exact and
+        fastest without batch norm); with ``separate_passes`` (nets with BatchNorm) through one
+        pass each, so that batch statistics are not mixed, and the sample pass leaves the running
+        statistics alone."""
+        # What the loss runs through: the DDP wrapper when there is one (it has `joint`), so the
+        # gradients are averaged.
+        joint = model.joint if hasattr(model, "joint") else as_jem(model).joint
+        data = [b.x] + ([b.x_px] if b.x_px is not None else [])
+        samples = [s for s in (b.x_q, b.xy_q) if s is not None]
+        if self.separate_passes and samples:
+            logits_d, lpx_d = joint(torch.cat(data) if len(data) > 1 else b.x)
+            with frozen_bn_stats(model):
+                logits_s, lpx_s = joint(torch.cat(samples) if len(samples) > 1 else samples[0])
+            logits_all, lpx_all = torch.cat([logits_d, logits_s]), torch.cat([lpx_d, lpx_s])
+        else:
+            parts = data + samples
+            logits_all, lpx_all = joint(torch.cat(parts) if len(parts) > 1 else b.x)
+        n, y = len(b.x), b.y
+        labelled = y != IGNORE
+        logits = logits_all[:n]
+        lpx_data = lpx_all[n : 2 * n] if b.x_px is not None else lpx_all[:n]
+        offset = n * len(data)
+        stats: dict[str, torch.Tensor] = {}
+        loss = b.x.new_zeros(())
 
         if self.pyx > 0:
             n_lab = labelled.sum().clamp_min(1)
@@ -85,10 +127,9 @@ class HybridObjective:
             loss = loss + self.pyx * ce
             stats["ce"], stats["acc"] = ce.detach(), acc.detach().float()
 
-        offset = n
-        if x_q is not None:
-            lpx_q = lpx_all[offset : offset + len(x_q)]
-            offset += len(x_q)
+        if b.x_q is not None:
+            lpx_q = lpx_all[offset : offset + len(b.x_q)]
+            offset += len(b.x_q)
             # Energies are -log p: E_data = -lpx_data, E_sample = -lpx_q.
             l_px = -(lpx_data.mean() - lpx_q.mean())
             loss = loss + self.px * l_px
@@ -98,10 +139,10 @@ class HybridObjective:
             stats["energy_data"] = -lpx_data.mean().detach()
             stats["energy_sample"] = -lpx_q.mean().detach()
             stats["energy_gap"] = stats["energy_sample"] - stats["energy_data"]
-            stats["sample_norm"] = x_q.flatten(1).norm(dim=1).mean()
-        if xy_q is not None:
-            f_data = logits[labelled].gather(1, y_l[:, None]).mean()
-            f_q = logits_all[offset:].gather(1, y_l[:, None]).mean()
+            stats["sample_norm"] = b.x_q.flatten(1).norm(dim=1).mean()
+        if b.xy_q is not None:
+            f_data = logits[labelled].gather(1, b.y_l[:, None]).mean()
+            f_q = logits_all[offset:].gather(1, b.y_l[:, None]).mean()
             l_pxy = -(f_data - f_q)
             loss = loss + self.pxy * l_pxy
             stats["loss_pxy"] = l_pxy.detach()

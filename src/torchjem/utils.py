@@ -32,6 +32,29 @@ def frozen_eval(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+@contextlib.contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
+    """Batch norms keep normalising with the batch's statistics (in train mode) but do not update
+    their running statistics inside (momentum 0); restored after. For passes that must not leave a
+    trace in them: the SGLD samples' pass, SAM's second pass, chains run in train mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for m in norms]  # fmt: skip
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, tracked in saved:
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def model_device(model: nn.Module, default: torch.device | str = "cpu") -> torch.device:
     """The device of ``model``'s first parameter (or buffer), else ``default``."""
     for t in model.parameters():

@@ -18,8 +18,9 @@ from .. import build
 from ..config import Config, save_config
 from ..data import DataSplits, augment, check_model_input
 from ..rundir import RunDir, RunLock
+from ..sam import SAM
 from ..speed import autocast, configure_speed
-from ..utils import seed_everything
+from ..utils import frozen_bn_stats, has_batch_norm, seed_everything
 from . import distributed as ddp
 from .batches import describe, make_batches, val_batches, validation_sums
 from .guard import DivergenceError, DivergenceGuard
@@ -80,7 +81,7 @@ class Trainer:
             seed_everything(ddp.rank_seed(cfg.seed, self.rank))  # from here each rank draws its own noise
         self.sampler = build.build_training_sampler(cfg, self.shape, self.n_classes, self.device, self.world_size,
                                                     train_xy)  # fmt: skip
-        self.objective = build.build_objective(cfg, self.sampler)
+        self.objective = build.build_objective(cfg, self.sampler, separate_passes=has_batch_norm(self.jem))
         self.optimizer = build.build_optimizer(cfg, self.jem.parameters(), self.device)
         self.batches = make_batches(cfg, self.data, train_xy, self.n_classes, self.rank, self.world_size, self.device)
         meta = {"name": self.data_name, "shape": list(self.shape), "n_classes": self.n_classes}
@@ -140,14 +141,22 @@ class Trainer:
         p = self.state.progress
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(p.step, p.epoch)
+        x_px = None
         if self.cfg.data.augment:
             flip = self.cfg.data.flip if self.cfg.data.flip is not None else getattr(self.data, "flip", False)
-            x = augment(x, pad=max(1, self.shape[-1] // 8), flip=flip)
+            x, x_px = augment(x, pad=max(1, self.shape[-1] // 8), flip=flip), (None if self.cfg.data.augment_px else x)
         self.model.train()
         with autocast(self.cfg.train.amp, self.device):  # the chains and the loss; see torchjem.speed
-            loss, stats = self.objective(self.model, x, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+            batch = self.objective.draw(self.model, x, y, x_px)
+            loss, stats = self.objective.loss(self.model, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if isinstance(self.optimizer, SAM):  # the same samples at w + e; batch norms keep their statistics
+                self.optimizer.perturb()
+                self.optimizer.zero_grad(set_to_none=True)
+                with frozen_bn_stats(self.model):
+                    self.objective.loss(self.model, batch)[0].backward()
+                self.optimizer.restore()
         self.optimizer.step()
         p.step, p.batch = p.step + 1, p.batch + 1
         return stats
