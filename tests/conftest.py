@@ -3,6 +3,8 @@ import os
 # One thread per process: tiny nets gain nothing from two, and OpenMP threads that wait for a
 # preempted peer make a busy 2-core machine many times slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Feature networks cached by the tests stay out of the user's ~/.cache.
+os.environ.setdefault("TORCHJEM_CACHE", __import__("tempfile").mkdtemp(prefix="torchjem-test-cache-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from conftest import TINY
@@ -80,6 +81,30 @@ def test_errors_name_the_problem(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
     assert main(["train", "net.name=resnet9000", f"--out={tmp_path / 'x'}"]) == 2
     assert "unknown net 'resnet9000'" in capsys.readouterr().err
+
+
+def test_threads_option_sets_torch_threads_for_the_command(tmp_path, monkeypatch, capsys):
+    import torchjem.workflows.interop as interop
+
+    seen = []  # torch's thread count while the command runs
+    monkeypatch.setattr(interop, "export_run", lambda *a, **k: seen.append(torch.get_num_threads()) or tmp_path)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert main(["export", str(tmp_path), "--threads", "1"]) == 0
+        assert seen == [1] and torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        assert main(["export", str(tmp_path)]) == 0
+        assert seen == [1, 2]  # no --threads: torch's setting is left alone
+        capsys.readouterr()
+        assert main(["export", str(tmp_path), "--threads", "0"]) == 2
+        err = capsys.readouterr().err
+        assert err == "jem export: error: --threads must be >= 1, got 0\n" and seen == [1, 2]  # not run
+    finally:
+        torch.set_num_threads(old)
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    assert "--threads N" in capsys.readouterr().out
 
 
 def test_listings(capsys):

@@ -6,13 +6,16 @@ import scipy.linalg
 import torch
 from torch import nn
 
+from torchjem.checkpoint import load_checkpoint
 from torchjem.data import load_data
 from torchjem.energy import JEM
 from torchjem.errors import InputError
+from torchjem.evaluate import features
 from torchjem.evaluate.features import (
     ClassifierFeatures,
     InceptionFeatures,
     ModuleFeatures,
+    default_cache_dir,
     default_feature_net,
     feature_label,
     resolve_feature_net,
@@ -74,17 +77,33 @@ def test_conditional_accuracy_counts_samples_of_their_class():
     assert list(res.to_dict()) == ["conditional_accuracy", "per_class", "n"]
 
 
+def small_digits(**kwargs):
+    return load_data("digits", limit=400, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def digits():
-    data = load_data("digits")
-    data.x_train, data.y_train = data.x_train[:400], data.y_train[:400]
-    return data
+    return small_digits()
 
 
 @pytest.fixture(scope="module")
 def fnet(digits, tmp_path_factory):
     cache = tmp_path_factory.mktemp("fnet")
-    return default_feature_net(digits, cache, epochs=4), cache
+    return default_feature_net(digits, cache, epochs=4, shared_cache=cache / "shared"), cache
+
+
+@pytest.fixture
+def trainings(monkeypatch):
+    """Counts the feature-net trainings (the real training runs)."""
+    calls = []
+    train = features._train_classifier
+
+    def counted(net, data, *args, **kwargs):
+        calls.append(data.name)
+        return train(net, data, *args, **kwargs)
+
+    monkeypatch.setattr(features, "_train_classifier", counted)
+    return calls
 
 
 def test_default_feature_net_is_trained_once_and_cached(digits, fnet, caplog):
@@ -97,6 +116,80 @@ def test_default_feature_net_is_trained_once_and_cached(digits, fnet, caplog):
     x = digits.x_test[:16]
     assert torch.allclose(again.features(x), net.features(x))
     assert "not Inception" in feature_label(net) and net.name == "classifier[digits]"
+
+
+def test_runs_on_the_same_data_share_one_feature_net(digits, tmp_path, trainings, caplog):
+    shared = tmp_path / "shared"
+    first = default_feature_net(digits, tmp_path / "run_a", epochs=2, shared_cache=shared)
+    assert trainings == ["digits"] and len(list(shared.glob("classifier_digits_*.pt"))) == 1
+    assert (tmp_path / "run_a" / "classifier_digits.pt").is_file()
+    # another run on the same data (a fresh copy of it): loaded from the shared cache, not trained
+    with caplog.at_level(logging.INFO, logger="torchjem"):
+        second = default_feature_net(small_digits(), tmp_path / "run_b", epochs=2, shared_cache=shared)
+        third = default_feature_net(small_digits(), None, epochs=2, shared_cache=shared)
+    assert trainings == ["digits"] and caplog.text.count("from shared cache") == 2
+    assert (tmp_path / "run_b" / "classifier_digits.pt").is_file()  # the run keeps a copy of what it used
+    x = digits.x_test[:32]
+    assert torch.equal(second.features(x), first.features(x)) and torch.equal(third.logits(x), first.logits(x))
+    assert second.test_accuracy == first.test_accuracy and second.history == first.history
+
+
+def test_other_data_or_settings_get_another_cache_entry(digits, tmp_path, trainings):
+    shared = tmp_path / "shared"
+    default_feature_net(digits, tmp_path / "run", epochs=2, shared_cache=shared)
+    other_split = small_digits(split_seed=1)
+    default_feature_net(other_split, tmp_path / "run", epochs=2, shared_cache=shared)  # the run's copy: other data
+    default_feature_net(small_digits(classes=[0, 1, 2]), None, epochs=2, shared_cache=shared)
+    default_feature_net(digits, None, epochs=3, shared_cache=shared)
+    assert trainings == ["digits"] * 4 and len(list(shared.glob("classifier_digits_*.pt"))) == 4
+    assert features.data_key(other_split) != features.data_key(digits) == features.data_key(small_digits())
+    meta = load_checkpoint(tmp_path / "run" / "classifier_digits.pt")["meta"]
+    assert meta["data_key"] == features.data_key(other_split)  # the run's copy now follows the run's data
+
+
+def test_the_shared_cache_defaults_to_torchjem_cache(digits, tmp_path, monkeypatch, trainings):
+    monkeypatch.setenv("TORCHJEM_CACHE", str(tmp_path / "env"))
+    assert default_cache_dir() == tmp_path / "env" / "feature_nets"
+    default_feature_net(digits, None, epochs=2)
+    default_feature_net(digits, None, epochs=2)
+    assert trainings == ["digits"] and len(list((tmp_path / "env" / "feature_nets").glob("*.pt"))) == 1
+    monkeypatch.delenv("TORCHJEM_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "torchjem" / "feature_nets"
+
+
+def test_a_corrupt_cache_file_is_retrained_with_a_warning(digits, tmp_path, trainings, caplog):
+    shared, run = tmp_path / "shared", tmp_path / "run"
+    net = default_feature_net(digits, run, epochs=2, shared_cache=shared)
+    (entry,) = shared.glob("classifier_digits_*.pt")
+    (run / "classifier_digits.pt").write_bytes(b"not a checkpoint")
+    with caplog.at_level(logging.INFO, logger="torchjem"):
+        again = default_feature_net(digits, run, epochs=2, shared_cache=shared)  # the shared copy still serves
+    assert trainings == ["digits"] and "run's copy" in caplog.text and "cannot be used" in caplog.text
+    assert load_checkpoint(run / "classifier_digits.pt")["meta"]["test_accuracy"] == net.test_accuracy
+    entry.write_bytes(entry.read_bytes()[:100])  # truncated
+    (run / "classifier_digits.pt").unlink()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="torchjem"):
+        retrained = default_feature_net(digits, run, epochs=2, shared_cache=shared)
+    assert trainings == ["digits"] * 2 and "shared cache" in caplog.text and str(entry) in caplog.text
+    assert load_checkpoint(entry)["meta"]["data_key"] == features.data_key(digits)  # rewritten, readable
+    x = digits.x_test[:16]
+    assert torch.equal(retrained.features(x), again.features(x))  # seeded: the same network again
+
+
+def test_feature_net_training_stops_when_validation_accuracy_plateaus(tmp_path, capsys):
+    easy = load_data("digits", classes=[0, 1])  # 0 vs 1: validation accuracy saturates in a few epochs
+    net = default_feature_net(easy, None, epochs=15, shared_cache=tmp_path, progress=True)
+    h = net.history
+    assert h["stopped_early"] and h["epochs"] < 15 and h["max_epochs"] == 15
+    assert len(h["val_accuracy"]) == h["epochs"] and h["best_epoch"] <= h["epochs"] - 2  # patience: 2 epochs
+    assert max(h["val_accuracy"]) == h["val_accuracy"][h["best_epoch"] - 1] > 0.95 and net.test_accuracy > 0.95
+    (entry,) = tmp_path.glob("classifier_digits_*.pt")
+    assert load_checkpoint(entry)["meta"]["history"] == h
+    assert "FID feature net for digits (trained once, cached): epoch 1" in capsys.readouterr().err
+    with pytest.raises(InputError, match="feature net: epochs"):
+        default_feature_net(easy, None, epochs=0, shared_cache=False)
 
 
 def test_sample_quality_of_real_data_against_itself(digits, fnet):
@@ -171,7 +264,8 @@ def test_generation_result_scores_its_own_samples_and_keeps_the_report_schema(di
     assert res.arrays["unconditional"].shape == (12, 1, 8, 8) and float(res.arrays["unconditional"].abs().max()) <= 1
     d = res.to_dict()
     assert list(d) == [
-        "source", "steps_unconditional", "steps_conditional", "feature_net", "feature_label", "n_real", "n_fake",
+        "source", "steps_unconditional", "steps_conditional", "conditional_protocol", "feature_net",
+        "feature_label", "n_real", "n_fake",
         "fid", "kid_mean", "kid_std", "is_mean", "is_std", "conditional_accuracy", "conditional_accuracy_per_class",
         "per_class", "out_of_range", "arrays",
     ]  # fmt: skip

@@ -382,6 +382,7 @@ def render_html(report: dict, out_dir: str | Path) -> str:
                 ("samples from", ["generation", "source"]),
                 ("SGLD steps (unconditional)", ["generation", "steps_unconditional"]),
                 ("SGLD steps (conditional)", ["generation", "steps_conditional"]),
+                ("class-conditional samples", ["generation", "conditional_protocol"]),
                 ("real examples", ["generation", "n_real"]),
                 ("generated examples", ["generation", "n_fake"]),
                 ("FID", ["generation", "fid"]),

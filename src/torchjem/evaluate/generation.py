@@ -255,10 +255,12 @@ def generation(
     buffer = sampler.buffer is not None
     steps_u = n_steps if n_steps is not None else (0 if buffer else sampler.n_steps)
     steps_c = n_steps if n_steps is not None else sampler.n_steps
+    start = "from each class's block of the replay buffer" if buffer else "from U(-1, 1) noise"
     return GenerationResult(
         source="replay buffer" if buffer else "fresh chains from U(-1, 1)",
         steps_unconditional=steps_u,
         steps_conditional=steps_c,
+        conditional_protocol=f"{start}, {steps_c} SGLD steps up log p(x, y) = f(x)[y] (the class's logit)",
         **{f.name: getattr(quality, f.name) for f in fields(quality)},  # SampleQuality's fields, flat
         conditional_accuracy=cond.conditional_accuracy,
         conditional_accuracy_per_class=cond.per_class,

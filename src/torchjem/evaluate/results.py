@@ -121,6 +121,7 @@ class GenerationResult(_Result):
     source: str
     steps_unconditional: int
     steps_conditional: int
+    conditional_protocol: str  # how the class-conditional samples were drawn, in words
     feature_net: str
     feature_label: str
     n_real: int
