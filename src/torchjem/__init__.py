@@ -4,7 +4,7 @@ from .config import Config, ConfigError, load_config
 from .energy import JEM, as_jem
 from .objective import HybridObjective
 from .rundir import RunDir
-from .sampling import SGLD, ChainSampler, ReplayBuffer
+from .sampling import PYLD, SGLD, ChainSampler, ReplayBuffer
 from .training import DivergenceError, Trainer, train
 from .workflows import LoadedRun, load_run
 
@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "JEM",
+    "PYLD",
     "SGLD",
     "ChainSampler",
     "Config",

@@ -28,7 +28,7 @@ from .energy import JEM
 from .nets import create_net, list_nets
 from .objective import IGNORE, HybridObjective
 from .sam import SAM
-from .sampling import SGLD, ChainSampler, ReplayBuffer, shard_size
+from .sampling import PYLD, SGLD, ChainSampler, ReplayBuffer, shard_size
 from .speed import fused_optimizer_kwargs
 
 
@@ -113,9 +113,15 @@ def build_jem(cfg: Config, shape: tuple[int, ...], n_classes: int, model: nn.Mod
 
 
 # -- sampling ----------------------------------------------------------------------------------
-def build_sgld(cfg: Config) -> SGLD:
+def build_sgld(cfg: Config) -> SGLD | PYLD:
+    """The chains' sampler: SGLD (``sgld.kind = sgld``) or JEM++'s proximal Langevin (``pyld``;
+    ``sgld.grad_clamp`` null means 0.01 there, ``sgld.step_size`` is not used)."""
     s = cfg.sgld
-    return SGLD(s.steps, s.step_size, s.noise, (-1.0, 1.0) if s.clamp else None, s.grad_clamp)
+    clamp = (-1.0, 1.0) if s.clamp else None
+    if s.kind == "pyld":
+        grad_clamp = 0.01 if s.grad_clamp is None else s.grad_clamp
+        return PYLD(s.steps, s.inner_steps, s.inner_step_size, s.noise, clamp, grad_clamp, s.first_layer)
+    return SGLD(s.steps, s.step_size, s.noise, clamp, s.grad_clamp)
 
 
 def buffer_size(cfg: Config, n_classes: int, world_size: int = 1) -> int:
@@ -140,14 +146,15 @@ def build_sampler(
 ) -> ChainSampler:
     """The chain sampler: SGLD with a replay buffer (this rank's shard of ``buffer.size`` when
     ``world_size`` > 1), or fresh chains with ``buffer=False``. ``fit`` (x, y): the training data,
-    for ``buffer.init=gaussian``."""
+    for ``buffer.init=gaussian`` or ``gaussian_full``."""
     sgld = build_sgld(cfg)
     if not buffer:
         return ChainSampler(sgld, shape=shape)
     size = buffer_size(cfg, n_classes, world_size)
     replay = ReplayBuffer(size, shape, n_classes, cfg.buffer.reinit_freq, "uniform", device)
-    if cfg.buffer.init == "gaussian" and fit is not None:
-        replay.fit_gaussian(*fit)
+    b = cfg.buffer
+    if b.init in ("gaussian", "gaussian_full") and fit is not None:
+        replay.fit_gaussian(*fit, full=b.init == "gaussian_full", rank=b.init_rank, full_max_dim=b.init_full_max_dim)
     return ChainSampler(sgld, replay)
 
 
@@ -160,12 +167,13 @@ def build_training_sampler(
     train_xy: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> ChainSampler | None:
     """The sampler a training run needs (None for a plain classifier or no p(x) / p(x|y) term);
-    ``train_xy``: the in-memory training data, needed by ``buffer.init=gaussian``."""
+    ``train_xy``: the in-memory training data, needed by ``buffer.init=gaussian`` / ``gaussian_full``."""
     if cfg.train.clf_only or (cfg.objective.px == 0 and cfg.objective.pxy == 0):
         return None
-    if cfg.buffer.init == "gaussian" and train_xy is None:
-        raise ConfigError("config buffer.init = gaussian needs in-memory training data (a DataSplits)")
-    fit = train_xy if cfg.buffer.init == "gaussian" else None
+    gaussian = cfg.buffer.init in ("gaussian", "gaussian_full")
+    if gaussian and train_xy is None:
+        raise ConfigError(f"config buffer.init = {cfg.buffer.init} needs in-memory training data (a DataSplits)")
+    fit = train_xy if gaussian else None
     return build_sampler(cfg, shape, n_classes, device, world_size=world_size, fit=fit)
 
 

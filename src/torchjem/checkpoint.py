@@ -182,7 +182,8 @@ def save_export(folder: str | Path, state: dict[str, Any], source: dict[str, Any
     }
     b = state.get("buffer")
     if buffer and b is not None:
-        tensors = {k: b[k].detach().cpu().contiguous() for k in ("x", "mean", "std") if k in b and b[k].numel()}
+        keep = [k for k in ("x", "mean", "std", "factor") if k in b and b[k].numel()]  # the fitted Gaussians too
+        tensors = {k: b[k].detach().cpu().contiguous() for k in keep}
         atomic_write_bytes(folder / EXPORT_BUFFER, save(tensors))
         meta["buffer"] = dict(b.get("_extra_state", {}))
     atomic_write_text(folder / EXPORT_META, json.dumps(meta, indent=2))

@@ -41,17 +41,23 @@ class NetConfig:
 @dataclass
 class SGLDConfig:
     steps: int = 20  # SGLD steps per training iteration
-    step_size: float = 1.0  # alpha: x += alpha * d log p(x) / dx
+    step_size: float = 1.0  # alpha: x += alpha * d log p(x) / dx (sgld)
     noise: float = 0.01  # sigma of the Gaussian noise added each step
     clamp: bool = False  # clamp samples to the data range [-1, 1]
-    grad_clamp: float | None = None  # clamp the input gradient elementwise (JEM++)
+    grad_clamp: float | None = None  # clamp the input gradient elementwise (JEM++); pyld: null means 0.01
+    kind: str = "sgld"  # sgld | pyld (JEM++'s proximal Langevin: `steps` outer steps, inner ones via the first layer)
+    inner_steps: int = 5  # pyld: inner steps per outer step
+    inner_step_size: float = 0.2  # pyld: step of the inner steps (JEM++'s pyld_lr)
+    first_layer: str | None = None  # pyld: module path of the first layer (e.g. net.conv1); null: found by a probe
 
 
 @dataclass
 class BufferConfig:
     size: int = 10000  # replay buffer entries (rounded down to a multiple of the classes)
     reinit_freq: float = 0.05  # fraction of chains restarted from fresh noise
-    init: str = "uniform"  # uniform | gaussian (per-class Gaussian fitted to the data, JEM++)
+    init: str = "uniform"  # uniform | gaussian (per-class diagonal Gaussian) | gaussian_full (full covariance, JEM++)
+    init_rank: int = 256  # gaussian_full above init_full_max_dim values: top principal directions kept + diagonal
+    init_full_max_dim: int = 1024  # gaussian_full: full covariance (C*D^2 floats) up to this many values per example
 
 
 @dataclass
@@ -129,9 +135,23 @@ class Config:
             ("sgld.step_size", self.sgld.step_size > 0, "> 0"),
             ("sgld.noise", self.sgld.noise >= 0, ">= 0"),
             ("sgld.grad_clamp", self.sgld.grad_clamp is None or self.sgld.grad_clamp > 0, "> 0"),
+            ("sgld.kind", self.sgld.kind in ("sgld", "pyld"), "sgld or pyld"),
+            ("sgld.inner_steps", self.sgld.inner_steps >= 1, ">= 1"),
+            ("sgld.inner_step_size", self.sgld.inner_step_size > 0, "> 0"),
+            (
+                "sgld.first_layer",
+                self.sgld.first_layer is None or bool(self.sgld.first_layer.strip()),
+                "a module path such as net.conv1, or null",
+            ),
             ("buffer.size", self.buffer.size > 0, "> 0"),
             ("buffer.reinit_freq", 0 <= self.buffer.reinit_freq <= 1, "in [0, 1]"),
-            ("buffer.init", self.buffer.init in ("uniform", "gaussian"), "uniform or gaussian"),
+            (
+                "buffer.init",
+                self.buffer.init in ("uniform", "gaussian", "gaussian_full"),
+                "uniform, gaussian or gaussian_full",
+            ),
+            ("buffer.init_rank", self.buffer.init_rank >= 1, ">= 1"),
+            ("buffer.init_full_max_dim", self.buffer.init_full_max_dim >= 1, ">= 1"),
             ("objective.pyx", self.objective.pyx >= 0, ">= 0"),
             ("objective.px", self.objective.px >= 0, ">= 0"),
             ("objective.pxy", self.objective.pxy >= 0, ">= 0"),
