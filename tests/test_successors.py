@@ -117,3 +117,26 @@ def test_sam_leaves_batch_norm_statistics_as_a_plain_step_does(tmp_path):
         t.fit()
         stats.append(t.jem.net.bn.running_mean.clone())
     assert torch.equal(stats[0], stats[1])  # SAM's second pass added nothing to them
+
+
+def test_chains_in_train_mode_use_batch_statistics_and_leave_them_alone():
+    torch.manual_seed(0)
+    net = BNNet()
+    net.train()
+    net(torch.randn(32, 1, 8, 8) * 2 + 1)  # running statistics far from the chains' batch
+    net.eval()
+    jem = JEM(net)
+    before = (net.bn.running_mean.clone(), net.bn.running_var.clone(), int(net.bn.num_batches_tracked))
+    x = torch.rand(8, 1, 8, 8) * 2 - 1
+    moved = SGLD(n_steps=1, step_size=0.1, noise=0.0, mode="train").run(jem, x)
+    # by hand: one step up LSE with the batch norm normalising by this batch's statistics
+    ref = copy.deepcopy(net).train()
+    ref.bn.momentum = 0.0
+    xr = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(ref(xr).logsumexp(1).sum(), xr)
+    assert torch.allclose(moved, x + 0.1 * g, atol=1e-6)
+    eval_moved = SGLD(n_steps=1, step_size=0.1, noise=0.0).run(jem, x)
+    assert not torch.allclose(eval_moved, moved, atol=1e-4)  # eval mode uses the running statistics
+    after = (net.bn.running_mean, net.bn.running_var, int(net.bn.num_batches_tracked))
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1]) and before[2] == after[2]
+    assert not net.training and all(p.grad is None for p in net.parameters())

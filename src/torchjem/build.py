@@ -120,8 +120,9 @@ def build_sgld(cfg: Config) -> SGLD | PYLD:
     clamp = (-1.0, 1.0) if s.clamp else None
     if s.kind == "pyld":
         grad_clamp = 0.01 if s.grad_clamp is None else s.grad_clamp
-        return PYLD(s.steps, s.inner_steps, s.inner_step_size, s.noise, clamp, grad_clamp, s.first_layer)
-    return SGLD(s.steps, s.step_size, s.noise, clamp, s.grad_clamp)
+        return PYLD(s.steps, s.inner_steps, s.inner_step_size, s.noise, clamp, grad_clamp, s.first_layer,
+                    mode=s.model_mode)  # fmt: skip
+    return SGLD(s.steps, s.step_size, s.noise, clamp, s.grad_clamp, mode=s.model_mode)
 
 
 def buffer_size(cfg: Config, n_classes: int, world_size: int = 1) -> int:

@@ -49,6 +49,7 @@ class SGLDConfig:
     inner_steps: int = 5  # pyld: inner steps per outer step
     inner_step_size: float = 0.2  # pyld: step of the inner steps (JEM++'s pyld_lr)
     first_layer: str | None = None  # pyld: module path of the first layer (e.g. net.conv1); null: found by a probe
+    model_mode: str = "eval"  # eval | train: the net's mode in the chains (train: batch statistics, not updated)
 
 
 @dataclass
@@ -143,6 +144,7 @@ class Config:
                 self.sgld.first_layer is None or bool(self.sgld.first_layer.strip()),
                 "a module path such as net.conv1, or null",
             ),
+            ("sgld.model_mode", self.sgld.model_mode in ("eval", "train"), "eval or train"),
             ("buffer.size", self.buffer.size > 0, "> 0"),
             ("buffer.reinit_freq", 0 <= self.buffer.reinit_freq <= 1, "in [0, 1]"),
             (

@@ -13,7 +13,7 @@ from torch import nn
 
 from .energy import JEM, as_jem
 from .errors import ConfigError, InputError
-from .utils import frozen_eval, model_device
+from .utils import frozen, model_device
 
 
 class SGLD:
@@ -31,9 +31,13 @@ class SGLD:
         noise: float = 0.01,
         clamp: tuple[float, float] | None = None,
         grad_clamp: float | None = None,
+        mode: str = "eval",
     ) -> None:
         if n_steps < 0:
             raise InputError(f"SGLD n_steps must be >= 0, got {n_steps}")
+        if mode not in ("eval", "train"):
+            raise InputError(f"SGLD mode must be 'eval' or 'train', got {mode!r}")
+        self.mode = mode
         if not step_size > 0 or not noise >= 0:  # also refuses NaN
             raise InputError(f"SGLD needs step_size > 0 and noise >= 0, got {step_size}, {noise}")
         self.n_steps = n_steps
@@ -53,7 +57,7 @@ class SGLD:
         jem = as_jem(model)
         steps = self.n_steps if n_steps is None else n_steps
         x = x.detach().clone()
-        with frozen_eval(jem), torch.enable_grad():
+        with frozen(jem, self.mode), torch.enable_grad():
             for _ in range(steps):
                 x = self.step(jem, x, y)
         return x
@@ -127,7 +131,11 @@ class PYLD:
         grad_clamp: float = 0.01,
         first_layer: str | None = None,
         data_range: tuple[float, float] = (-1.0, 1.0),
+        mode: str = "eval",
     ) -> None:
+        if mode not in ("eval", "train"):
+            raise InputError(f"PYLD mode must be 'eval' or 'train', got {mode!r}")
+        self.mode = mode
         if n_steps < 0 or inner_steps < 1:
             raise InputError(f"PYLD needs n_steps >= 0 and inner_steps >= 1, got {n_steps}, {inner_steps}")
         if not inner_step_size > 0 or not noise >= 0 or not grad_clamp > 0:  # also refuses NaN
@@ -158,7 +166,7 @@ class PYLD:
         x = x.detach().clone()
         if steps <= 0:
             return x
-        with frozen_eval(jem), _eager(jem), torch.enable_grad():
+        with frozen(jem, self.mode), _eager(jem), torch.enable_grad():
             _, layer = self.find_first_layer(jem, x)
             for _ in range(steps):
                 x = self.step(jem, x, y, layer)

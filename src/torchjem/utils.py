@@ -32,6 +32,20 @@ def frozen_eval(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def frozen(model: nn.Module, mode: str = "eval") -> contextlib.AbstractContextManager:
+    """No parameter gradients inside, in ``mode``: ``eval`` (``frozen_eval``) or ``train`` (batch
+    norms use the batch's statistics, without updating their running ones; dropout is active)."""
+    if mode == "eval":
+        return frozen_eval(model)
+    if mode != "train":
+        raise InputError(f"model mode must be 'eval' or 'train', got {mode!r}")
+    stack = contextlib.ExitStack()
+    stack.enter_context(frozen_eval(model))
+    model.train()  # (frozen_eval restores every module's mode on exit)
+    stack.enter_context(frozen_bn_stats(model))
+    return stack
+
+
 @contextlib.contextmanager
 def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
     """Batch norms keep normalising with the batch's statistics (in train mode) but do not update
