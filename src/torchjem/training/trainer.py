@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from .. import build
 from ..config import Config, save_config
 from ..data import DataSplits, augment, check_model_input
+from ..errors import ConfigError
 from ..rundir import RunDir, RunLock
 from ..sam import SAM
 from ..speed import autocast, configure_speed
@@ -81,7 +82,13 @@ class Trainer:
             seed_everything(ddp.rank_seed(cfg.seed, self.rank))  # from here each rank draws its own noise
         self.sampler = build.build_training_sampler(cfg, self.shape, self.n_classes, self.device, self.world_size,
                                                     train_xy)  # fmt: skip
-        self.objective = build.build_objective(cfg, self.sampler, separate_passes=has_batch_norm(self.jem))
+        separate = has_batch_norm(self.jem) and self.sampler is not None
+        if separate and self.world_size > 1:  # two forwards before one backward: DDP marks parameters ready twice
+            raise ConfigError(
+                "a net with batch norm trains as a JEM in one process only (for now); use norm=none or "
+                "group/layer norm under torchrun, or train it as a classifier (--clf-only)"
+            )
+        self.objective = build.build_objective(cfg, self.sampler, separate_passes=separate)
         self.optimizer = build.build_optimizer(cfg, self.jem.parameters(), self.device)
         self.batches = make_batches(cfg, self.data, train_xy, self.n_classes, self.rank, self.world_size, self.device)
         meta = {"name": self.data_name, "shape": list(self.shape), "n_classes": self.n_classes}
