@@ -24,7 +24,7 @@ class DivergenceError(UserError, RuntimeError):
 
 ADVICE = (
     "Try a lower optim.lr, more sgld.steps, objective.energy_l2=0.1, a larger objective.data_noise (0.1 is more "
-    "stable than 0.03), sgld.grad_clamp, or net.kwargs.activation=swish; resume from the last checkpoint with --resume."
+    "stable than 0.03), sgld.grad_clamp, or net.kwargs.activation=swish"
 )
 
 

@@ -248,7 +248,13 @@ class Trainer:
             fields = self.guard.recover(cause)
         except DivergenceError as e:
             self._event("gave_up", **e.event)
-            raise
+            last = self.run.checkpoint("last")
+            then = (
+                f"; then continue from {last} with `jem train --resume {self.run.path} optim.lr=...`"
+                if last.is_file()
+                else "; no checkpoint was written yet: start again (--overwrite) with the changes"
+            )
+            raise DivergenceError(f"{e}{then}") from None
         self._event("recovery", **fields)
         self.metrics.reset()
 
