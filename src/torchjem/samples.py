@@ -66,6 +66,14 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None, title:
     return path
 
 
+def check_grid_options(n: int, per_class: int, n_steps: int | None) -> None:
+    """The counts of ``write_sample_grids`` (``jem sample --n --per-class --steps``), checked."""
+    if n < 1 or per_class < 1:
+        raise InputError(f"sample grids need n (--n) >= 1 and per_class (--per-class) >= 1, got {n} and {per_class}")
+    if n_steps is not None and n_steps < 0:
+        raise InputError(f"SGLD steps (--steps) must be >= 0, got {n_steps}")
+
+
 def write_sample_grids(
     model: nn.Module,
     sampler: ChainSampler,
@@ -78,10 +86,7 @@ def write_sample_grids(
     """Unconditional and class-conditional grids (one row per class) in ``out_dir``, drawn with
     ``sampler.draw`` (the buffer is left as it is). Returns the paths and the samples, so callers
     can score them."""
-    if n < 1 or per_class < 1:
-        raise InputError(f"sample grids need n >= 1 and per_class >= 1, got {n} and {per_class}")
-    if n_steps is not None and n_steps < 0:
-        raise InputError(f"SGLD steps must be >= 0, got {n_steps}")
+    check_grid_options(n, per_class, n_steps)
     out_dir = Path(out_dir)
     x_u = sampler.draw(model, n, n_steps=n_steps)
     y = torch.arange(n_classes).repeat_interleave(per_class)

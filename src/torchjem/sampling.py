@@ -35,11 +35,11 @@ class SGLD:
     ) -> None:
         if n_steps < 0:
             raise InputError(f"SGLD n_steps must be >= 0, got {n_steps}")
+        if not step_size > 0 or not noise >= 0:  # also refuses NaN
+            raise InputError(f"SGLD needs step_size > 0 and noise >= 0, got {step_size}, {noise}")
         if mode not in ("eval", "train"):
             raise InputError(f"SGLD mode must be 'eval' or 'train', got {mode!r}")
         self.mode = mode
-        if not step_size > 0 or not noise >= 0:  # also refuses NaN
-            raise InputError(f"SGLD needs step_size > 0 and noise >= 0, got {step_size}, {noise}")
         self.n_steps = n_steps
         self.step_size = step_size
         self.noise = noise

@@ -31,6 +31,25 @@ def as_uint8(x: torch.Tensor) -> torch.Tensor:
     return u if torch.equal(to_float(u), x) else x
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Full global batches an epoch (at least one)."""
+    return max(1, n // batch_size)
+
+
+def batch_indices(
+    n: int, batch_size: int, rank: int, world: int, seed: int, epoch: int, start: int = 0, device=None
+) -> Iterator[torch.Tensor]:
+    """This rank's slice of each global batch of epoch ``epoch``, from batch ``start`` on: the one
+    order both batch sources follow."""
+    perm = epoch_order(n, seed, epoch)
+    if device is not None:
+        perm = perm.to(device)
+    local = batch_size // world
+    lo = rank * local
+    for i in range(start, steps_per_epoch(n, batch_size)):
+        yield perm[i * batch_size + lo : i * batch_size + lo + local]
+
+
 class TensorBatches:
     """Batches of an in-memory training set that lives on ``device``."""
 
@@ -40,15 +59,13 @@ class TensorBatches:
         self.x = as_uint8(x).to(device)  # a quarter of the memory for 8-bit images
         self.y = y.to(device)
         self.batch_size, self.local = batch_size, batch_size // world
-        self.rank, self.seed, self.device = rank, seed, device
+        self.rank, self.world, self.seed, self.device = rank, world, seed, device
         self.n = len(x)
-        self.steps_per_epoch = max(1, self.n // batch_size)
+        self.steps_per_epoch = steps_per_epoch(self.n, batch_size)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        perm = epoch_order(self.n, self.seed, epoch).to(self.device)
-        bs, lo = self.batch_size, self.rank * self.local
-        for i in range(start, self.steps_per_epoch):
-            idx = perm[i * bs + lo : i * bs + lo + self.local]
+        args = (self.n, self.batch_size, self.rank, self.world, self.seed, epoch, start, self.device)
+        for idx in batch_indices(*args):  # the permutation lives on the device: no copy per batch
             yield to_float(self.x[idx]), self.y[idx]
 
 
@@ -58,14 +75,13 @@ class _EpochSampler(Sampler[int]):
     def __init__(self, n: int, batch_size: int, rank: int, world: int, seed: int) -> None:
         self.n, self.batch_size, self.rank, self.world, self.seed = n, batch_size, rank, world, seed
         self.local = batch_size // world
-        self.steps = max(1, n // batch_size)
+        self.steps = steps_per_epoch(n, batch_size)
         self.epoch, self.start = 0, 0
 
     def __iter__(self) -> Iterator[int]:
-        perm = epoch_order(self.n, self.seed, self.epoch)
-        lo = self.rank * self.local
-        for i in range(self.start, self.steps):
-            yield from perm[i * self.batch_size + lo : i * self.batch_size + lo + self.local].tolist()
+        args = (self.n, self.batch_size, self.rank, self.world, self.seed, self.epoch, self.start)
+        for idx in batch_indices(*args):
+            yield from idx.tolist()
 
     def __len__(self) -> int:
         return (self.steps - self.start) * self.local

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint, save_export
 from ..config import CONFIG_DIR, Config, from_dict, load_config, save_config
 from ..errors import CheckpointError, InputError
 from ..rundir import RunDir, RunLock
-from ..training.state import VERSION, claim
+from ..training.state import VERSION, Progress, claim
 from .runs import load_run
 
 log = logging.getLogger("torchjem")
@@ -208,12 +209,7 @@ def _imported_state(kind: str, path: Path, out: Path, data: str | None, data_roo
         "model": jem.state_dict(),
         "optimizer": None,
         "buffer": buffer_state,
-        "step": 0,
-        "epoch": 0,
-        "batch": 0,
-        "lr_scale": 1.0,
-        "retries": 0,
-        "best_val": -1.0,
+        **asdict(Progress()),  # a run at its start
         "config": cfg.to_dict(),
         "data": meta,
         "net": {"source": "config", "name": cfg.net.name, "imported": {"format": kind, "file": str(path)}},

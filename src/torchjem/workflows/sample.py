@@ -6,8 +6,7 @@ import logging
 from pathlib import Path
 
 from ..checkpoint import check_writable
-from ..errors import InputError
-from ..samples import write_sample_grids
+from ..samples import check_grid_options, write_sample_grids
 from .runs import load_run
 
 log = logging.getLogger("torchjem")
@@ -27,10 +26,7 @@ def sample_run(
     """Write RUN_DIR/samples (or ``out``)/unconditional.png and conditional.png; returns the paths
     and samples. Chains start from the run's replay buffer (left unchanged) or, with ``fresh`` or
     for a run without a buffer, from U(-1, 1) noise."""
-    if n < 1 or per_class < 1:
-        raise InputError(f"jem sample needs --n >= 1 and --per-class >= 1, got {n} and {per_class}")
-    if n_steps is not None and n_steps < 0:
-        raise InputError(f"jem sample needs --steps >= 0, got {n_steps}")
+    check_grid_options(n, per_class, n_steps)  # before anything is loaded or written
     run = load_run(run_dir, checkpoint, device)
     sampler = run.sampler
     if fresh:
