@@ -1,5 +1,6 @@
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from torchjem.evaluate.ood import SCORES, builtin_ood_set
 from torchjem.evaluate.results import OODResult
 from torchjem.evaluate.suite import evaluate_model
 from torchjem.report import _get, fmt
+from torchjem.rundir import RunDir
 from torchjem.training import train
 from torchjem.workflows.evaluate import evaluate_run, headline
 
@@ -70,14 +72,33 @@ def test_report_has_every_section_for_both_models(report):
     assert data["models"]["baseline"]["generation"]["source"].startswith("fresh")
 
 
+def test_training_dynamics_of_both_runs(runs, report):
+    _, out = report
+    assert "<h2>Training dynamics</h2>" in (out / "report.html").read_text()
+    data = json.loads((out / "report.json").read_text())
+    for role, run in (("model", "jem"), ("baseline", "base")):
+        records = RunDir(runs / run).read_metrics()
+        d = data["models"][role]["dynamics"]
+        assert "arrays" not in d
+        assert d["steps"] == records[-1]["step"] == 12  # train.max_steps=12
+        assert d["recoveries"] == 0 and d["gave_up"] is False and d["first_trouble_step"] is None
+        last = [r for r in records if "loss" in r][-1]
+        assert d["final"]["loss"] == pytest.approx(last["loss"]) and d["final"]["lr"] == pytest.approx(last["lr"])
+        assert data["models"][role]["png"]["dynamics"] == f"{role}_dynamics.png"
+        assert (out / f"{role}_dynamics.png").stat().st_size > 5000
+    jem, base = data["models"]["model"]["dynamics"]["final"], data["models"]["baseline"]["dynamics"]["final"]
+    assert jem["energy_gap"] == pytest.approx(jem["energy_sample"] - jem["energy_data"])
+    assert base["energy_data"] is None and base["energy_gap"] is None  # clf_only: no p(x) term
+
+
 def test_html_is_self_contained_with_every_plot(report):
     rep, out = report
     html = (out / "report.html").read_text()
     srcs = re.findall(r'<img [^>]*src="([^"]*)"', html)
-    assert len(srcs) == 2 * 4 + 1  # reliability, histograms, 2 sample grids per model; robustness once
+    assert len(srcs) == 2 * 5 + 1  # reliability, histograms, 2 sample grids, dynamics per model; robustness once
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "http" not in "".join(re.findall(r'(?:src|href)="([^"]*)"', html))
-    for name in ["reliability", "ood_histograms", "samples_unconditional", "samples_conditional"]:
+    for name in ["reliability", "ood_histograms", "samples_unconditional", "samples_conditional", "dynamics"]:
         for role in ("model", "baseline"):
             assert (out / f"{role}_{name}.png").stat().st_size > 500
     assert (out / "model_robust_accuracy.png").is_file()
@@ -109,6 +130,7 @@ def test_json_holds_every_figure_the_html_shows(report):
 
 def test_robustness_section_is_skipped_without_attack_json_and_taken_from_a_dict(runs, tmp_path):
     rep = evaluate_run(runs / "base", ood=["uniform"], generate=False, limit=20, out=tmp_path / "a", progress=False)
+    assert rep["models"]["model"]["dynamics"]["arrays"]["records"] == RunDir(runs / "base").read_metrics()
     html = (tmp_path / "a" / "report.html").read_text()
     assert "Robustness" not in html and "<h2>Generation</h2>" not in html
     assert list(rep["models"]) == ["model"]
@@ -124,6 +146,13 @@ def test_robustness_section_is_skipped_without_attack_json_and_taken_from_a_dict
             runs / "base", ood=["uniform"], generate=False, limit=20, write=False, progress=False,
             robustness={"model": {**ATTACK, "curves": {"x": [0.5]}}},
         )  # fmt: skip
+
+
+def test_a_run_without_metrics_has_no_dynamics(runs, tmp_path):
+    shutil.copytree(runs / "base", tmp_path / "copy", ignore=shutil.ignore_patterns("metrics.jsonl", "report"))
+    rep = evaluate_run(tmp_path / "copy", ood=["uniform"], generate=False, limit=20, progress=False)
+    assert "dynamics" not in rep["models"]["model"] and "dynamics" not in rep["models"]["model"]["png"]
+    assert "Training dynamics" not in (tmp_path / "copy" / "report" / "report.html").read_text()
 
 
 def test_headline_and_limit(report):

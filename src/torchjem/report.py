@@ -1,12 +1,13 @@
 """The evaluation report: report.json (every figure), report.html (self-contained: the PNGs are
 embedded) and the PNGs themselves, with one column per model (the run and its baseline).
 
-``write_report(report, out_dir)`` takes the dict that ``torchjem.evaluate.suite.evaluate_run``
+``write_report(report, out_dir)`` takes the dict that ``torchjem.workflows.evaluate.evaluate_run``
 builds: {"title", "created", "settings", "data", "models": {role: model_result}}, where each
-model_result holds "classification", "calibration", "ood", "generation" and "robustness"
-sections (any may be missing). Arrays for plots live under "arrays" keys; they go into the PNGs,
-not into report.json. Every number the HTML shows is rendered from report.json's content, and its
-table cell names its JSON path (``data-key``), so the two cannot disagree.
+model_result holds "classification", "calibration", "ood", "generation", "robustness" and
+"dynamics" (the training curves of a run with a metrics.jsonl) sections (any may be missing).
+Arrays for plots live under "arrays" keys; they go into the PNGs, not into report.json. Every
+number the HTML shows is rendered from report.json's content, and its table cell names its JSON
+path (``data-key``), so the two cannot disagree.
 
 Plots use matplotlib's object-oriented API (``Figure``, ``matplotlib.image.imsave``; no pyplot),
 so importing this module leaves the user's matplotlib backend as it is.
@@ -26,6 +27,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.image import imsave
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from .checkpoint import atomic_write_bytes, atomic_write_text
@@ -184,6 +187,191 @@ def plot_curves(curves: dict[str, list[float]], eps: list[float], norm: str, pat
     return _save(fig, Path(path))
 
 
+# -- training dynamics ------------------------------------------------------------------------
+DYNAMICS_FINAL = ("loss", "acc", "energy_data", "energy_sample", "energy_gap", "lr")
+TROUBLE = "#c44e52"  # recoveries: line at the divergence, span back to the state rewound to
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _step(record: dict) -> int | None:
+    s = record.get("step")
+    return s if isinstance(s, int) and not isinstance(s, bool) else None
+
+
+def _is_window(record: dict) -> bool:
+    """A window record of metrics.jsonl (the means of the per-step diagnostics since the last one)."""
+    return "event" not in record and "loss" in record and _step(record) is not None
+
+
+def _trouble_step(event: dict) -> int | None:
+    """Where a recovery or give-up happened: a recovery event's own "step" is the step it rewound
+    to (it is written after the rewind), so its "at_step" is the divergence."""
+    return event.get("at_step", _step(event)) if event.get("event") == "recovery" else _step(event)
+
+
+def dynamics_summary(records: list[dict]) -> dict[str, Any]:
+    """The figures of a run's metrics.jsonl records (RunDir.read_metrics(), file order):
+    {"steps": the last record's step, "recoveries": count, "gave_up": bool, "first_trouble_step":
+    the step of the first divergence (recovery or give-up) or None, "final": the last window
+    record's means of loss, acc, energy_data, energy_sample, energy_gap (sample - data) and lr
+    (None where the run did not log it: no energies without a p(x) term)}."""
+    steps = [s for s in map(_step, records) if s is not None]
+    events = [r for r in records if r.get("event") in ("recovery", "gave_up")]
+    windows = [r for r in records if _is_window(r)]
+    last = windows[-1] if windows else {}
+    final = {k: _number(last.get(k)) for k in DYNAMICS_FINAL}
+    e_data, e_sample = final["energy_data"], final["energy_sample"]
+    final["energy_gap"] = e_sample - e_data if e_data is not None and e_sample is not None else None
+    return {
+        "steps": steps[-1] if steps else None,
+        "recoveries": sum(r["event"] == "recovery" for r in events),
+        "gave_up": any(r["event"] == "gave_up" for r in events),
+        "first_trouble_step": _trouble_step(events[0]) if events else None,
+        "final": final,
+    }
+
+
+def _superseded(steps: list[int]) -> np.ndarray:
+    """Which records (file order) a later record of their kind has at the same or an earlier step:
+    training was rewound (a recovery, or a resume from an older checkpoint) past them and those
+    steps were done again, so the record is not part of the run's history as it stands."""
+    out, later = np.zeros(len(steps), dtype=bool), math.inf
+    for i in range(len(steps) - 1, -1, -1):
+        out[i] = later <= steps[i]
+        later = min(later, steps[i])
+    return out
+
+
+def _series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, values, superseded) of the records holding a number under ``key``."""
+    picked = [(_step(r), _number(r.get(key))) for r in records]
+    picked = [(s, v) for s, v in picked if s is not None and v is not None]
+    steps = [s for s, _ in picked]
+    return np.asarray(steps, dtype=float), np.asarray([v for _, v in picked], dtype=float), _superseded(steps)
+
+
+def _draw(ax: Any, series: tuple[np.ndarray, np.ndarray, np.ndarray], color: str, label: str, **kw: Any) -> None:
+    """The records in file order, readably: the kept ones (their steps increase) as one solid
+    line; each run of superseded records as a faint dashed branch that forks off the kept record
+    before it, so a rewound stretch shows as a detour under the line training went on with."""
+    s, v, gone = series
+    if len(s) <= 40:
+        kw.setdefault("marker", ".")
+    ax.plot(s[~gone], v[~gone], color=color, label=label, lw=1.2, **kw)
+    i = 0
+    while i < len(s):
+        if not gone[i]:
+            i += 1
+            continue
+        j = i
+        while j < len(s) and gone[j]:
+            j += 1
+        lo = i - 1 if i > 0 else i
+        ax.plot(s[lo:j], v[lo:j], color=color, alpha=0.4, ls="--", lw=1, **kw)
+        i = j
+
+
+def plot_dynamics(records: list[dict], path: str | Path, label: str = "") -> Path:
+    """Training dynamics from a run's metrics.jsonl records (file order): loss; training and
+    validation accuracy; energy of data and of samples; their gap (sample - data); learning rate,
+    over training steps. Every panel marks the divergence events: a recovery as a red dashed line
+    at the step that diverged with the span back to the step it rewound to shaded (and an arrow on
+    the top panel, with the retry number), a give-up as a black dotted line with an X. Records that
+    a rewind superseded are drawn faint and dashed (see ``_draw``). A run without a p(x) term
+    (--clf-only) logs no energies: its energy panel says so and the gap panel is left out."""
+    windows = [r for r in records if _is_window(r)]
+    # validation: the epoch records, and the final validation a max_steps run logs with "done"
+    # (unless an epoch record already has that step)
+    val = [r for r in records if "event" not in r and "loss" not in r and "val_acc" in r]
+    val_steps = {_step(r) for r in val}
+    val += [r for r in records if r.get("event") == "done" and "val_acc" in r and _step(r) not in val_steps]
+    recoveries = [r for r in records if r.get("event") == "recovery"]
+    gave_up = [r for r in records if r.get("event") == "gave_up" and _step(r) is not None]
+    has_energy = any(_number(r.get("energy_data")) is not None for r in windows)
+
+    panels = ["loss", "accuracy", "energy"] + (["gap"] if has_energy else []) + ["lr"]
+    fig = Figure(figsize=(6.4, 1.65 * len(panels) + 1.1), layout="constrained")
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    ax = dict(zip(panels, axes))
+
+    _draw(ax["loss"], _series(windows, "loss"), "#4c72b0", "loss")
+    ax["loss"].set_ylabel("loss")
+    _draw(ax["accuracy"], _series(windows, "acc"), "#4c72b0", "training (window mean)")
+    if val:
+        _draw(ax["accuracy"], _series(val, "val_acc"), "#55a868", "validation", marker="o", ms=3)
+    ax["accuracy"].set_ylabel("accuracy")
+    ax["accuracy"].legend(fontsize=6, loc="lower right")
+    if has_energy:
+        _draw(ax["energy"], _series(windows, "energy_data"), "#4c72b0", "data")
+        _draw(ax["energy"], _series(windows, "energy_sample"), "#dd8452", "samples")
+        ax["energy"].legend(fontsize=6, loc="best")
+        gap = [
+            {"step": r["step"], "gap": r["energy_sample"] - r["energy_data"]}
+            for r in windows
+            if _number(r.get("energy_data")) is not None and _number(r.get("energy_sample")) is not None
+        ]
+        _draw(ax["gap"], _series(gap, "gap"), "#8172b2", "gap")
+        ax["gap"].axhline(0, color="grey", lw=0.6)
+        ax["gap"].set_ylabel("E(samples) -\nE(data)")
+    else:
+        ax["energy"].text(0.5, 0.5, "no p(x) term (classifier-only run): no energies", transform=ax["energy"].transAxes,
+                          ha="center", va="center", fontsize=8, color="#555")  # fmt: skip
+        ax["energy"].set_yticks([])
+    ax["energy"].set_ylabel("energy\n-log p(x)")
+    s_lr, v_lr, gone_lr = _series(windows, "lr")
+    _draw(ax["lr"], (s_lr, v_lr, gone_lr), "#937860", "lr")
+    if len(v_lr) and v_lr.min() > 0 and v_lr.max() >= 10 * v_lr.min():
+        ax["lr"].set_yscale("log")
+    ax["lr"].set_ylabel("learning rate")
+    axes[-1].set_xlabel("training step")
+    if not windows:
+        ax["loss"].text(0.5, 0.5, "no training records", transform=ax["loss"].transAxes, ha="center", va="center")
+
+    for a in axes:
+        a.tick_params(labelsize=7)
+        a.grid(alpha=0.25)
+        for e in recoveries:
+            at, back = _number(e.get("at_step")), _number(e.get("rewound_to"))
+            if at is None:
+                continue
+            if back is not None:
+                a.axvspan(back, at, color=TROUBLE, alpha=0.12, lw=0)
+            a.axvline(at, color=TROUBLE, ls="--", lw=1)
+        for e in gave_up:
+            a.axvline(e["step"], color="k", ls=":", lw=1.5)
+            a.plot([e["step"]], [1.0], marker="X", color="k", ms=7, transform=a.get_xaxis_transform(), clip_on=False)
+    top = axes[0]
+    for e in recoveries:
+        at, back = _number(e.get("at_step")), _number(e.get("rewound_to"))
+        if at is None or back is None:
+            continue
+        top.annotate("", xy=(back, 0.88), xytext=(at, 0.88), xycoords=top.get_xaxis_transform(),
+                     arrowprops={"arrowstyle": "->", "color": TROUBLE, "lw": 1})  # fmt: skip
+        top.text(at, 1.01, f"#{e.get('retry', '?')}", transform=top.get_xaxis_transform(), color=TROUBLE,
+                 fontsize=6, ha="center", va="bottom")  # fmt: skip
+
+    handles: list[Any] = []
+    if any(_series(windows, "loss")[2]):
+        rewound = "faint, dashed: steps rewound and done again"
+        handles.append(Line2D([], [], color="grey", ls="--", alpha=0.5, label=rewound))
+    if recoveries:
+        n = len(recoveries)
+        handles.append(Line2D([], [], color=TROUBLE, ls="--", label=f"recovery ({n}): diverged at the line (#retry)"))
+        handles.append(Patch(color=TROUBLE, alpha=0.12, label="... rewound to the shaded span's start"))
+    for e in gave_up:
+        cause = str(e.get("cause", "?"))
+        cause = cause if len(cause) <= 60 else cause[:57] + "..."
+        handles.append(Line2D([], [], color="k", ls=":", marker="X", label=f"gave up at step {e['step']}: {cause}"))
+    if not recoveries and not gave_up:
+        handles.append(Line2D([], [], color="none", label="no divergence events"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=2 if len(handles) > 1 else 1, fontsize=6.5)
+    fig.suptitle(f"{label}: training dynamics".strip(": "), fontsize=10)
+    return _save(fig, Path(path))
+
+
 # -- HTML -------------------------------------------------------------------------------------
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -201,6 +389,8 @@ def fmt(value: Any) -> str:
         return "n/a"
     if isinstance(value, bool) or isinstance(value, int):
         return str(value)
+    if isinstance(value, float) and 0 < abs(value) < 1e-3:  # a learning rate, a KID: "0.0000" would hide it
+        return f"{value:.3g}"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
     return html.escape(str(value))
@@ -252,9 +442,9 @@ class _Html:
             self.add(f"<tr><td class=l>{html.escape(name)}</td>{cells}</tr>")
         self.add("</table>")
 
-    def images(self, key: str, alt: str, cls: str = "") -> None:
+    def images(self, key: str, alt: str, cls: str = "", roles: list[str] | None = None) -> None:
         self.add('<div class="row">')
-        for r in self.roles:
+        for r in roles or self.roles:
             name = self.r["models"][r].get("png", {}).get(key)
             self.add(f'<div class="col"><h3>{self.label(r)}</h3>{self.img(name, f"{alt} ({r})", cls)}</div>')
         self.add("</div>")
@@ -444,6 +634,36 @@ def render_html(report: dict, out_dir: str | Path) -> str:
             h.add(h.img(report["models"][r].get("png", {}).get("robust_accuracy"), f"robust accuracy ({r})"))
             h.add("</div>")
         h.add("</div>")
+    # Training dynamics
+    dyn = h.has("dynamics")
+    if dyn:
+        h.add("<h2>Training dynamics</h2>")
+        h.figures_table(
+            [
+                ("last step", ["dynamics", "steps"]),
+                ("recoveries (rewinds after a divergence)", ["dynamics", "recoveries"]),
+                ("gave up", ["dynamics", "gave_up"]),
+                ("first divergence at step", ["dynamics", "first_trouble_step"]),
+                ("final loss", ["dynamics", "final", "loss"]),
+                ("final training accuracy", ["dynamics", "final", "acc"]),
+                ("final energy of data", ["dynamics", "final", "energy_data"]),
+                ("final energy of samples", ["dynamics", "final", "energy_sample"]),
+                ("final energy gap (samples - data)", ["dynamics", "final", "energy_gap"]),
+                ("final learning rate", ["dynamics", "final", "lr"]),
+            ],
+            dyn,
+        )
+        h.add(
+            "<p class=note>From each run's <code>metrics.jsonl</code>, over training steps: the loss, the training "
+            "accuracy (window means) and the validation accuracy, the energy -log p(x) (up to a constant) of data "
+            "and of SGLD samples and their gap (samples - data; a classifier-only run has no p(x) term and no "
+            "energies), the learning rate. The final figures are the last logged window's means. Red dashed "
+            "line: a divergence, after which training rewound to the last good state (the shaded span reaches "
+            "back to it, the arrow on the top panel points there, #n is the retry) with a smaller learning rate; "
+            "faint dashed lines: the records of the steps that were rewound and done again. Black dotted line "
+            "with an X: the run gave up after its last allowed recovery.</p>"
+        )
+        h.images("dynamics", "training dynamics", roles=dyn)
     h.add("<p class=note>Every figure on this page is in report.json (a cell's <code>data-key</code> is its path).</p>")
     h.add("</body></html>")
     return "\n".join(h.parts)
@@ -497,6 +717,9 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
             if Path(rob["png_path"]).resolve() != dst.resolve():
                 shutil.copyfile(rob["png_path"], dst)
             png["robust_accuracy"] = dst.name
+        dyn = m.get("dynamics")
+        if dyn and (dyn.get("arrays") or {}).get("records"):
+            png["dynamics"] = plot_dynamics(dyn["arrays"]["records"], out / f"{role}_dynamics.png", label).name
         for key, name in png.items():
             paths[f"{role}_{key}"] = out / name
     clean = strip_arrays(report)

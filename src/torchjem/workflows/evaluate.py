@@ -7,6 +7,7 @@ Loads the run directories, checks that the baseline saw the same data, builds th
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,7 +23,8 @@ from ..errors import InputError
 from ..evaluate.features import resolve_feature_net
 from ..evaluate.ood import SCORES, check_scores
 from ..evaluate.suite import DEFAULT_OOD, HELD_OUT, build_ood_sets, check_ood_specs, evaluate_model
-from ..report import check_robustness, load_robustness, write_report
+from ..report import check_robustness, dynamics_summary, load_robustness, write_report
+from ..rundir import RunDir
 from ..utils import model_device
 from .runs import check_same_data, load_run
 
@@ -134,6 +136,9 @@ def evaluate_run(
             **res,
             **({"robustness": rob} if rob is not None else {}),
         }
+        records = read_training_records(run.path)
+        if records:  # (imported checkpoints and `jem export` folders have no metrics.jsonl: no section)
+            models[role]["dynamics"] = {**dynamics_summary(records), "arrays": {"records": records}}
     if "baseline" in models and models["baseline"]["label"] == models["model"]["label"]:
         models["baseline"]["label"] += " (baseline)"
     report: dict[str, Any] = {
@@ -159,6 +164,26 @@ def evaluate_run(
         report["files"] = {k: str(v) for k, v in files.items()}
         log.info("report written to %s", files["html"])
     return report
+
+
+def read_training_records(run_dir: str | Path) -> list[dict[str, Any]]:
+    """RUN_DIR/metrics.jsonl's records ([] without one). A line that is not JSON (a run killed
+    while writing it) is skipped with a warning instead of failing the whole evaluation."""
+    run = RunDir(run_dir)
+    try:
+        return run.read_metrics()
+    except json.JSONDecodeError:
+        records, bad = [], 0
+        for line in run.metrics.read_text().splitlines():
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        log.warning("%s: skipped %d line(s) that are not JSON", run.metrics, bad)
+        return records
 
 
 def headline(report: dict[str, Any], role: str) -> dict[str, Any]:
