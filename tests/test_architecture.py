@@ -31,6 +31,7 @@ LAYERS = {
     "build": 5,
     "training": 6,
     "report": 6,
+    "sweep_report": 6,
     "workflows": 7,
     "cli": 8,
     "__init__": 8,
