@@ -109,6 +109,61 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- jem sweep --------------------------------------------------------------------------------
+def add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="a stability study: train every setting of a grid (or sampled settings) x seeds, on Optuna",
+        description="Each trial is a run directory SWEEP_DIR/trials/pNNN-sS; the study is stored in "
+        "SWEEP_DIR/study.db (or --storage). Re-running the same command continues it; a divergence is "
+        "recorded as a result. The report (heat maps of divergence rate and accuracy, the stable region, "
+        "every trial) is written to SWEEP_DIR/report/sweep.html at the end, or with --report SWEEP_DIR.",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="fixed config overrides for every trial")
+    p.add_argument("--config", "-c", help="YAML config file, or the name of a shipped recipe")
+    p.add_argument("--grid", nargs="+", action="extend", default=[], metavar="KEY=V1,V2,...",
+                   help="values of a config key to sweep (every combination is run)")  # fmt: skip
+    p.add_argument("--range", nargs="+", action="extend", default=[], metavar="KEY=LOW:HIGH[:log]",
+                   dest="ranges", help="a numeric range for the sampler (with --trials)")  # fmt: skip
+    p.add_argument("--trials", type=int, default=None, help="settings drawn by the sampler instead of the grid")
+    p.add_argument("--sampler", default="tpe", choices=["tpe", "random"], help="Optuna sampler for --trials")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per setting, counted from the config's seed")
+    p.add_argument("--out", help="sweep directory (required unless --report)")
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///SWEEP_DIR/study.db); "
+                   "e.g. postgresql://user:pass@host/db for workers on several machines")  # fmt: skip
+    p.add_argument("--study", help="study name in the storage (default: from the sweep directory's name)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (each --threads threads)")
+    p.add_argument("--heartbeat", type=float, default=60.0,
+                   help="seconds between a running trial's heartbeats; a trial silent for 3 of them is re-run")  # fmt: skip
+    p.add_argument("--report", metavar="SWEEP_DIR", help="only write the report of SWEEP_DIR from its finished trials")
+    _common(p)
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .workflows.sweep import open_sweep, plan_sweep, quiet_trials_on_console, report_sweep, run_sweep
+
+    quiet_trials_on_console()
+    if args.report:
+        files = report_sweep(open_sweep(args.report, storage=args.storage, study_name=args.study))
+        print(f"wrote {files['html']}")
+        return 0
+    if not args.out:
+        raise InputError("jem sweep needs --out SWEEP_DIR (or --report SWEEP_DIR)")
+    overrides = list(args.overrides) + [g for g in args.grid if "," not in g]  # one value: fixed, not swept
+    for key, value in (("device", args.device), ("seed", args.seed)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    spec = plan_sweep(args.config, overrides, [g for g in args.grid if "," in g], args.ranges, seeds=args.seeds,
+                      trials=args.trials, sampler=args.sampler)  # fmt: skip
+    result = run_sweep(spec, args.out, storage=args.storage, study_name=args.study, workers=args.workers,
+                       threads=args.threads, heartbeat=args.heartbeat, progress=not args.quiet)  # fmt: skip
+    records = result["records"]
+    diverged = sum(r["diverged"] for r in records)
+    print(f"{len(records)} trials, {diverged} diverged; report: {result['report']['html']}")
+    return 0
+
+
 # -- jem demo ---------------------------------------------------------------------------------
 def add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train a JEM and its baseline on digits, evaluate both, write the report")
@@ -361,7 +416,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 # Sub-commands, in the order `jem --help` lists them.
-COMMANDS = [add_train, add_sample, add_eval, add_attack, add_interop, add_demo, add_lists]
+COMMANDS = [add_train, add_sample, add_eval, add_attack, add_sweep, add_interop, add_demo, add_lists]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -380,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # KEY=VALUE overrides may also come after options: `jem train --quiet a=1 --seed 2 b=3`
-        if args.command not in ("train", "import") or any(e.startswith("-") or "=" not in e for e in extra):
+        if args.command not in ("train", "import", "sweep") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     rank = os.environ.get("RANK", "0")  # set by torchrun: ranks other than 0 log warnings only, tagged

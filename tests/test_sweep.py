@@ -1,0 +1,175 @@
+"""jem sweep: every trial ends with a record, re-runs skip finished trials, workers never run a
+trial twice, a killed worker's trial is continued, divergence is a result, bad keys fail first."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import TINY
+
+from torchjem.cli import main
+from torchjem.errors import ConfigError, DataError, InputError, RunDirError, UserError
+from torchjem.workflows.sweep import open_sweep, plan_sweep, run_sweep, sweep_records
+
+BASE = [*TINY, "data.limit=256", "train.max_steps=6", "device=cpu"]
+# divergence.max_loss 1e-6 flags every checked step: the run rewinds once, then gives up
+GRID = ["optim.lr=0.001,0.002", "divergence.max_loss=1e8,1e-6"]
+
+
+def trials_in(out: Path) -> list[optuna.trial.FrozenTrial]:
+    return open_sweep(out).study.get_trials(deepcopy=False)
+
+
+def done_events(run_dir: Path) -> int:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return sum(json.loads(line).get("event") == "done" for line in lines)
+
+
+def test_grid_records_every_trial_divergence_is_a_result_and_rerun_skips(tmp_path):
+    spec = plan_sweep(None, [*BASE, "divergence.max_retries=1"], GRID, seeds=1)
+    out = tmp_path / "sw"
+    result = run_sweep(spec, out, heartbeat=1)
+    recs = {r["run"]: r for r in result["records"]}
+    assert sorted(recs) == ["p000-s1", "p001-s1", "p002-s1", "p003-s1"]  # 2 x 2 settings, seed 1
+    for r in recs.values():
+        run_dir = out / "trials" / r["run"]
+        assert (run_dir / "trial.json").is_file() and (run_dir / "config.yaml").is_file()
+        if r["params"]["divergence.max_loss"] == 1e-6:
+            assert r["diverged"] and r["status"] == "diverged"
+            assert "divergence.max_loss" in r["cause"] and r["recoveries"] == 1
+            assert r["first_trouble_step"] is not None and r["val_acc"] is None
+        else:
+            assert not r["diverged"] and r["cause"] is None and r["recoveries"] == 0
+            assert r["steps"] == 6 and 0 <= r["val_acc"] <= 1 and 0 <= r["test_acc"] <= 1
+            assert r["nll"] > 0 and 0 <= r["ece"] <= 1 and r["energy_gap"] is not None
+    # the trial's own config has the swept value and the trial's seed
+    cfg = (out / "trials" / "p001-s1" / "config.yaml").read_text()
+    assert "max_loss: 1.0e-06" in cfg and "seed: 1" in cfg
+    # recorded in the study too, with Optuna's value = val accuracy (0 for a diverged trial)
+    complete = [t for t in trials_in(out) if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4
+    for t in complete:
+        assert t.value == (0.0 if t.user_attrs["diverged"] else t.user_attrs["val_acc"])
+    assert (out / "report" / "sweep.html").is_file()
+
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "trials").glob("*/trial.json")}
+    again = run_sweep(spec, out, heartbeat=1)  # the same command again: nothing is run twice
+    assert {p: p.stat().st_mtime_ns for p in (out / "trials").glob("*/trial.json")} == stamps
+    assert len(trials_in(out)) == 4 and len(again["records"]) == 4
+    assert all(done_events(out / "trials" / r) == 1 for r in recs if not recs[r]["diverged"])
+
+    other = plan_sweep(None, [*BASE, "divergence.max_retries=1"], ["optim.lr=0.001,0.003"], seeds=1)
+    with pytest.raises(RunDirError, match="different sweep"):
+        run_sweep(other, out, heartbeat=1)
+
+
+def test_two_worker_processes_never_run_a_trial_twice(tmp_path):
+    spec = plan_sweep(None, BASE, ["optim.lr=0.001,0.002,0.003"], seeds=2)
+    out = tmp_path / "sw"
+    result = run_sweep(spec, out, workers=2, threads=1, heartbeat=1)
+    runs = sorted(r["run"] for r in result["records"])
+    assert runs == [f"p{i:03d}-s{s}" for i in range(3) for s in (1, 2)]
+    states = [t.state for t in trials_in(out)]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 6 and len(states) == 6
+    for run in runs:  # each run directory was trained once, from step 0 to 6
+        assert done_events(out / "trials" / run) == 1
+        assert not json.loads((out / "trials" / run / "trial.json").read_text())["resumed"]
+
+
+def test_a_killed_workers_trial_is_continued_from_its_checkpoint(tmp_path):
+    out = tmp_path / "sw"
+    args = ["sweep", "--grid", "optim.lr=0.001,0.002", "--out", str(out), "--heartbeat", "1", "--quiet",
+            *BASE, "train.max_steps=150", "train.checkpoint_every=5", "train.log_every=5"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    code = f"import sys; from torchjem.cli import main; sys.exit(main({args!r}))"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, start_new_session=True)
+    last = out / "trials" / "p000-s1" / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not last.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert last.is_file(), proc.stderr.read().decode() if proc.poll() is not None else "no checkpoint in time"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    steps_before = [json.loads(x)["step"] for x in (last.parent.parent / "metrics.jsonl").read_text().splitlines()]
+
+    spec = plan_sweep(None, [*BASE, "train.max_steps=150", "train.checkpoint_every=5", "train.log_every=5"],
+                      ["optim.lr=0.001,0.002"], seeds=1)  # fmt: skip
+    result = run_sweep(spec, out, heartbeat=1)
+    recs = {r["run"]: r for r in result["records"]}
+    assert set(recs) == {"p000-s1", "p001-s1"}
+    assert recs["p000-s1"]["resumed"] and recs["p000-s1"]["steps"] == 150
+    assert not recs["p001-s1"]["resumed"]
+    trials = trials_in(out)
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.user_attrs["run"] for t in failed] == ["p000-s1"]  # the killed one, failed as stale, re-run
+    metrics = [json.loads(x) for x in (last.parent.parent / "metrics.jsonl").read_text().splitlines()]
+    first_new = [m["step"] for m in metrics[len(steps_before) :] if "step" in m and "event" not in m][0]
+    assert first_new > 5  # continued from a checkpoint, not from step 0
+    assert sum(m.get("event") == "done" for m in metrics) == 1
+
+
+def test_sampler_runs_each_drawn_setting_on_every_seed(tmp_path):
+    spec = plan_sweep(None, BASE, ranges=["optim.lr=1e-4:1e-2:log"], seeds=2, trials=3, sampler="random")
+    result = run_sweep(spec, tmp_path / "sw", heartbeat=1)
+    recs = result["records"]
+    assert len(recs) == 6
+    by_point: dict[str, list] = {}
+    for r in recs:
+        by_point.setdefault(r["run"].split("-")[0], []).append(r)
+    assert len(by_point) == 3
+    for runs in by_point.values():
+        assert sorted(r["seed"] for r in runs) == [1, 2]
+        assert runs[0]["params"] == runs[1]["params"]
+        assert 1e-4 <= runs[0]["params"]["optim.lr"] <= 1e-2
+
+
+def test_bad_grid_key_is_rejected_before_any_trial_naming_the_closest_key(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="did you mean optim.lr"):
+        plan_sweep(None, BASE, ["optim.lrr=0.1,0.2"])
+    out = tmp_path / "sw"
+    code = main(["sweep", "--grid", "sgld.stepsize=0.3,1", "--out", str(out), *BASE])
+    assert code == 2 and "did you mean sgld.step_size" in capsys.readouterr().err
+    assert not out.exists()
+    for bad, match in [
+        (dict(grid=["optim.lr=0.1,abc"]), "optim.lr expects float"),
+        (dict(grid=["seed=1,2"]), "cannot be swept"),
+        (dict(ranges=["optim.lr=1e-2:1e-4"], trials=2), "LOW < HIGH"),
+        (dict(ranges=["sgld.noise=0:1:log"], trials=2), "LOW > 0"),
+        (dict(ranges=["optim.lr=1e-4:1e-2"]), "needs --trials"),
+        (dict(grid=[]), "nothing to sweep"),
+    ]:
+        with pytest.raises((ConfigError, InputError), match=match):
+            plan_sweep(None, BASE, **bad)
+
+
+def test_a_user_error_in_a_trial_stops_the_sweep(tmp_path):
+    spec = plan_sweep(None, BASE, ["data.name=digits,no_such_data"], seeds=1)
+    out = tmp_path / "sw"
+    with pytest.raises(UserError, match="no_such_data") as err:
+        run_sweep(spec, out, heartbeat=1)
+    assert isinstance(err.value, (ConfigError, DataError))
+    sweep = open_sweep(out)
+    assert "no_such_data" in sweep.study.user_attrs["stopped"]["why"]
+    assert [r["run"] for r in sweep_records(sweep)] == ["p000-s1"]
+    with pytest.raises(UserError, match="no_such_data"):  # the same command again: the trial again, same error
+        run_sweep(spec, out, heartbeat=1)
+    assert not (out / "trials" / "p001-s1" / "trial.json").exists()
+
+
+def test_cli_report_of_a_finished_sweep(tmp_path, capsys):
+    out = tmp_path / "sw"
+    assert main(["sweep", "--grid", "optim.lr=0.001,0.002", "--out", str(out), "--quiet", *BASE]) == 0
+    assert "2 trials, 0 diverged" in capsys.readouterr().out
+    (out / "report" / "sweep.html").unlink()
+    assert main(["sweep", "--report", str(out)]) == 0
+    html = (out / "report" / "sweep.html").read_text()
+    assert "p000-s1" in html and "p001-s1" in html and "data:image/png;base64," in html
+    assert main(["sweep", "--report", str(tmp_path / "none")]) == 2
