@@ -13,8 +13,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import TINY
 
+from conftest import TINY
 from torchjem.cli import main
 from torchjem.errors import ConfigError, DataError, InputError, RunDirError, UserError
 from torchjem.workflows.sweep import open_sweep, plan_sweep, run_sweep, sweep_records

@@ -134,7 +134,7 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--study", help="study name in the storage (default: from the sweep directory's name)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (each --threads threads)")
     p.add_argument("--heartbeat", type=float, default=60.0,
-                   help="seconds between a running trial's heartbeats; a trial silent for 3 of them is re-run")  # fmt: skip
+                   help="seconds between a running trial's heartbeats; silent for 3: re-run")  # fmt: skip
     p.add_argument("--report", metavar="SWEEP_DIR", help="only write the report of SWEEP_DIR from its finished trials")
     _common(p)
     p.set_defaults(func=cmd_sweep)

@@ -541,8 +541,8 @@ def report_sweep(sweep: Sweep) -> dict[str, Path]:
         f"divergence recovery: up to {cfg.divergence.max_retries} rewinds (lr x{cfg.divergence.lr_factor} each)",
         f"{len(records)} of {sweep.spec.n_runs()} trials finished",
     ]
-    return write_sweep_report(records, sweep.spec.keys, sweep.path / "report", title=f"torchjem sweep: {sweep.path.name}",
-                              notes=notes)  # fmt: skip
+    title = f"torchjem sweep: {sweep.path.name}"
+    return write_sweep_report(records, sweep.spec.keys, sweep.path / "report", title=title, notes=notes)
 
 
 def _retry_stopped(sweep: Sweep) -> None:
