@@ -306,6 +306,8 @@ def _claim(sweep: Sweep) -> Any | None:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and queued again
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if "run" not in frozen.user_attrs:  # a sampled trial whose worker died before naming it
+            continue
         try:
             if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
                 trial = optuna.trial.Trial(study, frozen._trial_id)
@@ -545,16 +547,26 @@ def report_sweep(sweep: Sweep) -> dict[str, Path]:
     return write_sweep_report(records, sweep.spec.keys, sweep.path / "report", title=title, notes=notes)
 
 
-def _retry_stopped(sweep: Sweep) -> None:
-    """A sweep stopped by a user error: queue the trial that raised it again (after a fix it runs;
-    otherwise the same error stops the sweep again)."""
-    stopped = sweep.study.user_attrs.get("stopped")
-    if not stopped:
-        return
-    t = sweep.study.get_trials(deepcopy=False)[stopped["trial"]]
-    attrs = {k: t.user_attrs[k] for k in ("run", "seed", "point")}
-    sweep.study.enqueue_trial(t.params, user_attrs=attrs)
-    sweep.study.set_user_attr("stopped", None)
+def _requeue_failed(sweep: Sweep) -> None:
+    """On a re-run: queue again every trial whose last attempt failed (a user error that stopped
+    the sweep, a crash, a worker that died more often than the retries allow) and that has no
+    copy waiting, running or finished. After a fix it runs; otherwise the same error stops it again."""
+    from optuna.trial import TrialState
+
+    study = sweep.study
+    with sweep.claim_lock():
+        by_run: dict[str, list[Any]] = {}
+        for t in study.get_trials(deepcopy=False):
+            if "run" in t.user_attrs:
+                by_run.setdefault(t.user_attrs["run"], []).append(t)
+        for run, trials in sorted(by_run.items()):
+            if all(t.state == TrialState.FAIL for t in trials):
+                last = trials[-1]
+                attrs = {k: last.user_attrs[k] for k in ("run", "seed", "point")}
+                study.enqueue_trial(last.params, user_attrs=attrs)
+                log.info("trial %s failed before: queued again", run)
+        if study.user_attrs.get("stopped"):
+            study.set_user_attr("stopped", None)
 
 
 def run_sweep(
@@ -575,7 +587,7 @@ def run_sweep(
     if heartbeat <= 0:
         raise InputError(f"--heartbeat must be > 0 seconds, got {heartbeat}")
     sweep = open_sweep(out, spec, storage=storage, study_name=study_name, heartbeat=heartbeat)
-    _retry_stopped(sweep)
+    _requeue_failed(sweep)
     log.info("sweep %s: %d trials (%s), study %r", sweep.path, spec.n_runs(), _describe(spec), sweep.study.study_name)
     if workers == 1:
         run_worker(sweep, 0, progress)
