@@ -35,6 +35,7 @@ from ..config import ConfigError, load_config
 from ..errors import InputError, RunDirError, UserError
 from ..evaluate.calibration import calibration
 from ..evaluate.classification import classification
+from ..report import dynamics_summary
 from ..rundir import RunDir
 from ..sweep_report import write_sweep_report
 from ..training import Trainer
@@ -409,14 +410,12 @@ def _wait_for_other_writer(run_dir: Path) -> None:
 def _trouble(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Recoveries, the first step of trouble, the cause of giving up and the final energy gap,
     from a run's metrics.jsonl records."""
-    recoveries = [r for r in records if r.get("event") == "recovery"]
+    summary = dynamics_summary(records)
     gave_up = [r for r in records if r.get("event") == "gave_up"]
-    steps = [r["at_step"] for r in recoveries] + [r["step"] for r in gave_up]
-    windows = [r for r in records if "energy_sample" in r and "energy_data" in r and "event" not in r]
-    gap = windows[-1]["energy_sample"] - windows[-1]["energy_data"] if windows else None
+    gap = summary["final"]["energy_gap"]
     return {
-        "recoveries": len(recoveries),
-        "first_trouble_step": min(steps) if steps else None,
+        "recoveries": summary["recoveries"],
+        "first_trouble_step": summary["first_trouble_step"],
         "cause": gave_up[-1].get("cause") if gave_up else None,
         "energy_gap": gap if gap is None or math.isfinite(gap) else None,
     }
