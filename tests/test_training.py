@@ -116,6 +116,16 @@ def test_exploding_energy_is_divergence(tmp_path):
         t.fit()
 
 
+def test_a_runaway_energy_gap_is_divergence_below_the_reference_thresholds(tmp_path):
+    # as the collapsed digits runs of docs/stability.md: energies under 1e5, loss under 1e8, gap 2003
+    t = Trainer(tiny_config(tmp_path / "r", "train.max_steps=1"), progress=False)
+    stats = {"loss": torch.tensor(-1990.0), "energy_data": torch.tensor(-3.0), "energy_sample": torch.tensor(2000.0)}
+    assert "|energy gap| = |E(samples) - E(data)| = 2e+03 > divergence.max_gap = 1e+03" in t.guard.check(stats)
+    assert t.guard.check({**stats, "energy_sample": torch.tensor(900.0)}) is None  # gap 903
+    t.cfg.divergence.max_gap = float("inf")  # the check off
+    assert t.guard.check(stats) is None
+
+
 def test_semi_supervised_labels_keep_k_per_class():
     y = torch.arange(10).repeat(30)
     semi = semi_supervised_labels(y, 4, 10, seed=0)

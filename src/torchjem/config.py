@@ -14,7 +14,7 @@ import yaml
 from .errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"  # the shipped recipes
-MAY_BE_INFINITE = {"divergence.max_loss", "divergence.max_energy"}  # inf: that check is off
+MAY_BE_INFINITE = {"divergence.max_loss", "divergence.max_energy", "divergence.max_gap"}  # inf: that check is off
 
 
 @dataclass
@@ -103,6 +103,7 @@ class TrainConfig:
 class DivergenceConfig:
     max_loss: float = 1e8  # |loss| above this is divergence (the reference code's threshold)
     max_energy: float = 1e5  # |mean energy| of data or samples above this is divergence
+    max_gap: float = 1e3  # |E(samples) - E(data)| above this is divergence: runaway chains (collapses max_loss misses)
     max_retries: int = 3  # rewinds before giving up
     lr_factor: float = 0.5  # multiply the learning rate by this at each rewind (1 = keep)
     check_every: int = 10  # iterations between checks; a check synchronises host and device
@@ -179,6 +180,7 @@ class Config:
             ("divergence.max_retries", self.divergence.max_retries >= 0, ">= 0"),
             ("divergence.max_loss", self.divergence.max_loss > 0, "> 0 (inf: no loss check)"),
             ("divergence.max_energy", self.divergence.max_energy > 0, "> 0 (inf: no energy check)"),
+            ("divergence.max_gap", self.divergence.max_gap > 0, "> 0 (inf: no energy-gap check)"),
             ("optim.weight_decay", self.optim.weight_decay >= 0, ">= 0"),
             ("optim.sam_rho", self.optim.sam_rho >= 0, ">= 0 (0: off)"),
             ("optim.momentum", 0 <= self.optim.momentum < 1, "in [0, 1)"),

@@ -79,6 +79,10 @@ class DivergenceGuard:
         for k in ("energy_data", "energy_sample"):
             if k in values and abs(values[k]) > d.max_energy:
                 return f"|{k}| = {abs(values[k]):.3g} > divergence.max_energy = {d.max_energy:.3g}"
+        if "energy_sample" in values and "energy_data" in values:
+            gap = values["energy_sample"] - values["energy_data"]
+            if abs(gap) > d.max_gap:
+                return f"|energy gap| = |E(samples) - E(data)| = {abs(gap):.3g} > divergence.max_gap = {d.max_gap:.3g}"
         return None
 
     def recover(self, cause: str) -> dict[str, Any]:
