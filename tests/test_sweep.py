@@ -17,7 +17,7 @@ import pytest
 from conftest import TINY
 from torchjem.cli import main
 from torchjem.errors import ConfigError, DataError, InputError, RunDirError, UserError
-from torchjem.workflows.sweep import open_sweep, plan_sweep, run_sweep, sweep_records
+from torchjem.workflows.sweep import mark_collapse, open_sweep, plan_sweep, run_sweep, sweep_records
 
 BASE = [*TINY, "data.limit=256", "train.max_steps=6", "device=cpu"]
 # divergence.max_loss 1e-6 flags every checked step: the run rewinds once, then gives up
@@ -173,3 +173,15 @@ def test_cli_report_of_a_finished_sweep(tmp_path, capsys):
     html = (out / "report" / "sweep.html").read_text()
     assert "p000-s1" in html and "p001-s1" in html and "data:image/png;base64," in html
     assert main(["sweep", "--report", str(tmp_path / "none")]) == 2
+
+
+def test_a_run_that_finished_far_below_its_best_collapsed():
+    metrics = [{"step": 20, "epoch": 1, "val_acc": 0.60}, {"step": 40, "epoch": 2, "val_acc": 0.95},
+               {"event": "done", "step": 60, "val_acc": 0.14}, {"step": 60, "epoch": 3, "val_acc": 0.14}]  # fmt: skip
+    rec = mark_collapse({"diverged": False, "status": "done", "cause": None, "val_acc": 0.14}, metrics)
+    assert rec["diverged"] and rec["status"] == "collapsed" and rec["best_val_acc"] == 0.95
+    assert rec["cause"].startswith("collapsed: final val acc 0.140 < 0.8 x its best 0.950")
+    # 0.77 >= 0.8 * 0.95 = 0.76: a dip, not a collapse; a run that gave up stays as it was
+    assert not mark_collapse({"diverged": False, "status": "done", "val_acc": 0.77}, metrics)["diverged"]
+    gave_up = mark_collapse({"diverged": True, "status": "diverged", "cause": "x", "val_acc": None}, metrics)
+    assert gave_up["status"] == "diverged" and gave_up["cause"] == "x"

@@ -46,6 +46,7 @@ log = logging.getLogger("torchjem.sweep")
 
 SPEC_FILE = "spec.json"
 NOT_SWEEPABLE = ("seed", "out", "device")  # seeds: --seeds; out: each trial's own folder
+COLLAPSE = 0.8  # a finished run below this fraction of its best val accuracy collapsed (counted as diverged)
 MAX_RETRY = 5  # re-queues of a trial whose worker died, before it is left failed
 
 
@@ -391,7 +392,22 @@ def run_trial(sweep: Sweep, name: str, params: dict[str, Any], seed: int, progre
     else:
         record["energy_gap"] = None
     record.update(figures, seconds=time.perf_counter() - t0)  # this attempt's (a resumed run's earlier ones not)
+    mark_collapse(record, RunDir(run_dir).read_metrics())
     atomic_write_text(done_file, json.dumps(record, indent=2))
+    return record
+
+
+def mark_collapse(record: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """Count a run that finished far below its own best validation accuracy (under COLLAPSE times
+    it) as diverged, status "collapsed": the chains ran away without tripping the divergence
+    checks (on digits, with the reference's thresholds, such runs ended near chance). Adds
+    ``best_val_acc``; returns the record."""
+    vals = [r["val_acc"] for r in metrics if "event" not in r and isinstance(r.get("val_acc"), (int, float))]
+    best = record["best_val_acc"] = max(vals) if vals else None
+    final = record.get("val_acc")
+    if not record["diverged"] and final is not None and best is not None and final < COLLAPSE * best:
+        why = f"collapsed: final val acc {final:.3f} < {COLLAPSE} x its best {best:.3f}, no divergence check tripped"
+        record.update(diverged=True, status="collapsed", cause=why)
     return record
 
 
@@ -524,7 +540,11 @@ def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
     latest: dict[str, dict[str, Any]] = {}
     for t in sweep.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if "diverged" in t.user_attrs:
-            latest[t.user_attrs["run"]] = dict(t.user_attrs)
+            record = dict(t.user_attrs)
+            metrics = sweep.trials / record["run"] / "metrics.jsonl"
+            if "best_val_acc" not in record and metrics.is_file():  # recorded before collapses were
+                mark_collapse(record, RunDir(metrics.parent).read_metrics())
+            latest[record["run"]] = record
     return [latest[k] for k in sorted(latest)]
 
 
