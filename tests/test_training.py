@@ -92,6 +92,23 @@ def test_divergence_is_recovered_and_logged(tmp_path):
     assert t.state.progress.lr_scale == 0.5
 
 
+def test_step_factor_backs_off_the_sgld_step_at_each_rewind_and_a_resume_keeps_it(tmp_path):
+    cfg = tiny_config(tmp_path / "r", "train.max_steps=30", "divergence.snapshot_every=5", "divergence.check_every=1",
+                      "divergence.step_factor=0.5", "sgld.step_size=2.0")  # fmt: skip
+    t = Trainer(cfg, progress=False)
+    t.objective = Faulty(t.objective, nan_at={12, 20})
+    t.fit()
+    events = [r for r in t.run.read_metrics() if r.get("event") == "recovery"]
+    assert [e["step_scale"] for e in events] == [0.5, 0.25]
+    assert t.sampler.sgld.step_size == 0.5 and t.cfg.sgld.step_size == 2.0  # 2 x 0.5 x 0.5; the config keeps 2
+    resumed = Trainer.resume(tmp_path / "r", progress=False, overrides=["train.max_steps=31"])
+    assert resumed.state.progress.step_scale == 0.25 and resumed.sampler.sgld.step_size == 0.5
+    resumed.lock.release()
+    fresh = Trainer.resume(tmp_path / "r", progress=False, overrides=["sgld.step_size=1.0"])  # a new step: no back-off
+    assert fresh.state.progress.step_scale == 1.0 and fresh.sampler.sgld.step_size == 1.0
+    fresh.lock.release()
+
+
 def test_divergence_found_at_a_later_check_rewinds_to_a_checked_state(tmp_path):
     cfg = tiny_config(tmp_path / "r", "train.max_steps=40", "divergence.snapshot_every=5", "divergence.check_every=5")
     t = Trainer(cfg, progress=False)

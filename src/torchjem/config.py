@@ -106,6 +106,7 @@ class DivergenceConfig:
     max_gap: float = 1e3  # |E(samples) - E(data)| above this is divergence: runaway chains (collapses max_loss misses)
     max_retries: int = 3  # rewinds before giving up
     lr_factor: float = 0.5  # multiply the learning rate by this at each rewind (1 = keep)
+    step_factor: float = 1.0  # multiply the SGLD step size (pyld: inner step) by this at each rewind (1 = keep)
     check_every: int = 10  # iterations between checks; a check synchronises host and device
     snapshot_every: int = 100  # iterations between in-memory good states to rewind to
 
@@ -185,6 +186,7 @@ class Config:
             ("optim.sam_rho", self.optim.sam_rho >= 0, ">= 0 (0: off)"),
             ("optim.momentum", 0 <= self.optim.momentum < 1, "in [0, 1)"),
             ("divergence.lr_factor", 0 < self.divergence.lr_factor <= 1, "in (0, 1]"),
+            ("divergence.step_factor", 0 < self.divergence.step_factor <= 1, "in (0, 1]"),
             ("divergence.check_every", self.divergence.check_every > 0, "> 0"),
             ("divergence.snapshot_every", self.divergence.snapshot_every > 0, "> 0"),
             (

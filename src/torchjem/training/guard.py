@@ -99,9 +99,12 @@ class DivergenceGuard:
         bad_step = p.step
         self.state.restore(self._snapshot)
         p.lr_scale *= self.cfg.lr_factor
+        p.step_scale *= self.cfg.step_factor
         seed_everything(ddp.rank_seed(self.seed + 7919 * p.retries, self.state.rank))
+        step = f", SGLD step scale {p.step_scale:.3g}" if self.cfg.step_factor != 1 else ""
         log.warning(
-            "divergence at step %d (%s): rewound to step %d, reseeded, lr scale now %.3g (recovery %d/%d)",
-            bad_step, cause, p.step, p.lr_scale, p.retries, self.cfg.max_retries,
+            "divergence at step %d (%s): rewound to step %d, reseeded, lr scale now %.3g%s (recovery %d/%d)",
+            bad_step, cause, p.step, p.lr_scale, step, p.retries, self.cfg.max_retries,
         )  # fmt: skip
-        return {"cause": cause, "at_step": bad_step, "rewound_to": p.step, "lr_scale": p.lr_scale, "retry": p.retries}
+        return {"cause": cause, "at_step": bad_step, "rewound_to": p.step, "lr_scale": p.lr_scale,
+                "step_scale": p.step_scale, "retry": p.retries}  # fmt: skip

@@ -35,6 +35,7 @@ class Progress:
     lr_scale: float = 1.0  # divergence back-off
     retries: int = 0  # divergence recoveries so far
     best_val: float = -1.0  # best validation accuracy
+    step_scale: float = 1.0  # divergence back-off of the SGLD step size (divergence.step_factor)
 
 
 def net_record(cfg: Config, model: nn.Module | None) -> dict[str, str]:
@@ -104,7 +105,7 @@ class TrainState:
             self.optimizer.load_state_dict(state["optimizer"])
         self.progress = Progress(
             int(state["step"]), int(state["epoch"]), int(state.get("batch", 0)), float(state["lr_scale"]),
-            int(state["retries"]), float(state["best_val"]),
+            int(state["retries"]), float(state["best_val"]), float(state.get("step_scale", 1.0)),
         )  # fmt: skip
         saved_world = int(state.get("distributed", {}).get("world_size", 1))
         if saved_world == self.world_size == 1:
@@ -159,7 +160,7 @@ class TrainState:
         if self.buffer is not None and snap["buffer"] is not None:
             self.buffer.load_state_dict(snap["buffer"])
         # the position (step, epoch, batch) and best score come back; the guard's counters stay
-        p, keep = self.progress, ("lr_scale", "retries")
+        p, keep = self.progress, ("lr_scale", "retries", "step_scale")
         for k, v in snap["progress"].items():
             if k not in keep:
                 setattr(p, k, v)

@@ -133,11 +133,15 @@ class Trainer:
         cfg, state = read_resume(run_dir, overrides or [], model)
         trainer = cls(cfg, data=data, model=model, progress=progress, val=val, resuming=True)
         trainer._resume_note = trainer.state.load_state_dict(state)
-        if cfg.optim.lr != state["config"]["optim"]["lr"]:  # the advice after giving up: a fresh retry budget
-            p = trainer.state.progress
+        p, saved = trainer.state.progress, state["config"]
+        if cfg.optim.lr != saved["optim"]["lr"]:  # the advice after giving up: a fresh retry budget
             log.info("new optim.lr %g: divergence retries (%d) and lr back-off (%g) reset", cfg.optim.lr, p.retries,
                      p.lr_scale)  # fmt: skip
             p.retries, p.lr_scale = 0, 1.0
+        if (cfg.sgld.step_size, cfg.sgld.inner_step_size) != (saved["sgld"]["step_size"],
+                                                              saved["sgld"].get("inner_step_size")):  # fmt: skip
+            p.step_scale = 1.0  # a new SGLD step: no back-off on it
+        trainer._scale_sampler_step()
         log.info("resumed %s at epoch %d, step %d", cfg.out, trainer.epoch, trainer.step)
         return trainer
 
@@ -257,6 +261,17 @@ class Trainer:
             raise DivergenceError(f"{e}{then}") from None
         self._event("recovery", **fields)
         self.metrics.reset()
+        self._scale_sampler_step()
+
+    def _scale_sampler_step(self) -> None:
+        """The chains' step size: the configured one times the divergence back-off."""
+        sgld, scale = getattr(self.sampler, "sgld", None), self.state.progress.step_scale
+        if sgld is None:
+            return
+        if hasattr(sgld, "inner_step_size"):  # PYLD: its step is the inner step
+            sgld.inner_step_size = self.cfg.sgld.inner_step_size * scale
+        else:
+            sgld.step_size = self.cfg.sgld.step_size * scale
 
     def _event(self, kind: str, **fields: Any) -> None:
         self.metrics.event(kind, self.step, self.epoch, **fields)
