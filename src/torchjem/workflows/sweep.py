@@ -489,8 +489,12 @@ def run_worker(sweep: Sweep, worker: int = 0, progress: bool = False) -> int:
             trial.set_user_attr(k, v)
         _tell(study, trial, 0.0 if record["diverged"] or record["val_acc"] is None else record["val_acc"])
         ran += 1
-        state = f"diverged at step {record['first_trouble_step']}" if record["diverged"] else (
-            f"val_acc {record['val_acc']:.4f}" if record["val_acc"] is not None else "done")  # fmt: skip
+        if record["status"] == "collapsed":
+            state = f"collapsed (val_acc {record['val_acc']:.4f}, best {record['best_val_acc']:.4f})"
+        elif record["diverged"]:
+            state = f"diverged at step {record['first_trouble_step']}"
+        else:
+            state = f"val_acc {record['val_acc']:.4f}" if record["val_acc"] is not None else "done"
         log.info("[worker %d] %s: %s, %d recoveries, %.0f s", worker, name, state, record["recoveries"],
                  record["seconds"])  # fmt: skip
 
