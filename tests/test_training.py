@@ -211,3 +211,17 @@ def test_energy_head_config_trains_the_scalar_head(tmp_path):
     loaded = load_run(t.run.path, "last", "cpu")
     x = t.data.x_test[:4]
     assert torch.allclose(loaded.jem.log_px(x), t.jem.eval().log_px(x))
+
+
+def test_a_classifier_baseline_of_an_energy_head_recipe_is_the_bare_network(tmp_path):
+    # `--clf-only` on a recipe with net.energy_head: its log p(x) is the logsumexp of its logits, not an
+    # untrained head (the digits demo's baseline scored OOD AUROC 0.33 on uniform noise that way)
+    cfg = tiny_config(tmp_path / "c", "net.energy_head=true", "train.clf_only=true", "train.max_steps=2")
+    t = Trainer(cfg, progress=False)
+    t.fit()
+    assert t.jem.energy_head is None and t.jem.class_head is None
+    x = torch.rand(4, *t.shape) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(t.jem.log_px(x), torch.logsumexp(t.jem.net(x), 1))
+    jem = Trainer(tiny_config(tmp_path / "j", "net.energy_head=true", "train.max_steps=1"), progress=False).jem
+    assert jem.energy_head is not None  # the JEM of the same recipe keeps its head

@@ -72,6 +72,12 @@ def net_parameters(name: str) -> list[str]:
     return [p.name if p.kind is not p.VAR_KEYWORD else "**" for p in params]
 
 
+def energy_head(cfg: Config) -> bool:
+    """Whether the JEM has its own energy head: ``net.energy_head``, except for a plain classifier
+    (``train.clf_only``), which is the bare network (log p(x) = the logsumexp of its logits)."""
+    return cfg.net.energy_head and not cfg.train.clf_only
+
+
 def build_net(cfg: Config, shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """The configured network; ``in_channels``, ``in_features``, ``n_classes`` and ``image_size``
     are filled in from the data when the constructor takes them and the config does not set them.
@@ -82,11 +88,11 @@ def build_net(cfg: Config, shape: tuple[int, ...], n_classes: int) -> nn.Module:
     filled = {
         "in_channels": shape[0],
         "in_features": math.prod(shape),
-        "n_classes": 0 if cfg.net.energy_head else n_classes,
+        "n_classes": 0 if energy_head(cfg) else n_classes,
         "image_size": shape[-1],
     }
     for key, value in filled.items():
-        if key in params and (key not in kwargs or (key == "n_classes" and cfg.net.energy_head)):
+        if key in params and (key not in kwargs or (key == "n_classes" and energy_head(cfg))):
             kwargs[key] = value
     try:
         net = fn(**kwargs)
@@ -102,7 +108,7 @@ def build_jem(cfg: Config, shape: tuple[int, ...], n_classes: int, model: nn.Mod
     if isinstance(model, JEM):
         return model
     net = model if model is not None else build_net(cfg, shape, n_classes)
-    if not cfg.net.energy_head:
+    if not energy_head(cfg):
         return JEM(net)
     if getattr(net, "num_features", None) is None:
         raise ConfigError(

@@ -35,7 +35,7 @@ class DataConfig:
 class NetConfig:
     name: str = "convnet"  # a registered net (see `jem nets`) or an import path package.module:factory
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the net's constructor
-    energy_head: bool = False  # separate scalar energy head instead of logsumexp of the logits
+    energy_head: bool = False  # separate scalar energy head instead of logsumexp of the logits (not with clf_only)
 
 
 @dataclass
