@@ -403,7 +403,7 @@ def _plot_pair(records: Sequence[dict], keys: list[str], axes: list[_Axis], pair
     panels = fig.subplots(1, 2)
     _heat_panel(fig, panels[0], rate, rate_txt, "Reds", 0.0, 1.0)
     _heat_panel(fig, panels[1], acc, acc_txt, "viridis", lo, hi)
-    panels[0].set_title("divergence rate (diverged/trials)", fontsize=10)
+    panels[0].set_title("divergence rate (gave up or collapsed / trials)", fontsize=10)
     panels[1].set_title("mean val accuracy (not diverged)", fontsize=10)
     slanted = xa.binned or max(len(s) for s in xa.labels) > 6
     for ax in panels:

@@ -565,6 +565,8 @@ def report_sweep(sweep: Sweep) -> dict[str, Path]:
         f"budget per trial: {budget} of batch {t.batch_size} on {cfg.data.name}; seeds {sweep.spec.seeds}; "
         f"divergence recovery: up to {cfg.divergence.max_retries} rewinds (lr x{cfg.divergence.lr_factor} each)",
         f"{len(records)} of {sweep.spec.n_runs()} trials finished",
+        f"diverged: training gave up after its recoveries, or finished below {COLLAPSE} x its best validation "
+        "accuracy (collapsed: the chains ran away without tripping a divergence check)",
     ]
     title = f"torchjem sweep: {sweep.path.name}"
     return write_sweep_report(records, sweep.spec.keys, sweep.path / "report", title=title, notes=notes)
