@@ -106,7 +106,7 @@ class DivergenceConfig:
     max_gap: float = 1e3  # |E(samples) - E(data)| above this is divergence: runaway chains (collapses max_loss misses)
     max_retries: int = 3  # rewinds before giving up
     lr_factor: float = 0.5  # multiply the learning rate by this at each rewind (1 = keep)
-    step_factor: float = 1.0  # multiply the SGLD step size (pyld: inner step) by this at each rewind (1 = keep)
+    step_factor: float = 0.5  # multiply the SGLD step size (pyld: inner step) by this at each rewind (1 = keep)
     check_every: int = 10  # iterations between checks; a check synchronises host and device
     snapshot_every: int = 100  # iterations between in-memory good states to rewind to
 
