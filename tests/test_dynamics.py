@@ -11,7 +11,7 @@ import pytest
 from matplotlib.image import imread
 
 from torchjem.report import _superseded, dynamics_summary, plot_dynamics, write_report
-from torchjem.workflows.evaluate import read_training_records
+from torchjem.rundir import RunDir
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -115,7 +115,7 @@ def test_section_in_html_and_json(tmp_path):
 
 
 def test_a_half_written_metrics_line_is_skipped(tmp_path):
-    assert read_training_records(tmp_path) == []  # no metrics.jsonl
+    assert RunDir(tmp_path).read_metrics() == []  # no metrics.jsonl
     lines = [json.dumps(r) for r in CLF_ONLY[:2]] + ['{"step": 15, "epo']
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines))
-    assert read_training_records(tmp_path) == CLF_ONLY[:2]
+    assert RunDir(tmp_path).read_metrics() == CLF_ONLY[:2]

@@ -11,6 +11,7 @@ RUN_DIR/.lock              held by the process that trains into it
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RunDirError, WriteError
+
+log = logging.getLogger("torchjem")
 
 
 class RunDir:
@@ -54,9 +57,25 @@ class RunDir:
             p.unlink(missing_ok=True)
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The records of metrics.jsonl ([] without one). A line that is not a JSON object (a run
+        killed while writing it, then resumed) is skipped with a warning."""
         if not self.metrics.is_file():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        records, bad = [], 0
+        for line in self.metrics.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                bad += 1
+        if bad:
+            log.warning("%s: skipped %d line(s) that are not JSON records", self.metrics, bad)
+        return records
 
 
 class RunLock:

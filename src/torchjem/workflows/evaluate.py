@@ -7,7 +7,6 @@ Loads the run directories, checks that the baseline saw the same data, builds th
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -136,7 +135,7 @@ def evaluate_run(
             **res,
             **({"robustness": rob} if rob is not None else {}),
         }
-        records = read_training_records(run.path)
+        records = RunDir(run.path).read_metrics()
         if records:  # (imported checkpoints and `jem export` folders have no metrics.jsonl: no section)
             models[role]["dynamics"] = {**dynamics_summary(records), "arrays": {"records": records}}
     if "baseline" in models and models["baseline"]["label"] == models["model"]["label"]:
@@ -164,26 +163,6 @@ def evaluate_run(
         report["files"] = {k: str(v) for k, v in files.items()}
         log.info("report written to %s", files["html"])
     return report
-
-
-def read_training_records(run_dir: str | Path) -> list[dict[str, Any]]:
-    """RUN_DIR/metrics.jsonl's records ([] without one). A line that is not JSON (a run killed
-    while writing it) is skipped with a warning instead of failing the whole evaluation."""
-    run = RunDir(run_dir)
-    try:
-        return run.read_metrics()
-    except json.JSONDecodeError:
-        records, bad = [], 0
-        for line in run.metrics.read_text().splitlines():
-            try:
-                record = json.loads(line) if line.strip() else None
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-        log.warning("%s: skipped %d line(s) that are not JSON", run.metrics, bad)
-        return records
 
 
 def headline(report: dict[str, Any], role: str) -> dict[str, Any]:
