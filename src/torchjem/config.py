@@ -203,7 +203,7 @@ class Config:
                     raise ConfigError(f"config {key} = {v!r} is invalid: expected a finite number")
         for key, ok, expected in checks:
             if not ok:
-                raise ConfigError(f"config {key} = {_get(self, key)!r} is invalid: expected {expected}")
+                raise ConfigError(f"config {key} = {get_value(self, key)!r} is invalid: expected {expected}")
         if self.objective.pyx == 0 and self.objective.px == 0 and self.objective.pxy == 0:
             raise ConfigError("config objective: every loss weight is 0; set pyx, px or pxy > 0")
         if self.objective.pxy > 0 and self.net.energy_head:
@@ -211,10 +211,11 @@ class Config:
         return self
 
 
-def _get(obj: Any, dotted: str) -> Any:
+def get_value(cfg: Any, dotted: str) -> Any:
+    """The value of a dotted key (``optim.lr``, ``net.kwargs.width``) in a Config."""
     for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
+        cfg = cfg[part] if isinstance(cfg, dict) else getattr(cfg, part)
+    return cfg
 
 
 def _convert(value: Any, hint: Any, key: str) -> Any:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import atomic_write_text
-from ..config import ConfigError, load_config
+from ..config import ConfigError, get_value, load_config
 from ..errors import InputError, RunDirError, UserError
 from ..evaluate.calibration import calibration
 from ..evaluate.classification import classification
@@ -85,12 +85,6 @@ class SweepSpec:
         return dataclasses.asdict(self)
 
 
-def _get(cfg: Any, key: str) -> Any:
-    for part in key.split("."):
-        cfg = cfg[part] if isinstance(cfg, dict) else getattr(cfg, part)
-    return cfg
-
-
 def _split_assignment(item: str, what: str) -> tuple[str, str]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip() or not raw.strip():
@@ -130,7 +124,7 @@ def plan_sweep(
         key, raw = _split_assignment(item, "--grid")
         values = []
         for v in raw.split(","):
-            typed = _get(load_config(recipe, [*overrides, f"{key}={v.strip()}"]), key)  # names the closest key
+            typed = get_value(load_config(recipe, [*overrides, f"{key}={v.strip()}"]), key)  # names the closest key
             if not isinstance(typed, (int, float, str, bool)):
                 raise ConfigError(f"--grid {key}: only numbers, strings and booleans can be swept, got {typed!r}")
             values.append(typed)
@@ -143,7 +137,7 @@ def plan_sweep(
         parts = raw.split(":")
         if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
             raise InputError(f"--range {item!r} must look like {key}=LOW:HIGH or {key}=LOW:HIGH:log")
-        lo, hi = (_get(load_config(recipe, [*overrides, f"{key}={p}"]), key) for p in parts[:2])
+        lo, hi = (get_value(load_config(recipe, [*overrides, f"{key}={p}"]), key) for p in parts[:2])
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)) or not lo < hi:
             raise InputError(f"--range {key}: LOW < HIGH, both numbers, expected; got {parts[0]}:{parts[1]}")
         log_scale = len(parts) == 3
@@ -287,6 +281,11 @@ def _describe(spec: SweepSpec) -> str:
     return ", ".join(parts + [f"{len(spec.seeds)} seeds"] + ([f"{spec.trials} trials"] if spec.trials else []))
 
 
+def _trial_attrs(point: int, seed: int) -> dict[str, Any]:
+    """How a trial is named in the study: its run directory, seed and setting."""
+    return {"run": f"p{point:03d}-s{seed}", "seed": seed, "point": point}
+
+
 def _plan_grid(sweep: Sweep) -> None:
     """Queue every (setting, seed) of a grid search once, in the study (under the claim lock)."""
     study, spec = sweep.study, sweep.spec
@@ -294,7 +293,7 @@ def _plan_grid(sweep: Sweep) -> None:
         return
     for i, setting in enumerate(spec.settings()):
         for seed in spec.seeds:
-            study.enqueue_trial(setting, user_attrs={"run": f"p{i:03d}-s{seed}", "seed": seed, "point": i})
+            study.enqueue_trial(setting, user_attrs=_trial_attrs(i, seed))
     study.set_user_attr("planned", True)
 
 
@@ -327,8 +326,8 @@ def _claim(sweep: Sweep) -> Any | None:
         point = len(points)
         params = {k: _suggest(trial, k, d) for k, d in _distributions(spec).items()}
         for seed in spec.seeds[1:]:
-            study.enqueue_trial(params, user_attrs={"run": f"p{point:03d}-s{seed}", "seed": seed, "point": point})
-        for k, v in {"run": f"p{point:03d}-s{spec.seeds[0]}", "seed": spec.seeds[0], "point": point}.items():
+            study.enqueue_trial(params, user_attrs=_trial_attrs(point, seed))
+        for k, v in _trial_attrs(point, spec.seeds[0]).items():
             trial.set_user_attr(k, v)
     storage.record_heartbeat(trial._trial_id)  # from now a killed worker leaves a stale heartbeat
     return trial
@@ -380,19 +379,20 @@ def run_trial(sweep: Sweep, name: str, params: dict[str, Any], seed: int, progre
     else:
         trainer = Trainer(load_config(resolve_recipe(spec.config), overrides), progress=progress, overwrite=True)
     try:
-        trainer.fit()
+        final = trainer.fit()
         diverged = False
     except DivergenceError:
-        diverged = True
-    record: dict[str, Any] = {"run": name, "params": params, "seed": seed, **_trouble(RunDir(run_dir).read_metrics())}
+        final, diverged = {}, True
+    metrics = RunDir(run_dir).read_metrics()
+    record: dict[str, Any] = {"run": name, "params": params, "seed": seed, **_trouble(metrics)}
     record.update(diverged=diverged, status="diverged" if diverged else "done", steps=trainer.step, resumed=resumed)
     figures = dict.fromkeys(("val_acc", "test_acc", "ece", "nll"))
     if not diverged:
-        figures.update(_figures(trainer))
+        figures.update(_figures(trainer, final))
     else:
         record["energy_gap"] = None
     record.update(figures, seconds=time.perf_counter() - t0)  # this attempt's (a resumed run's earlier ones not)
-    mark_collapse(record, RunDir(run_dir).read_metrics())
+    mark_collapse(record, metrics)
     atomic_write_text(done_file, json.dumps(record, indent=2))
     return record
 
@@ -437,8 +437,9 @@ def _trouble(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _figures(trainer: Trainer) -> dict[str, float | None]:
-    val = trainer.validate()
+def _figures(trainer: Trainer, final: dict[str, Any]) -> dict[str, float | None]:
+    """Validation (from the end of training when it validated there) and test figures."""
+    val = final if "val_acc" in final else trainer.validate()
     out: dict[str, float | None] = {"val_acc": val.get("val_acc")}
     data = trainer.data
     x, y = getattr(data, "x_test", None), getattr(data, "y_test", None)
