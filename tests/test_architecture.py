@@ -20,6 +20,7 @@ LAYERS = {
     "rundir": 1,
     "config": 2,
     "utils": 2,
+    "figures": 2,
     "nets": 3,
     "data": 3,
     "sampling": 3,

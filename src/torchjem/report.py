@@ -15,7 +15,6 @@ so importing this module leaves the user's matplotlib backend as it is.
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 import json
@@ -33,6 +32,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .checkpoint import atomic_write_bytes, atomic_write_text
 from .errors import InputError
+from .figures import png_img, save_png
 
 ROBUSTNESS_FILE = Path("attack") / "attack.json"
 OOD_METRICS = {"auroc": "AUROC", "aupr_in": "AUPR-in", "aupr_out": "AUPR-out", "fpr95": "FPR95"}
@@ -87,11 +87,6 @@ def check_robustness(result: dict, run_dir: Path | None = None, what: str = "rob
 
 
 # -- plots ------------------------------------------------------------------------------------
-def _save(fig: Figure, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=96)  # the figures use constrained layout
-    atomic_write_bytes(path, buf.getvalue())
-    return path
 
 
 def plot_reliability(cal: dict, path: str | Path, label: str = "") -> Path:
@@ -126,7 +121,7 @@ def plot_reliability(cal: dict, path: str | Path, label: str = "") -> Path:
     ax.legend(loc="upper left", fontsize=7)
     axc.bar(lo, count, width, align="edge", color="grey", edgecolor="k", lw=0.3)
     axc.set(xlabel="confidence (max softmax)", ylabel="count")
-    return _save(fig, Path(path))
+    return save_png(fig, path)
 
 
 def plot_ood_histograms(ood: dict, path: str | Path, label: str = "") -> Path:
@@ -152,7 +147,7 @@ def plot_ood_histograms(ood: dict, path: str | Path, label: str = "") -> Path:
                 ax.legend(fontsize=6)
     if label:
         fig.suptitle(f"{label}: OOD scores (higher = more in-distribution)", fontsize=10)
-    return _save(fig, Path(path))
+    return save_png(fig, path)
 
 
 def save_samples(x: Any, path: str | Path, nrow: int | None = None, width: int = 480) -> Path:
@@ -184,7 +179,7 @@ def plot_curves(curves: dict[str, list[float]], eps: list[float], norm: str, pat
     ax.legend()
     ax.set_title(f"PGD {norm}")
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_png(fig, path)
 
 
 # -- training dynamics ------------------------------------------------------------------------
@@ -369,7 +364,7 @@ def plot_dynamics(records: list[dict], path: str | Path, label: str = "") -> Pat
         handles.append(Line2D([], [], color="none", label="no divergence events"))
     fig.legend(handles=handles, loc="outside lower center", ncols=2 if len(handles) > 1 else 1, fontsize=6.5)
     fig.suptitle(f"{label}: training dynamics".strip(": "), fontsize=10)
-    return _save(fig, Path(path))
+    return save_png(fig, path)
 
 
 # -- HTML -------------------------------------------------------------------------------------
@@ -424,8 +419,7 @@ class _Html:
     def img(self, name: str | None, alt: str, cls: str = "") -> str:
         if not name or not (self.out / name).is_file():
             return f'<p class="note">({html.escape(alt)}: no image)</p>'
-        data = base64.b64encode((self.out / name).read_bytes()).decode()
-        return f'<img class="{cls}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+        return png_img(self.out / name, alt, cls)
 
     def label(self, role: str) -> str:
         m = self.r["models"][role]

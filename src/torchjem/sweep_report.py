@@ -16,9 +16,7 @@ this module leaves the user's matplotlib backend as it is.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import itertools
 import json
 import math
@@ -32,8 +30,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .checkpoint import atomic_write_bytes, atomic_write_text
+from .checkpoint import atomic_write_text
 from .errors import InputError
+from .figures import png_img, save_png
 
 MAX_EXACT_VALUES = 8  # a numeric key with more distinct values (random / TPE search) is binned
 N_BINS = 5
@@ -417,10 +416,7 @@ def _plot_pair(records: Sequence[dict], keys: list[str], axes: list[_Axis], pair
     others = [k for k in keys if k not in (xa.key, ya.key if ya else None)]
     if others:
         fig.suptitle(f"averaged over {', '.join(others)} and seeds", fontsize=9)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=96)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_png(fig, path)
 
 
 def plot_heatmaps(records: Sequence[dict], keys: Sequence[str], out_dir: str | Path) -> list[Path]:
@@ -506,8 +502,7 @@ def render_html(doc: dict, out_dir: str | Path) -> str:
     if doc["heatmaps"]:
         p.append("<h2>Heat maps</h2>")
         for name in doc["heatmaps"]:
-            data = base64.b64encode((out / name).read_bytes()).decode()
-            p.append(f'<img alt="{e(name)}" src="data:image/png;base64,{data}">')
+            p.append(png_img(out / name, name))
     p.append("<h2>Per setting</h2><table><tr>")
     p.append("".join(f"<th>{e(k)}</th>" for k in keys))
     p.append(
