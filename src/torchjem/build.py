@@ -81,7 +81,7 @@ def energy_head(cfg: Config) -> bool:
 def build_net(cfg: Config, shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """The configured network; ``in_channels``, ``in_features``, ``n_classes`` and ``image_size``
     are filled in from the data when the constructor takes them and the config does not set them.
-    With ``net.energy_head`` it is built with ``n_classes=0`` (a feature backbone)."""
+    With an energy head (``energy_head(cfg)``) it is built with ``n_classes=0`` (a feature backbone)."""
     fn = net_factory(cfg.net.name)
     params = net_parameters(cfg.net.name)
     kwargs = dict(cfg.net.kwargs)
