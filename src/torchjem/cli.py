@@ -39,6 +39,11 @@ def _seed(args: argparse.Namespace) -> None:
         seed_everything(args.seed)
 
 
+def _as_overrides(args: argparse.Namespace, *keys: str) -> list[str]:
+    """Options that are also config keys (--device, --seed, --out), as KEY=VALUE overrides."""
+    return [f"{k}={getattr(args, k)}" for k in keys if getattr(args, k) is not None]
+
+
 # -- jem train --------------------------------------------------------------------------------
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -63,9 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .workflows.train import train_run
 
     extra = list(args.overrides)
-    for key, value in (("device", args.device), ("seed", args.seed), ("out", args.out)):
-        if value is not None:
-            extra.append(f"{key}={value}")
+    extra += _as_overrides(args, "device", "seed", "out")
     if args.clf_only:
         extra.append("train.clf_only=true")
     if args.resume and args.overwrite:
@@ -151,9 +154,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not args.out:
         raise InputError("jem sweep needs --out SWEEP_DIR (or --report SWEEP_DIR)")
     overrides = list(args.overrides) + [g for g in args.grid if "," not in g]  # one value: fixed, not swept
-    for key, value in (("device", args.device), ("seed", args.seed)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
+    overrides += _as_overrides(args, "device", "seed")
     spec = plan_sweep(args.config, overrides, [g for g in args.grid if "," in g], args.ranges, seeds=args.seeds,
                       trials=args.trials, sampler=args.sampler)  # fmt: skip
     result = run_sweep(spec, args.out, storage=args.storage, study_name=args.study, workers=args.workers,
