@@ -271,3 +271,20 @@ def test_a_full_disk_is_a_message_naming_the_file_and_the_old_checkpoint_survive
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"cannot write '{last}'" in err[0] and "free space" in err[0]
     assert last.read_bytes() == before and not list(last.parent.glob("*.tmp"))
+
+
+def test_waiting_for_a_run_directory_returns_when_its_writer_lets_go(tmp_path):
+    import threading
+
+    from torchjem.rundir import RunDir, RunLock
+
+    RunLock(RunDir(tmp_path / "none")).wait()  # no lock file: returns at once
+    writer = RunLock(RunDir(tmp_path / "r"))
+    writer.acquire()
+    waiter = threading.Thread(target=RunLock(RunDir(tmp_path / "r")).wait)
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive()  # held by the writer
+    writer.release()
+    waiter.join(5)
+    assert not waiter.is_alive()

@@ -118,6 +118,18 @@ class RunLock:
         f.flush()
         self._file = f
 
+    def wait(self) -> None:
+        """Block until no process holds the run directory (returns at once when none does)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        if not self.path.is_file():
+            return
+        with open(self.path) as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH)  # granted once the writer's exclusive lock is gone
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
     def release(self) -> None:
         if self._file is not None:
             self._file.close()  # closing the descriptor drops the flock

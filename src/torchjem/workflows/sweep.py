@@ -36,7 +36,7 @@ from ..errors import InputError, RunDirError, UserError
 from ..evaluate.calibration import calibration
 from ..evaluate.classification import classification
 from ..report import dynamics_summary
-from ..rundir import RunDir
+from ..rundir import RunDir, RunLock
 from ..sweep_report import write_sweep_report
 from ..training import Trainer
 from ..training.guard import DivergenceError
@@ -367,7 +367,7 @@ def run_trial(sweep: Sweep, name: str, params: dict[str, Any], seed: int, progre
     returns the record. A divergence that training gives up on is a result (``diverged``)."""
     run_dir = sweep.trials / name
     done_file = run_dir / "trial.json"
-    _wait_for_other_writer(run_dir)
+    RunLock(RunDir(run_dir)).wait()  # re-queued while its first worker still runs it (a missed heartbeat)
     if done_file.is_file():  # finished before, but its result never reached the study
         return json.loads(done_file.read_text())
     t0 = time.perf_counter()
@@ -409,18 +409,6 @@ def mark_collapse(record: dict[str, Any], metrics: list[dict[str, Any]]) -> dict
         why = f"collapsed: final val acc {final:.3f} < {COLLAPSE} x its best {best:.3f}, no divergence check tripped"
         record.update(diverged=True, status="collapsed", cause=why)
     return record
-
-
-def _wait_for_other_writer(run_dir: Path) -> None:
-    """A trial re-queued while its first worker still runs it (a missed heartbeat): wait for it."""
-    lock = run_dir / ".lock"
-    if not lock.is_file():
-        return
-    import fcntl
-
-    with open(lock) as f:
-        fcntl.flock(f, fcntl.LOCK_SH)  # returns once no trainer holds the run directory
-        fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _trouble(records: list[dict[str, Any]]) -> dict[str, Any]:
