@@ -112,8 +112,9 @@ def hand_loss(p, x, y, x_px, x_q, xy_q, w) -> tuple[torch.Tensor, dict[str, floa
         loss = loss + w["px"] * loss_px
         if w["energy_l2"] > 0:
             loss = loss + w["energy_l2"] * (mean([v**2 for v in lpx_data]) + mean([v**2 for v in lpx_q]))  # E^2
+        norms = [math.sqrt(float((s**2).sum())) for s in x_q]
         stats.update(loss_px=f(loss_px), energy_data=f(e_data), energy_sample=f(e_sample),
-                     energy_gap=f(e_sample - e_data), sample_norm=mean([math.sqrt(float((s**2).sum())) for s in x_q]))  # fmt: skip
+                     energy_gap=f(e_sample - e_data), sample_norm=mean(norms))  # fmt: skip
     if w["pxy"] > 0:  # p(x|y): -(mean f(x_i)[y_i] over labelled data - mean f(x'_j)[y_j] over the samples)
         if labelled:
             q_logits, _ = hand_forward(p, xy_q)
