@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torchmetrics.functional.classification import multiclass_calibration_error
 
 from torchjem.errors import InputError
 from torchjem.evaluate.calibration import calibration, calibration_from_probs
@@ -81,10 +82,10 @@ def test_calibration_result_matches_numpy_binning_and_keeps_the_report_schema():
     probs = (2 * torch.randn(3000, 4, generator=g, dtype=torch.float64)).softmax(1)
     y = torch.randint(0, 4, (3000,), generator=g)
     res = calibration_from_probs(probs, y, n_bins=10)
-    # ECE by hand: bins (lo, hi] over the max probability, weighted |accuracy - confidence| gaps.
+    # ECE by hand: bins [lo, hi) over the max probability, weighted |accuracy - confidence| gaps.
     p, labels = probs.numpy(), y.numpy()
     conf, correct = p.max(1), (p.argmax(1) == labels).astype(float)
-    idx = np.clip(np.ceil(conf * 10).astype(int) - 1, 0, 9)
+    idx = upper_bin(conf, 10)
     gaps = [(idx == b).sum() / 3000 * abs(correct[idx == b].mean() - conf[idx == b].mean()) for b in np.unique(idx)]
     assert res.ece == pytest.approx(sum(gaps), abs=1e-6)  # torchmetrics sums in float32
     assert res.accuracy == pytest.approx(correct.mean()) and res.confidence == pytest.approx(conf.mean())
@@ -93,6 +94,48 @@ def test_calibration_result_matches_numpy_binning_and_keeps_the_report_schema():
     assert list(d) == ["ece", "mce", "n_bins", "n", "accuracy", "confidence", "bins"]
     assert list(d["bins"]) == ["edges", "confidence", "accuracy", "count"]
     assert d["ece"] == res.ece and d["n_bins"] == 10 and d["n"] == 3000
+
+
+def upper_bin(conf: np.ndarray, n_bins: int) -> np.ndarray:
+    """The stated bin-edge rule (torchmetrics'): bin b is [edge_b, edge_b+1), a confidence exactly
+    on an edge goes to the upper bin, exactly 1 to the top bin; edge b is b / n_bins."""
+    edges = np.arange(n_bins + 1) / n_bins
+    return np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)
+
+
+def numpy_ece(conf: np.ndarray, correct: np.ndarray, idx: np.ndarray) -> float:
+    n = len(conf)
+    return sum((idx == b).sum() / n * abs(correct[idx == b].mean() - conf[idx == b].mean()) for b in np.unique(idx))
+
+
+def test_a_confidence_exactly_on_a_bin_edge_goes_to_the_upper_bin():
+    """10 bins; confidences 0.5, 0.6, 0.8, 0.9 exactly on edges, with neighbours on either side and
+    mixed right and wrong answers, so that the lower-bin rule would give other counts and another ECE.
+    (Not 0.3 or 0.7: torch.linspace's edges there are one ulp above 3/10 and 7/10.)"""
+    conf = np.array([0.45, 0.5, 0.55, 0.6, 0.65, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0])
+    right = np.array([0, 1, 1, 0, 1, 0, 1, 1, 0, 1, 1], dtype=float)
+    n, c = len(conf), 3
+    probs = np.zeros((n, c))
+    probs[:, 0] = conf  # class 0 is the prediction; the rest of the mass split over the others
+    probs[:, 1] = probs[:, 2] = (1 - conf) / 2
+    y = np.where(right == 1, 0, 1)
+    res = calibration_from_probs(torch.from_numpy(probs), torch.from_numpy(y), n_bins=10)
+    idx = upper_bin(conf, 10)
+    assert idx[[1, 3, 6, 8]].tolist() == [5, 6, 8, 9]  # the rule itself: each edge value in the bin it opens
+    assert idx[-1] == 9  # 1.0: the top bin
+    assert res.bins["count"] == np.bincount(idx, minlength=10).tolist() == [0, 0, 0, 0, 1, 2, 2, 1, 2, 3]
+    want = numpy_ece(conf, right, idx)
+    assert res.ece == pytest.approx(want, abs=1e-6)
+    # torchmetrics itself (the library's ECE) follows the same rule
+    tm = multiclass_calibration_error(torch.from_numpy(probs), torch.from_numpy(y), c, n_bins=10, norm="l1")
+    assert float(tm) == pytest.approx(want, abs=1e-6)
+    for b in np.unique(idx):
+        assert res.bins["accuracy"][b] == pytest.approx(right[idx == b].mean())
+        assert res.bins["confidence"][b] == pytest.approx(conf[idx == b].mean())
+    # the other rule, (lo, hi], would be visibly different: the test can tell them apart
+    lower = np.clip(np.ceil(np.round(conf * 10, 9)).astype(int) - 1, 0, 9)
+    assert lower[[1, 3, 6, 8]].tolist() == [4, 5, 7, 8]
+    assert abs(numpy_ece(conf, right, lower) - want) > 0.01
 
 
 def _valid_probs(n: int = 6, c: int = 3) -> tuple[torch.Tensor, torch.Tensor]:

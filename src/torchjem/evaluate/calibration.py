@@ -3,6 +3,10 @@
 The paper's protocol: 20 equal-width confidence bins; ECE = sum_b (n_b / N) |acc_b - conf_b|,
 MCE = max_b |acc_b - conf_b| over non-empty bins. ECE and MCE come from torchmetrics; the bins are
 returned too so that the reliability diagram plots exactly what the figure summarises.
+
+Bin-edge rule (torchmetrics', ``torch.bucketize(..., right=True)``): bin b is [edge_b, edge_b+1),
+so a confidence exactly on an edge belongs to the upper bin (with 10 bins, 0.5 is in bin 5,
+[0.5, 0.6)); a confidence of exactly 1 belongs to the top bin.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ def calibration_from_probs(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 2
     correct = (pred == y).double()
     ece = multiclass_calibration_error(probs, y, n_classes, n_bins=n_bins, norm="l1")
     mce = multiclass_calibration_error(probs, y, n_classes, n_bins=n_bins, norm="max")
-    # Bins (lo, hi] as in torchmetrics; a confidence of exactly 1 falls into the top bin.
+    # Bins [lo, hi) as in torchmetrics: a confidence on an edge goes to the upper bin, exactly 1 to the top bin.
     edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
     idx = (torch.bucketize(conf, edges, right=True) - 1).clamp(0, n_bins - 1)
     count = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, torch.ones_like(conf))
