@@ -103,8 +103,8 @@ BUILT_IN_ONE_PLACE = {
     r"\bChainSampler\(": {"build.py", "sampling.py"},
     r"\bHybridObjective\(": {"build.py"},
     r"\bcreate_net\(": {"build.py", "nets/registry.py"},
-    r"\bload_data\(": {"build.py", "data/datasets.py", "evaluate/ood.py"},  # ood: OOD sets named by the user
-    r"torch\.optim\.(Adam|SGD)\(": {"build.py", "speed.py", "evaluate/features.py"},  # probe; feature classifier
+    r"\bload_data\(": {"build.py", "data/datasets.py", "workflows/inputs.py"},  # inputs: OOD sets named by the user
+    r"torch\.optim\.(Adam|SGD)\(": {"build.py", "speed.py", "workflows/inputs.py"},  # probe; FID feature classifier
 }
 
 
@@ -121,4 +121,75 @@ def calls(path: Path) -> set[str]:
 def test_config_objects_are_built_in_one_place(pattern):
     where = {str(p.relative_to(SRC)) for p in modules() if any(re.search(pattern, c + "(") for c in calls(p))}
     assert where <= BUILT_IN_ONE_PLACE[pattern], f"{pattern} called in {sorted(where - BUILT_IN_ONE_PLACE[pattern])}"
-    assert where & {"build.py", "evaluate/features.py"}, "the pattern must match the construction site itself"
+    assert where & {"build.py", "workflows/inputs.py"}, "the pattern must match the construction site itself"
+
+
+# evaluate/ is pure functions of (model, tensors): it reads and writes no files, loads no data set and
+# trains nothing. The OOD sets named by specs and the cached FID feature network are workflows/inputs.py's.
+NOT_IN_EVALUATE = (
+    "torchjem.data", "torchjem.checkpoint", "torchjem.rundir", "torchjem.runs", "torchjem.build", "torchjem.training",
+    "torchjem.workflows",  # workflows.runs: load_run
+)  # fmt: skip
+# data/augment.py's resize_to is tensor -> tensor (fit_to_shape uses it); importing it loads no data set
+PURE_DATA_HELPERS = {"torchjem.data.resize_to", "torchjem.data.augment.resize_to"}
+FILE_DATA_OR_TRAINING_CALLS = re.compile(
+    r"^(open|load_data|load_checkpoint|save_checkpoint|(torch|torch\.jit|np|numpy)\.(load|save)|torch\.optim\.[\w.]+)$"
+    r"|\.(open|read_text|write_text|read_bytes|write_bytes|mkdir|savefig|backward)$"
+)
+
+
+def file_and_data_access(path: Path, root: Path = SRC) -> list[str]:
+    """'line: what' for every import from NOT_IN_EVALUATE (but PURE_DATA_HELPERS) and every call
+    matching FILE_DATA_OR_TRAINING_CALLS in ``path`` (a file under ``root``, the torchjem folder)."""
+    package = list(path.relative_to(root.parent).with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            mod = ".".join(base + ([node.module] if node.module else []))
+            names = [f"{mod}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.Call) and FILE_DATA_OR_TRAINING_CALLS.search(ast.unparse(node.func)):
+            found.append(f"{node.lineno}: calls {ast.unparse(node.func)}(")
+        for name in names:
+            if name not in PURE_DATA_HELPERS and any(name == m or name.startswith(m + ".") for m in NOT_IN_EVALUATE):
+                found.append(f"{node.lineno}: imports {name}")
+    return sorted(found, key=lambda s: int(s.split(":")[0]))
+
+
+def test_evaluate_reads_no_files_loads_no_data_and_trains_nothing():
+    where = sorted((SRC / "evaluate").rglob("*.py"))
+    bad = [f"{p.relative_to(SRC)}:{what}" for p in where for what in file_and_data_access(p)]
+    assert not bad, "move it to workflows/ (e.g. workflows/inputs.py):\n" + "\n".join(bad)
+
+
+def test_the_checker_catches_file_and_data_access_in_evaluate(tmp_path):
+    # the rule must be able to fail: a planted module that loads, reads, writes and trains
+    (tmp_path / "torchjem" / "evaluate").mkdir(parents=True)
+    bad = tmp_path / "torchjem" / "evaluate" / "x.py"
+    bad.write_text(
+        "import torch\n"
+        "from ..data import load_data, resize_to\n"
+        "from ..checkpoint import save_checkpoint\n"
+        "import torchjem.rundir\n"
+        "def f(path, net):\n"
+        "    from ..workflows.runs import load_run\n"
+        "    with open(path) as fh:\n"
+        "        torch.save(fh.read(), path)\n"
+        "    torch.optim.Adam(net.parameters()).step()\n"
+        "    return torch.load(path), load_data('digits'), resize_to(net, (1, 8, 8)), path.write_text('')\n"
+    )
+    assert file_and_data_access(bad, tmp_path / "torchjem") == [
+        "2: imports torchjem.data.load_data",
+        "3: imports torchjem.checkpoint.save_checkpoint",
+        "4: imports torchjem.rundir",
+        "6: imports torchjem.workflows.runs.load_run",
+        "7: calls open(",
+        "8: calls torch.save(",
+        "9: calls torch.optim.Adam(",
+        "10: calls torch.load(",
+        "10: calls load_data(",
+        "10: calls path.write_text(",
+    ]

@@ -10,16 +10,7 @@ from torchjem.checkpoint import load_checkpoint
 from torchjem.data import load_data
 from torchjem.energy import JEM
 from torchjem.errors import InputError
-from torchjem.evaluate import features
-from torchjem.evaluate.features import (
-    ClassifierFeatures,
-    InceptionFeatures,
-    ModuleFeatures,
-    default_cache_dir,
-    default_feature_net,
-    feature_label,
-    resolve_feature_net,
-)
+from torchjem.evaluate.features import ClassifierFeatures, InceptionFeatures, ModuleFeatures, feature_label
 from torchjem.evaluate.generation import (
     conditional_accuracy,
     frechet_distance,
@@ -29,6 +20,8 @@ from torchjem.evaluate.generation import (
     sample_quality,
 )
 from torchjem.sampling import SGLD, ChainSampler, ReplayBuffer
+from torchjem.workflows import inputs
+from torchjem.workflows.inputs import default_cache_dir, default_feature_net, resolve_feature_net
 
 
 def gaussian_features(n=2000, d=8, seed=0):
@@ -96,13 +89,13 @@ def fnet(digits, tmp_path_factory):
 def trainings(monkeypatch):
     """Counts the feature-net trainings (the real training runs)."""
     calls = []
-    train = features._train_classifier
+    train = inputs._train_classifier
 
     def counted(net, data, *args, **kwargs):
         calls.append(data.name)
         return train(net, data, *args, **kwargs)
 
-    monkeypatch.setattr(features, "_train_classifier", counted)
+    monkeypatch.setattr(inputs, "_train_classifier", counted)
     return calls
 
 
@@ -142,9 +135,9 @@ def test_other_data_or_settings_get_another_cache_entry(digits, tmp_path, traini
     default_feature_net(small_digits(classes=[0, 1, 2]), None, epochs=2, shared_cache=shared)
     default_feature_net(digits, None, epochs=3, shared_cache=shared)
     assert trainings == ["digits"] * 4 and len(list(shared.glob("classifier_digits_*.pt"))) == 4
-    assert features.data_key(other_split) != features.data_key(digits) == features.data_key(small_digits())
+    assert inputs.data_key(other_split) != inputs.data_key(digits) == inputs.data_key(small_digits())
     meta = load_checkpoint(tmp_path / "run" / "classifier_digits.pt")["meta"]
-    assert meta["data_key"] == features.data_key(other_split)  # the run's copy now follows the run's data
+    assert meta["data_key"] == inputs.data_key(other_split)  # the run's copy now follows the run's data
 
 
 def test_the_shared_cache_defaults_to_torchjem_cache(digits, tmp_path, monkeypatch, trainings):
@@ -173,7 +166,7 @@ def test_a_corrupt_cache_file_is_retrained_with_a_warning(digits, tmp_path, trai
     with caplog.at_level(logging.WARNING, logger="torchjem"):
         retrained = default_feature_net(digits, run, epochs=2, shared_cache=shared)
     assert trainings == ["digits"] * 2 and "shared cache" in caplog.text and str(entry) in caplog.text
-    assert load_checkpoint(entry)["meta"]["data_key"] == features.data_key(digits)  # rewritten, readable
+    assert load_checkpoint(entry)["meta"]["data_key"] == inputs.data_key(digits)  # rewritten, readable
     x = digits.x_test[:16]
     assert torch.equal(retrained.features(x), again.features(x))  # seeded: the same network again
 

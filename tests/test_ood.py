@@ -14,7 +14,7 @@ from torchjem.evaluate.ood import (
     ood_scores,
     pxgrad,
 )
-from torchjem.evaluate.suite import build_ood_sets, check_ood_specs
+from torchjem.workflows.inputs import build_ood_sets, check_ood_specs
 
 
 def test_separable_scores_give_perfect_metrics_and_reversed_ones_the_worst():

@@ -9,7 +9,6 @@ from torch import nn
 
 from conftest import tiny_config
 from torchjem.cli import main
-from torchjem.evaluate.features import default_feature_net
 from torchjem.evaluate.ood import SCORES, builtin_ood_set
 from torchjem.evaluate.results import OODResult
 from torchjem.evaluate.suite import evaluate_model
@@ -17,6 +16,7 @@ from torchjem.report import _get, fmt
 from torchjem.rundir import RunDir
 from torchjem.training import train
 from torchjem.workflows.evaluate import evaluate_run, headline
+from torchjem.workflows.inputs import default_feature_net
 
 ATTACK = {
     "norm": "linf",

@@ -1,4 +1,6 @@
-"""Out-of-distribution detection with the JEM paper's scores, and the OOD sets it uses.
+"""Out-of-distribution detection with the JEM paper's scores, the built-in synthetic OOD sets (drawn
+from the in-distribution tensors) and ``fit_to_shape``. OOD sets read from data sets are the
+workflow's (``torchjem.workflows.inputs``).
 
 Scores (higher = more in-distribution):
   px        unnormalised log p(x) = logsumexp of the logits (or the energy head)
@@ -147,17 +149,6 @@ def fit_to_shape(x: torch.Tensor, shape: Sequence[int], name: str) -> torch.Tens
         raise InputError(
             f"OOD set {name!r} (inputs {tuple(x.shape[1:])}) cannot be fed to the model {shape}: {e}"
         ) from None
-
-
-def named_ood_set(spec: str, shape: Sequence[int], n: int | None = None) -> torch.Tensor:
-    """A data set the data layer can read, as ``NAME`` or ``NAME:ROOT``: its test split (the
-    training split when it has no test split), resized to ``shape``, at most ``n`` examples."""
-    from ..data import load_data
-
-    name, _, root = spec.partition(":")
-    data = load_data(name, root or None, val_size=0)
-    x = data.x_test if len(data.x_test) else data.x_train
-    return fit_to_shape(x[:n] if n else x, shape, spec)
 
 
 def ood_detection(

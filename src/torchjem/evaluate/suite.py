@@ -1,6 +1,7 @@
 """Every evaluation of one model on tensors: ``evaluate_model`` (classification, calibration, OOD
-detection, generation) and the OOD sets it is given. Run directories, baselines and the report are
-the workflow's (torchjem.workflows.evaluate)."""
+detection, generation). Run directories, baselines and the report are the workflow's
+(torchjem.workflows.evaluate); the OOD sets and the feature network it is given too
+(torchjem.workflows.inputs)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..data import list_datasets
-from ..errors import InputError
 from ..sampling import ChainSampler
 from .calibration import calibration
 from .classification import classification
 from .features import FeatureNet
 from .generation import generation
-from .ood import BUILTIN_SETS, SCORES, builtin_ood_set, named_ood_set, ood_detection
+from .ood import SCORES, ood_detection
 from .results import ModelEvaluation
 
 log = logging.getLogger("torchjem")
-
-DEFAULT_OOD = ("uniform", "gaussian", "interp")
-HELD_OUT = "held_out"  # the test images of the classes a run was not trained on (data.classes)
 
 
 def evaluate_model(
@@ -78,45 +74,3 @@ def evaluate_model(
             progress=progress,
         )
     return out
-
-
-def check_ood_specs(specs: Sequence[str]) -> list[str]:
-    """OOD set names: built-in sets, ``held_out``, or data sets (``NAME`` or ``NAME:ROOT``)."""
-    specs = list(specs)
-    known = list_datasets()
-    for s in specs:
-        if s in BUILTIN_SETS or s == HELD_OUT:
-            continue
-        if s.partition(":")[0] not in known:
-            raise InputError(
-                f"unknown OOD set {s!r}; use {', '.join(BUILTIN_SETS)}, {HELD_OUT} (runs trained on data.classes) "
-                f"or a data set name (NAME or NAME:ROOT) from: {', '.join(known)}"
-            )
-    if len(set(specs)) != len(specs):
-        raise InputError(f"OOD sets listed twice: {specs}")
-    return specs
-
-
-def build_ood_sets(
-    specs: Sequence[str],
-    x_in: torch.Tensor,
-    held_out: torch.Tensor | None = None,
-    seed: int = 0,
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The OOD sets named in ``specs`` (each as large as ``x_in`` at most) and their descriptions."""
-    sets, desc = {}, {}
-    n, shape = len(x_in), tuple(x_in.shape[1:])
-    for i, spec in enumerate(check_ood_specs(specs)):
-        if spec in BUILTIN_SETS:
-            sets[spec], desc[spec] = builtin_ood_set(spec, x_in, n, seed + i), BUILTIN_SETS[spec]
-        elif spec == HELD_OUT:
-            if held_out is None:
-                raise InputError(
-                    f"OOD set {HELD_OUT!r} needs a run trained on a subset of the classes (data.classes=[...])"
-                )
-            if len(held_out) == 0:
-                raise InputError(f"OOD set {HELD_OUT!r} is empty: no test images outside the trained classes")
-            sets[spec], desc[spec] = held_out[:n].float(), "test images of the classes the model was not trained on"
-        else:
-            sets[spec], desc[spec] = named_ood_set(spec, shape, n), f"test split of data set {spec}, resized"
-    return sets, desc

@@ -19,12 +19,12 @@ from .. import build
 from ..checkpoint import check_writable
 from ..data import DataSplits
 from ..errors import InputError
-from ..evaluate.features import resolve_feature_net
 from ..evaluate.ood import SCORES, check_scores
-from ..evaluate.suite import DEFAULT_OOD, HELD_OUT, build_ood_sets, check_ood_specs, evaluate_model
+from ..evaluate.suite import evaluate_model
 from ..report import check_robustness, dynamics_summary, load_robustness, write_report
 from ..rundir import RunDir
 from ..utils import model_device
+from .inputs import DEFAULT_OOD, HELD_OUT, build_ood_sets, check_ood_specs, resolve_feature_net
 from .runs import check_same_data, load_run
 
 log = logging.getLogger("torchjem")
