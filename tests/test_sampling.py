@@ -354,3 +354,61 @@ def test_pyld_from_the_config_drives_the_chain_sampler_and_training(tmp_path):
     assert isinstance(t.sampler.sgld, PYLD) and t.buffer.factor.shape == (10, 64, 64)
     t.fit()
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in t.run.read_metrics() if "loss" in r)
+
+
+def test_the_defence_and_sgld_take_the_same_langevin_steps():
+    from torchjem.evaluate.attacks import JEMDefence
+
+    net = _net().eval()  # the defence runs the model in the mode it is given; SGLD.run sets eval
+    x = torch.rand(6, 1, 4, 4) * 2 - 1
+    settings = {"step_size": 0.3, "noise": 0.05, "clamp": (-0.9, 0.9), "grad_clamp": 0.2}
+    # by hand: x <- clamp(x + step * clamp(d LSE f(x) / dx) + noise * N(0, I)), one normal draw a step
+    torch.manual_seed(7)
+    want = x.clone()
+    for _ in range(3):
+        xr = want.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(torch.logsumexp(net(xr), dim=1).sum(), xr)
+        want = (want + 0.3 * g.clamp(-0.2, 0.2) + 0.05 * torch.randn_like(want)).clamp(-0.9, 0.9)
+    torch.manual_seed(7)
+    chains = SGLD(n_steps=3, **settings).run(net, x)
+    defence = JEMDefence(net, n_steps=3, n_chains=1, init_noise=0.0, **settings)
+    torch.manual_seed(7)
+    refined = defence.refine(x)
+    torch.manual_seed(7)
+    exact = defence.refine(x.clone().requires_grad_(True))  # the attack's path: the steps keep their graph
+    assert torch.allclose(chains, want, atol=1e-6) and not torch.equal(chains, x)
+    assert torch.equal(refined, chains)  # the same update and the same draws, bit for bit
+    assert exact.requires_grad and torch.allclose(exact.detach(), chains, atol=1e-7)
+
+
+def test_scale_step_scales_the_step_the_sampler_was_built_with():
+    sgld = SGLD(n_steps=1, step_size=2.0)
+    sgld.scale_step(0.5)
+    assert sgld.step_size == 1.0
+    sgld.scale_step(0.5)  # relative to the built step, not cumulative: a resume re-applies the saved factor
+    assert sgld.step_size == 1.0 and sgld.base_step_size == 2.0
+    sgld.scale_step(1.0)
+    assert sgld.step_size == 2.0
+    pyld = PYLD(inner_step_size=0.2)
+    pyld.scale_step(0.25)  # PYLD's step is its inner step
+    assert pyld.inner_step_size == pyld.step_size == 0.2 * 0.25 and pyld.base_step_size == 0.2
+
+
+def test_buffer_state_is_what_a_replay_buffer_loads_and_buffer_settings_reads_it_back():
+    from torchjem.errors import InputError
+    from torchjem.sampling import buffer_settings, buffer_state
+
+    x, mean, std = torch.rand(20, 1, 2, 2), torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
+    buf = ReplayBuffer(20, (1, 2, 2), n_classes=2)
+    buf.load_state_dict(buffer_state(x, init="gaussian", reinit_freq=0.3, mean=mean, std=std))
+    assert torch.equal(buf.x, x) and torch.equal(buf.mean, mean) and torch.equal(buf.std, std)
+    assert (buf.init, buf.reinit_freq) == ("gaussian", 0.3) and buf.fitted()
+    assert buffer_settings(buf.state_dict()) == {"init": "gaussian", "reinit_freq": 0.3}
+    assert buffer_settings({"x": x, "init": "uniform", "reinit_freq": 0.1}) == {"init": "uniform", "reinit_freq": 0.1}
+    # settings left out keep the loading buffer's own; no Gaussians given: the buffer keeps its own
+    other = ReplayBuffer(20, (1, 2, 2), n_classes=2, reinit_freq=0.2)
+    other.load_state_dict(buffer_state(x))
+    assert (other.init, other.reinit_freq) == ("uniform", 0.2) and torch.equal(other.x, x)
+    assert buffer_settings(buffer_state(x)) == {}
+    with pytest.raises(InputError, match="unknown replay buffer tensors"):
+        buffer_state(x, labels=torch.zeros(20))

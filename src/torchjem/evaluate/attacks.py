@@ -208,12 +208,13 @@ class JEMDefence(nn.Module):
     """JEM-n: classify after ``n_steps`` SGLD steps on log p(x), from ``n_chains`` noisy copies of each input.
 
     Each input is duplicated into ``n_chains`` chains, Gaussian noise (sigma ``init_noise``) is
-    added, the chains take ``n_steps`` SGLD steps (x += step_size * d LSE f(x)/dx + noise * N(0, I)),
-    and the logits of the refined chains are averaged. When the input requires a gradient (an
-    attack), ``gradient="exact"`` keeps the SGLD steps' graph (create_graph=True) so gradients flow
-    through the whole refinement, as in the paper; ``"bpda"`` runs the chains without a graph and
-    passes the gradient straight through them (backward pass differentiable approximation, a check
-    against gradient masking). Without an input gradient each step is detached, as in ``SGLD.run``.
+    added, the chains take ``n_steps`` steps of an :class:`SGLD` (``self.sgld.step``: x +=
+    step_size * d LSE f(x)/dx + noise * N(0, I)), and the logits of the refined chains are
+    averaged. When the input requires a gradient (an attack), ``gradient="exact"`` keeps the SGLD
+    steps' graph (create_graph=True) so gradients flow through the whole refinement, as in the
+    paper; ``"bpda"`` runs the chains without a graph and passes the gradient straight through them
+    (backward pass differentiable approximation, a check against gradient masking). Without an
+    input gradient each step is detached, as in ``SGLD.run``.
     ``n_steps=0`` with ``init_noise=0`` is the plain classifier.
     """
 
@@ -239,9 +240,13 @@ class JEMDefence(nn.Module):
         if gradient not in ("exact", "bpda"):
             raise InputError(f"JEMDefence gradient must be 'exact' or 'bpda', got {gradient!r}")
         self.jem = as_jem(model)
-        self.n_steps, self.n_chains = n_steps, n_chains
-        self.step_size, self.noise, self.init_noise = step_size, noise, init_noise
-        self.clamp, self.grad_clamp, self.gradient = clamp, grad_clamp, gradient
+        self.n_chains, self.init_noise, self.gradient = n_chains, init_noise, gradient
+        # The chains take SGLD's own steps: one Langevin update for training, sampling and this defence.
+        self.sgld = SGLD(n_steps, step_size, noise, clamp, grad_clamp)
+
+    @property
+    def n_steps(self) -> int:
+        return self.sgld.n_steps
 
     @classmethod
     def from_sampler(
@@ -270,17 +275,9 @@ class JEMDefence(nn.Module):
         if self.init_noise > 0:
             xs = xs + self.init_noise * torch.randn_like(xs)
         with torch.enable_grad():
-            for _ in range(self.n_steps):
-                if not differentiable:
-                    xs = xs.detach().requires_grad_(True)
-                (g,) = torch.autograd.grad(self.jem.log_px(xs).sum(), xs, create_graph=differentiable)
-                if self.grad_clamp is not None:
-                    g = g.clamp(-self.grad_clamp, self.grad_clamp)
-                xs = xs + self.step_size * g
-                if self.noise > 0:
-                    xs = xs + self.noise * torch.randn_like(xs)
-                if self.clamp is not None:
-                    xs = xs.clamp(*self.clamp)
+            for _ in range(self.sgld.n_steps):
+                # differentiable: the step keeps its gradient's graph (exact gradient through the chains)
+                xs = self.sgld.step(self.jem, xs, create_graph=differentiable)
         return xs if differentiable else xs.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -264,14 +264,9 @@ class Trainer:
         self._scale_sampler_step()
 
     def _scale_sampler_step(self) -> None:
-        """The chains' step size: the configured one times the divergence back-off."""
-        sgld, scale = getattr(self.sampler, "sgld", None), self.state.progress.step_scale
-        if sgld is None:
-            return
-        if hasattr(sgld, "inner_step_size"):  # PYLD: its step is the inner step
-            sgld.inner_step_size = self.cfg.sgld.inner_step_size * scale
-        else:
-            sgld.step_size = self.cfg.sgld.step_size * scale
+        """The chains' step size: the configured one (the sampler's own) times the divergence back-off."""
+        if self.sampler is not None:
+            self.sampler.sgld.scale_step(self.state.progress.step_scale)
 
     def _event(self, kind: str, **fields: Any) -> None:
         self.metrics.event(kind, self.step, self.epoch, **fields)
