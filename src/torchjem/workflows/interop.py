@@ -28,12 +28,11 @@ from typing import Any
 
 import torch
 
-from .. import build
+from .. import build, sampling
 from ..checkpoint import load_checkpoint, save_checkpoint, save_export
 from ..config import CONFIG_DIR, Config, from_dict, load_config, save_config
 from ..errors import CheckpointError, InputError
 from ..rundir import RunDir, RunLock
-from ..sampling import buffer_state
 from ..training.state import VERSION, Progress, claim
 from .runs import load_run
 
@@ -225,7 +224,7 @@ def _buffer_state(rb: Any, meta: dict[str, Any], path: Path) -> dict[str, Any] |
         want = ", ".join(map(str, meta["shape"]))
         raise CheckpointError(f"{str(path)!r}: replay_buffer is {shape}, expected (N, {want})")
     keep = len(rb) - len(rb) % meta["n_classes"]  # per-class blocks, as the reference's conditional sampling
-    return buffer_state(rb[:keep].float().clone(), init="uniform", reinit_freq=0.05)
+    return sampling.buffer_state(rb[:keep].float().clone(), init="uniform", reinit_freq=0.05)
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, which: str = "last", buffer: bool = True) -> Path:
