@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-import torch
+import pytest
 
 from torchjem.config import config_reference
 from torchjem.data import load_data
@@ -20,7 +20,12 @@ def test_readme_example_runs():
     scope = {"loader": loader}
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["samples"].shape == (64, 1, 8, 8)
-    assert torch.isfinite(scope["loss"]) and 0 <= scope["stats"]["acc"] <= 1
+    loss, stats = scope["loss"], scope["stats"]
+    # the last batch's loss is its two weighted terms (pyx = px = 1), its gap the energies' difference
+    assert float(loss.detach()) == pytest.approx(float(stats["ce"] + stats["loss_px"]), rel=1e-6)
+    assert float(stats["energy_gap"]) == pytest.approx(float(stats["energy_sample"] - stats["energy_data"]), abs=1e-5)
+    # accuracy over the batch's 16 labelled examples only (the unlabelled half does not count): k / 16
+    assert float(stats["acc"]) * 16 == pytest.approx(round(float(stats["acc"]) * 16), abs=1e-5)
     # every chain the loop and the final call ran was written back: the buffer moved away from U(-1, 1)
     assert scope["buffer"].x.abs().amax() > 1
 
