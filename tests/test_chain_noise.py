@@ -95,3 +95,22 @@ def test_sgld_step_is_drift_plus_noise():
     # noise=0: exactly the gradient step
     x = SGLD(n_steps=2, step_size=0.5, noise=0.0).run(jem, x0)
     assert torch.allclose((x - x0).flatten(1), (2 * 0.5 * w).expand(N, d), atol=1e-6)
+
+
+def test_conditional_sgld_follows_its_class_logit():
+    """Given labels, a chain ascends f(x)[y], not log p(x): with f(x) = W x + b each step moves
+    example i by step_size * W[y_i] exactly (noise 0), while the unconditional chain moves by the
+    softmax-weighted mix of the rows (the gradient of logsumexp)."""
+    d = math.prod(SHAPE)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(d, C))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.randn(C, d, generator=torch.Generator().manual_seed(8)) * 0.1)
+    jem, w = JEM(net).double(), net[1].weight.detach()
+    x0 = torch.zeros(8, *SHAPE, dtype=torch.float64)
+    y = torch.arange(8) % C
+    x = SGLD(n_steps=1, step_size=0.5, noise=0.0).run(jem, x0, y)
+    assert torch.allclose((x - x0).flatten(1), 0.5 * w[y], atol=1e-12)
+    x_u = SGLD(n_steps=1, step_size=0.5, noise=0.0).run(jem, x0)
+    mix = net(x0).softmax(1) @ w  # d logsumexp / dx at x0
+    assert torch.allclose((x_u - x0).flatten(1), 0.5 * mix, atol=1e-12)
+    assert not torch.allclose(x, x_u, atol=1e-3)
