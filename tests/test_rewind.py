@@ -12,6 +12,7 @@ which needs every piece of state above (the chains start from the buffer, the lr
 from __future__ import annotations
 
 import copy
+import inspect
 import random
 from dataclasses import asdict
 
@@ -19,8 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import TINY
 from torchjem import Trainer
+from torchjem.config import load_config
 
 
 def rng_states() -> tuple:
@@ -59,6 +61,14 @@ def steps(t: Trainer, batches: list, n: int) -> list[dict[str, float]]:
     return [{k: float(v) for k, v in t.train_step(x, y).items()} for x, y in batches[:n]]
 
 
+def make_trainer(out, *extra: str) -> Trainer:
+    """A tiny run on CPU into ``out`` (the run directory: a Trainer argument, or the config's
+    ``out`` in the older API)."""
+    if "out" in inspect.signature(Trainer).parameters:
+        return Trainer(load_config(None, [*TINY, "device=cpu", *extra]), progress=False, out=out)
+    return Trainer(load_config(None, [*TINY, "device=cpu", f"out={out}", *extra]), progress=False)
+
+
 def release(t: Trainer) -> None:
     """The run directory's lock (``fit`` releases it; these tests step by hand)."""
     lock = getattr(t, "lock", None)
@@ -68,8 +78,7 @@ def release(t: Trainer) -> None:
 
 @pytest.fixture
 def trainer(tmp_path):
-    cfg = tiny_config(tmp_path / "r", "train.epochs=1", "divergence.lr_factor=0.5", "divergence.step_factor=0.25")
-    t = Trainer(cfg, progress=False)
+    t = make_trainer(tmp_path / "r", "train.epochs=1", "divergence.lr_factor=0.5", "divergence.step_factor=0.25")
     yield t
     release(t)
 
@@ -114,8 +123,7 @@ def test_the_reseeded_stream_is_fixed_by_seed_and_retry(tmp_path):
     rewind of a run draws another one."""
     out = []
     for i in range(2):
-        cfg = tiny_config(tmp_path / f"r{i}", "train.epochs=1")
-        t = Trainer(cfg, progress=False)
+        t = make_trainer(tmp_path / f"r{i}", "train.epochs=1")
         try:
             batches = list(t.batches.epoch(0))
             steps(t, batches, 2)
