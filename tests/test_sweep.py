@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -17,15 +18,19 @@ import pytest
 from conftest import TINY
 from torchjem.cli import main
 from torchjem.errors import ConfigError, DataError, InputError, RunDirError, UserError
-from torchjem.workflows.sweep import mark_collapse, open_sweep, plan_sweep, run_sweep, sweep_records
+from torchjem.runs import History
+from torchjem.workflows.sweep import TrialRecord, mark_collapse, open_sweep, plan_sweep, run_sweep, sweep_records
 
 BASE = [*TINY, "data.limit=256", "train.max_steps=6", "device=cpu"]
 # divergence.max_loss 1e-6 flags every checked step: the run rewinds once, then gives up
 GRID = ["optim.lr=0.001,0.002", "divergence.max_loss=1e8,1e-6"]
+# RUN_DIR/trial.json's keys (the study's user attributes add the trial's number and point)
+TRIAL_KEYS = {"run", "params", "seed", "recoveries", "first_trouble_step", "cause", "energy_gap", "diverged", "status",
+              "steps", "resumed", "val_acc", "test_acc", "ece", "nll", "seconds", "best_val_acc"}  # fmt: skip
 
 
 def trials_in(out: Path) -> list[optuna.trial.FrozenTrial]:
-    return open_sweep(out).study.get_trials(deepcopy=False)
+    return open_sweep(out).study.optuna.get_trials(deepcopy=False)
 
 
 def done_events(run_dir: Path) -> int:
@@ -37,19 +42,21 @@ def test_grid_records_every_trial_divergence_is_a_result_and_rerun_skips(tmp_pat
     spec = plan_sweep(None, [*BASE, "divergence.max_retries=1"], GRID, seeds=1)
     out = tmp_path / "sw"
     result = run_sweep(spec, out, heartbeat=1)
-    recs = {r["run"]: r for r in result["records"]}
+    recs = {r.run: r for r in result["records"]}
     assert sorted(recs) == ["p000-s1", "p001-s1", "p002-s1", "p003-s1"]  # 2 x 2 settings, seed 1
     for r in recs.values():
-        run_dir = out / "trials" / r["run"]
+        run_dir = out / "trials" / r.run
         assert (run_dir / "trial.json").is_file() and (run_dir / "config.yaml").is_file()
-        if r["params"]["divergence.max_loss"] == 1e-6:
-            assert r["diverged"] and r["status"] == "diverged"
-            assert "divergence.max_loss" in r["cause"] and r["recoveries"] == 1
-            assert r["first_trouble_step"] is not None and r["val_acc"] is None
+        saved = json.loads((run_dir / "trial.json").read_text())
+        assert set(saved) == TRIAL_KEYS and TrialRecord.from_dict(saved) == replace(r, number=None, point=None)
+        if r.params["divergence.max_loss"] == 1e-6:
+            assert r.diverged and r.status == "diverged"
+            assert "divergence.max_loss" in r.cause and r.recoveries == 1
+            assert r.first_trouble_step is not None and r.val_acc is None
         else:
-            assert not r["diverged"] and r["cause"] is None and r["recoveries"] == 0
-            assert r["steps"] == 6 and 0 <= r["val_acc"] <= 1 and 0 <= r["test_acc"] <= 1
-            assert r["nll"] > 0 and 0 <= r["ece"] <= 1 and r["energy_gap"] is not None
+            assert not r.diverged and r.cause is None and r.recoveries == 0
+            assert r.steps == 6 and 0 <= r.val_acc <= 1 and 0 <= r.test_acc <= 1
+            assert r.nll > 0 and 0 <= r.ece <= 1 and r.energy_gap is not None
     # the trial's own config has the swept value and the trial's seed
     cfg = (out / "trials" / "p001-s1" / "config.yaml").read_text()
     assert "max_loss: 1.0e-06" in cfg and "seed: 1" in cfg
@@ -58,13 +65,14 @@ def test_grid_records_every_trial_divergence_is_a_result_and_rerun_skips(tmp_pat
     assert len(complete) == 4
     for t in complete:
         assert t.value == (0.0 if t.user_attrs["diverged"] else t.user_attrs["val_acc"])
+        assert set(t.user_attrs) == TRIAL_KEYS | {"number", "point"} and t.user_attrs["number"] == t.number
     assert (out / "report" / "sweep.html").is_file()
 
     stamps = {p: p.stat().st_mtime_ns for p in (out / "trials").glob("*/trial.json")}
     again = run_sweep(spec, out, heartbeat=1)  # the same command again: nothing is run twice
     assert {p: p.stat().st_mtime_ns for p in (out / "trials").glob("*/trial.json")} == stamps
     assert len(trials_in(out)) == 4 and len(again["records"]) == 4
-    assert all(done_events(out / "trials" / r) == 1 for r in recs if not recs[r]["diverged"])
+    assert all(done_events(out / "trials" / r) == 1 for r in recs if not recs[r].diverged)
 
     other = plan_sweep(None, [*BASE, "divergence.max_retries=1"], ["optim.lr=0.001,0.003"], seeds=1)
     with pytest.raises(RunDirError, match="different sweep"):
@@ -75,7 +83,7 @@ def test_two_worker_processes_never_run_a_trial_twice(tmp_path):
     spec = plan_sweep(None, BASE, ["optim.lr=0.001,0.002,0.003"], seeds=2)
     out = tmp_path / "sw"
     result = run_sweep(spec, out, workers=2, threads=1, heartbeat=1)
-    runs = sorted(r["run"] for r in result["records"])
+    runs = sorted(r.run for r in result["records"])
     assert runs == [f"p{i:03d}-s{s}" for i in range(3) for s in (1, 2)]
     states = [t.state for t in trials_in(out)]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 6 and len(states) == 6
@@ -103,10 +111,10 @@ def test_a_killed_workers_trial_is_continued_from_its_checkpoint(tmp_path):
     spec = plan_sweep(None, [*BASE, "train.max_steps=150", "train.checkpoint_every=5", "train.log_every=5"],
                       ["optim.lr=0.001,0.002"], seeds=1)  # fmt: skip
     result = run_sweep(spec, out, heartbeat=1)
-    recs = {r["run"]: r for r in result["records"]}
+    recs = {r.run: r for r in result["records"]}
     assert set(recs) == {"p000-s1", "p001-s1"}
-    assert recs["p000-s1"]["resumed"] and recs["p000-s1"]["steps"] == 150
-    assert not recs["p001-s1"]["resumed"]
+    assert recs["p000-s1"].resumed and recs["p000-s1"].steps == 150
+    assert not recs["p001-s1"].resumed
     trials = trials_in(out)
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert [t.user_attrs["run"] for t in failed] == ["p000-s1"]  # the killed one, failed as stale, re-run
@@ -123,12 +131,12 @@ def test_sampler_runs_each_drawn_setting_on_every_seed(tmp_path):
     assert len(recs) == 6
     by_point: dict[str, list] = {}
     for r in recs:
-        by_point.setdefault(r["run"].split("-")[0], []).append(r)
+        by_point.setdefault(r.run.split("-")[0], []).append(r)
     assert len(by_point) == 3
     for runs in by_point.values():
-        assert sorted(r["seed"] for r in runs) == [1, 2]
-        assert runs[0]["params"] == runs[1]["params"]
-        assert 1e-4 <= runs[0]["params"]["optim.lr"] <= 1e-2
+        assert sorted(r.seed for r in runs) == [1, 2]
+        assert runs[0].params == runs[1].params
+        assert 1e-4 <= runs[0].params["optim.lr"] <= 1e-2
 
 
 def test_bad_grid_key_is_rejected_before_any_trial_naming_the_closest_key(tmp_path, capsys):
@@ -157,8 +165,8 @@ def test_a_user_error_in_a_trial_stops_the_sweep(tmp_path):
         run_sweep(spec, out, heartbeat=1)
     assert isinstance(err.value, (ConfigError, DataError))
     sweep = open_sweep(out)
-    assert "no_such_data" in sweep.study.user_attrs["stopped"]["why"]
-    assert [r["run"] for r in sweep_records(sweep)] == ["p000-s1"]
+    assert "no_such_data" in sweep.study.optuna.user_attrs["stopped"]["why"]
+    assert [r.run for r in sweep_records(sweep)] == ["p000-s1"]
     with pytest.raises(UserError, match="no_such_data"):  # the same command again: the trial again, same error
         run_sweep(spec, out, heartbeat=1)
     assert not (out / "trials" / "p001-s1" / "trial.json").exists()
@@ -178,10 +186,11 @@ def test_cli_report_of_a_finished_sweep(tmp_path, capsys):
 def test_a_run_that_finished_far_below_its_best_collapsed():
     metrics = [{"step": 20, "epoch": 1, "val_acc": 0.60}, {"step": 40, "epoch": 2, "val_acc": 0.95},
                {"event": "done", "step": 60, "val_acc": 0.14}, {"step": 60, "epoch": 3, "val_acc": 0.14}]  # fmt: skip
-    rec = mark_collapse({"diverged": False, "status": "done", "cause": None, "val_acc": 0.14}, metrics)
-    assert rec["diverged"] and rec["status"] == "collapsed" and rec["best_val_acc"] == 0.95
-    assert rec["cause"].startswith("collapsed: final val acc 0.140 < 0.8 x its best 0.950")
+    metrics = History(metrics)
+    rec = mark_collapse(TrialRecord("r", diverged=False, status="done", cause=None, val_acc=0.14), metrics)
+    assert rec.diverged and rec.status == "collapsed" and rec.best_val_acc == 0.95
+    assert rec.cause.startswith("collapsed: final val acc 0.140 < 0.8 x its best 0.950")
     # 0.77 >= 0.8 * 0.95 = 0.76: a dip, not a collapse; a run that gave up stays as it was
-    assert not mark_collapse({"diverged": False, "status": "done", "val_acc": 0.77}, metrics)["diverged"]
-    gave_up = mark_collapse({"diverged": True, "status": "diverged", "cause": "x", "val_acc": None}, metrics)
-    assert gave_up["status"] == "diverged" and gave_up["cause"] == "x"
+    assert not mark_collapse(TrialRecord("r", diverged=False, status="done", val_acc=0.77), metrics).diverged
+    gave_up = mark_collapse(TrialRecord("r", diverged=True, status="diverged", cause="x", val_acc=None), metrics)
+    assert gave_up.status == "diverged" and gave_up.cause == "x"

@@ -7,12 +7,20 @@ import base64
 import html
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from torchjem.errors import InputError
-from torchjem.sweep_report import best_setting, plot_heatmaps, stable_region, summarize, write_sweep_report
+from torchjem.sweep_report import (
+    TrialRecord,
+    best_setting,
+    plot_heatmaps,
+    stable_region,
+    summarize,
+    write_sweep_report,
+)
 
 LR, STEP = [1e-3, 3e-3, 1e-2], [0.3, 1.0, 3.0]
 KEYS = ["optim.lr", "sgld.step_size"]
@@ -20,27 +28,27 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def record(run, params, seed, diverged, val=None, recoveries=0, number=0, cause=None):
-    return {
-        "run": run,
-        "number": number,
-        "params": params,
-        "seed": seed,
-        "status": "diverged" if diverged else "done",
-        "diverged": diverged,
-        "recoveries": recoveries,
-        "first_trouble_step": 40 if (diverged or recoveries) else None,
-        "cause": (cause or "loss is NaN after 3 recoveries") if diverged else None,
-        "steps": 40 if diverged else 100,
-        "val_acc": None if diverged else val,
-        "test_acc": None if diverged else (None if val is None else val - 0.01),
-        "ece": None if diverged else 0.05 + seed / 100,
-        "nll": None if diverged else 0.3 + seed / 10,
-        "energy_gap": None if diverged else 1.5,
-        "seconds": 10.0 + seed,
-    }
+    return TrialRecord(
+        run=run,
+        number=number,
+        params=params,
+        seed=seed,
+        status="diverged" if diverged else "done",
+        diverged=diverged,
+        recoveries=recoveries,
+        first_trouble_step=40 if (diverged or recoveries) else None,
+        cause=(cause or "loss is NaN after 3 recoveries") if diverged else None,
+        steps=40 if diverged else 100,
+        val_acc=None if diverged else val,
+        test_acc=None if diverged else (None if val is None else val - 0.01),
+        ece=None if diverged else 0.05 + seed / 100,
+        nll=None if diverged else 0.3 + seed / 10,
+        energy_gap=None if diverged else 1.5,
+        seconds=10.0 + seed,
+    )
 
 
-def grid() -> list[dict]:
+def grid() -> list[TrialRecord]:
     """3x3 x 2 seeds. Diverged: every trial at step_size 3 or lr 1e-2, except seed 0 of (1e-2, 0.3)
     (so that setting has one diverged seed of two). Seed 0 of (3e-3, 1) recovered once.
     val acc = 0.9 + 0.01 i_lr + 0.001 i_step + 0.0001 seed."""
@@ -87,7 +95,7 @@ def test_without_recovery_the_run_that_recovered_counts_as_diverged():
     assert (region["n"], region["settings"], region["troubled"]) == (4, 2, 0)
     assert region["val_acc_mean"] == pytest.approx(np.mean([0.9, 0.9001, 0.91, 0.9101]))
     # without any recovery the two variants agree
-    calm = [dict(r, recoveries=0) for r in grid()]
+    calm = [replace(r, recoveries=0) for r in grid()]
     with_r, without_r = stable_region(calm, KEYS), stable_region(calm, KEYS, without_recovery=True)
     assert with_r["bounds"] == without_r["bounds"] and with_r["n"] == without_r["n"] == 8
 
@@ -97,8 +105,8 @@ def test_summarize_matches_numpy_over_the_non_diverged_seeds():
     rows = summarize(records, KEYS)
     assert [tuple(r["params"].values()) for r in rows] == [(lr, s) for lr in LR for s in STEP]
     for row in rows:
-        mine = [r for r in records if r["params"] == row["params"]]
-        ok = [r for r in mine if not r["diverged"]]
+        mine = [r for r in records if r.params == row["params"]]
+        ok = [r for r in mine if not r.diverged]
         assert row["n"] == 2 and row["seeds"] == [0, 1]
         assert row["diverged"] == 2 - len(ok) and row["divergence_rate"] == (2 - len(ok)) / 2
         assert row["seconds_mean"] == pytest.approx(10.5)
@@ -106,11 +114,11 @@ def test_summarize_matches_numpy_over_the_non_diverged_seeds():
             assert row["val_acc_mean"] is None and row["test_acc_mean"] is None and row["ece_mean"] is None
             continue
         for m in ("val_acc", "test_acc"):
-            v = np.array([r[m] for r in ok])
+            v = np.array([getattr(r, m) for r in ok])
             assert row[f"{m}_mean"] == pytest.approx(v.mean())
             assert row[f"{m}_std"] == (pytest.approx(v.std(ddof=1)) if len(v) > 1 else None)
-        assert row["ece_mean"] == pytest.approx(np.mean([r["ece"] for r in ok]))
-        assert row["nll_mean"] == pytest.approx(np.mean([r["nll"] for r in ok]))
+        assert row["ece_mean"] == pytest.approx(np.mean([r.ece for r in ok]))
+        assert row["nll_mean"] == pytest.approx(np.mean([r.nll for r in ok]))
     by = {tuple(r["params"].values()): r for r in rows}
     assert (by[(1e-2, 0.3)]["diverged"], by[(1e-2, 0.3)]["troubled"]) == (1, 1)
     assert by[(1e-2, 0.3)]["val_acc_mean"] == pytest.approx(0.92) and by[(1e-2, 0.3)]["val_acc_std"] is None
@@ -126,7 +134,7 @@ def test_best_setting_skips_settings_with_a_diverged_seed():
     assert best["val_acc_mean"] == pytest.approx(0.91105) and best["test_acc_mean"] == pytest.approx(0.90105)
     assert best["n"] == 2 and best["troubled"] == 1
     assert best["text"].startswith("optim.lr = 0.003, sgld.step_size = 1: val acc 0.9111")
-    everything_diverged = [dict(r, diverged=True, status="diverged", val_acc=None) for r in grid()]
+    everything_diverged = [replace(r, diverged=True, status="diverged", val_acc=None) for r in grid()]
     assert best_setting(everything_diverged, KEYS) is None
 
 
@@ -158,7 +166,7 @@ def test_a_categorical_key_is_one_value_or_all(sgd_ok, text, bounds):
 
 
 def test_wording_when_no_trial_or_every_setting_diverged():
-    calm = [dict(r, diverged=False, status="done", recoveries=0, val_acc=0.9) for r in grid()]
+    calm = [replace(r, diverged=False, status="done", recoveries=0, val_acc=0.9) for r in grid()]
     region = stable_region(calm, KEYS)
     assert region["text"] == "no trial diverged: 0/18"
     assert region["bounds"] == {"optim.lr": (1e-3, 1e-2), "sgld.step_size": (0.3, 3.0)} and region["n"] == 18
@@ -166,12 +174,12 @@ def test_wording_when_no_trial_or_every_setting_diverged():
         "no trial needed a recovery: 0/18 would have diverged without recovery"
     )
     # one diverged seed in every setting: no region at all
-    bad = [dict(r, diverged=r["seed"] == 1, status="diverged" if r["seed"] == 1 else "done") for r in calm]
+    bad = [replace(r, diverged=r.seed == 1, status="diverged" if r.seed == 1 else "done") for r in calm]
     region = stable_region(bad, KEYS)
     assert region["bounds"] is None and region["n"] == 0
     assert region["text"] == "every setting diverged (at least one seed each): 9/18 trials diverged"
     # nothing diverged, but a recovery in every setting
-    shaky = [dict(r, recoveries=1 if r["seed"] == 0 else 0) for r in calm]
+    shaky = [replace(r, recoveries=1 if r.seed == 0 else 0) for r in calm]
     assert stable_region(shaky, KEYS)["text"] == "no trial diverged: 0/18"
     assert stable_region(shaky, KEYS, without_recovery=True)["text"] == (
         "every setting needed a recovery or diverged (at least one seed each): "
@@ -200,7 +208,7 @@ def test_a_single_key_gets_one_strip(tmp_path):
     assert list(tmp_path.iterdir()) == paths  # no temporary file left behind
 
 
-def random_search(n=30, seed=0) -> list[dict]:
+def random_search(n=30, seed=0) -> list[TrialRecord]:
     """Log-uniform lr over [1e-4, 1e-1], uniform step over [0.6, 1.9] with the extremes 0.5 and
     2.0 placed at a small lr; diverged exactly when lr > 0.02."""
     rng = np.random.default_rng(seed)
@@ -215,7 +223,7 @@ def random_search(n=30, seed=0) -> list[dict]:
 
 def test_random_search_keys_are_binned_and_the_region_stops_at_the_first_divergence(tmp_path):
     records = random_search()
-    lrs = np.array([r["params"]["optim.lr"] for r in records])
+    lrs = np.array([r.params["optim.lr"] for r in records])
     ok = lrs[lrs <= 0.02]
     assert 0 < len(ok) < 30
     # divergence depends on lr only: every trial with lr <= 0.02, at any step size
@@ -241,7 +249,7 @@ def test_random_search_keys_are_binned_and_the_region_stops_at_the_first_diverge
 
 def test_html_embeds_the_images_lists_every_trial_and_escapes(tmp_path):
     records = grid()
-    records[-1]["cause"] = "<script>alert(1)</script> & NaN"
+    records[-1] = replace(records[-1], cause="<script>alert(1)</script> & NaN")
     notes = ["budget: 100 steps per trial <small>"]
     paths = write_sweep_report(records, KEYS, tmp_path, title="lr x step <sweep>", notes=notes)
     page = paths["html"].read_text()
@@ -249,7 +257,7 @@ def test_html_embeds_the_images_lists_every_trial_and_escapes(tmp_path):
     assert len(images) == 1 and base64.b64decode(images[0])[:8] == PNG
     assert paths["png_optim_lr__sgld_step_size"].read_bytes() == base64.b64decode(images[0])
     for r in records:
-        assert f">{r['run']}<" in page
+        assert f">{r.run}<" in page
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; NaN" in page
     assert "lr x step &lt;sweep&gt;" in page and "budget: 100 steps per trial &lt;small&gt;" in page
     assert html.escape(stable_region(records, KEYS)["text"]) in page
@@ -265,7 +273,8 @@ def test_html_embeds_the_images_lists_every_trial_and_escapes(tmp_path):
 def test_sweep_json_round_trips(tmp_path):
     records = grid()
     doc = json.loads(write_sweep_report(records, KEYS, tmp_path, title="t", notes=["n"])["json"].read_text())
-    assert doc["records"] == records
+    assert doc["records"] == [r.to_dict() for r in records]
+    assert [TrialRecord.from_dict(r) for r in doc["records"]] == records
     assert doc["summary"] == summarize(records, KEYS)
     plain = json.loads(json.dumps(stable_region(records, KEYS)))  # the bounds' tuples become lists
     assert doc["stable_region"]["with_recovery"] == plain
@@ -279,7 +288,7 @@ def test_sweep_json_round_trips(tmp_path):
 
 def test_three_keys_give_one_png_per_pair(tmp_path):
     records = [
-        dict(r, params={**r["params"], "optim.name": name}, run=f"{r['run']}-{name}")
+        replace(r, params={**r.params, "optim.name": name}, run=f"{r.run}-{name}")
         for r in grid()
         for name in ("adam", "sgd")
     ]
@@ -302,3 +311,29 @@ def test_bad_input_is_a_user_error():
         stable_region(grid(), ["optim.lr", "optim.lr"])
     with pytest.raises(InputError):
         best_setting(grid(), [])
+
+
+# RUN_DIR/trial.json as written before TrialRecord existed (keys in that code's order), and the same
+# trial in the study's user attributes (with the Optuna number and the setting's index)
+TRIAL_JSON = """{"run": "p001-s2", "params": {"optim.lr": 0.003, "sgld.step_size": 1.0}, "seed": 2, "recoveries": 1,
+ "first_trouble_step": 17, "cause": null, "energy_gap": 0.25, "diverged": false, "status": "done", "steps": 60,
+ "resumed": true, "val_acc": 0.9, "test_acc": 0.875, "ece": 0.03, "nll": 0.4, "seconds": 12.5, "best_val_acc": 0.92}"""
+
+
+def test_a_record_written_before_the_type_reads_back_in_the_same_json_shape():
+    saved = json.loads(TRIAL_JSON)
+    rec = TrialRecord.from_dict(saved)
+    assert (rec.run, rec.seed, rec.recoveries, rec.first_trouble_step, rec.resumed) == ("p001-s2", 2, 1, 17, True)
+    assert (rec.val_acc, rec.best_val_acc, rec.number, rec.point) == (0.9, 0.92, None, None)
+    assert rec.troubled and not rec.diverged
+    assert rec.to_dict() == saved  # trial.json keeps its keys: no number or point before the study has them
+    in_study = {**saved, "number": 7, "point": 1}
+    assert TrialRecord.from_dict(in_study).to_dict() == in_study
+    # older records: no best_val_acc, a status without the flag; keys this type does not know are ignored
+    old = TrialRecord.from_dict({"run": "x", "params": {}, "status": "diverged", "recoveries": None, "later": 1})
+    assert old.diverged and old.recoveries == 0 and old.best_val_acc is None
+    for bad in ({"params": {}}, {"run": "x"}, {"run": "x", "params": [1]}, "p000-s1"):
+        with pytest.raises(InputError, match="trial record"):
+            TrialRecord.from_dict(bad)
+    with pytest.raises(InputError, match="expected a TrialRecord"):
+        summarize([saved], ["optim.lr"])

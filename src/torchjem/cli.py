@@ -160,7 +160,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     result = run_sweep(spec, args.out, storage=args.storage, study_name=args.study, workers=args.workers,
                        threads=args.threads, heartbeat=args.heartbeat, progress=not args.quiet)  # fmt: skip
     records = result["records"]
-    diverged = sum(r["diverged"] for r in records)
+    diverged = sum(r.diverged for r in records)
     print(f"{len(records)} trials, {diverged} diverged; report: {result['report']['html']}")
     return 0
 
