@@ -193,3 +193,66 @@ def test_the_checker_catches_file_and_data_access_in_evaluate(tmp_path):
         "10: calls load_data(",
         "10: calls path.write_text(",
     ]
+
+
+# -- Optuna sits behind one module (workflows/sweep/study.py) ----------------------------------------
+OPTUNA_MODULE = "workflows/sweep/study.py"
+# private Optuna attributes that OPTUNA_MODULE may still touch, with the reason (none today)
+OPTUNA_PRIVATE_ALLOWED: dict[str, str] = {}
+
+
+def imports_optuna(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "optuna" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "optuna":
+            return True
+    return False
+
+
+def private_optuna_access(path: Path) -> list[str]:
+    """'line: what' for every private Optuna name ``path`` touches: an import from a private Optuna
+    module; in a module that imports optuna, any ``x._name`` (not a dunder) but on ``self`` or
+    ``cls``; anywhere, ``x._name`` where ``x`` mentions optuna (``sweep.study.optuna._storage``)."""
+    with_optuna = imports_optuna(path)
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "optuna":
+            if any(part.startswith("_") for part in node.module.split(".")):
+                found.append(f"{node.lineno}: imports {node.module}")
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            owner = ast.unparse(node.value)
+            on_self = isinstance(node.value, ast.Name) and owner in ("self", "cls")
+            if (with_optuna and not on_self) or "optuna" in owner:
+                found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return sorted(found, key=lambda s: int(s.split(":")[0]))
+
+
+def test_optuna_sits_behind_one_module():
+    rel = {p: str(p.relative_to(SRC)) for p in modules()}
+    assert {rel[p] for p in modules() if imports_optuna(p)} <= {OPTUNA_MODULE}, "keep Optuna in " + OPTUNA_MODULE
+    bad = [f"{rel[p]}:{what}" for p in modules() for what in private_optuna_access(p)]
+    bad = [b for b in bad if not (b.startswith(OPTUNA_MODULE + ":") and b.rsplit(".", 1)[-1] in OPTUNA_PRIVATE_ALLOWED)]
+    assert not bad, "use Optuna's public API (or add the name to OPTUNA_PRIVATE_ALLOWED with why):\n" + "\n".join(bad)
+
+
+def test_the_optuna_checker_catches_private_access(tmp_path):
+    (tmp_path / "study.py").write_text(
+        "import optuna\n"
+        "from optuna.storages._cached_storage import _CachedStorage\n"
+        "class S:\n"
+        "    def f(self, study, trial):\n"
+        "        self._storage = study._storage\n"  # on self: ours; study._storage: Optuna's
+        "        return trial._trial_id, optuna.storages._heartbeat, type(trial).__name__\n"
+    )
+    (tmp_path / "workers.py").write_text(  # no optuna import, but an Optuna object reached through the sweep
+        "def f(sweep, claim):\n    return sweep.study.optuna._study_id, claim._private_but_ours\n"
+    )
+    assert private_optuna_access(tmp_path / "study.py") == [
+        "2: imports optuna.storages._cached_storage",
+        "5: study._storage",
+        "6: trial._trial_id",
+        "6: optuna.storages._heartbeat",
+    ]
+    assert private_optuna_access(tmp_path / "workers.py") == ["2: sweep.study.optuna._study_id"]
+    assert imports_optuna(tmp_path / "study.py") and not imports_optuna(tmp_path / "workers.py")
