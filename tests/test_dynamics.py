@@ -10,8 +10,9 @@ import re
 import pytest
 from matplotlib.image import imread
 
-from torchjem.report import _superseded, dynamics_summary, plot_dynamics, write_report
-from torchjem.rundir import RunDir
+from torchjem.report import EvaluationReport, ModelReport, plot_dynamics, write_report
+from torchjem.runs import History, RunDir, dynamics_summary
+from torchjem.runs.history import superseded as _superseded
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -45,11 +46,13 @@ CLF_ONLY = [
 
 
 def test_summary_of_a_run_that_recovered_once_then_gave_up():
-    assert dynamics_summary(RECORDS) == {
+    assert dynamics_summary(RECORDS).to_dict() == {
         "steps": 23,  # the last record's step
         "recoveries": 1,
         "gave_up": True,
         "first_trouble_step": 17,  # the recovery's at_step, not the step it rewound to
+        "cause": "|loss| = 1e+05 > divergence.max_loss = 1e+04",  # the give-up's
+        "best_val_acc": 0.4,
         "final": {"loss": 1.0, "acc": 0.75, "energy_data": -4.0, "energy_sample": -3.5, "energy_gap": 0.5,
                   "lr": 0.05},
     }  # fmt: skip
@@ -57,10 +60,11 @@ def test_summary_of_a_run_that_recovered_once_then_gave_up():
 
 def test_summary_of_a_clean_classifier_only_run():
     s = dynamics_summary(CLF_ONLY)
-    assert s["steps"] == 12 and s["recoveries"] == 0 and s["gave_up"] is False and s["first_trouble_step"] is None
-    assert s["final"] == {"loss": 1.0, "acc": 0.5, "energy_data": None, "energy_sample": None, "energy_gap": None,
+    assert s.steps == 12 and s.recoveries == 0 and s.gave_up is False and s.first_trouble_step is None
+    assert s.cause is None and s.best_val_acc == 0.45  # validation records only (the "done" event repeats one)
+    assert s.final == {"loss": 1.0, "acc": 0.5, "energy_data": None, "energy_sample": None, "energy_gap": None,
                           "lr": 0.1}  # fmt: skip
-    assert dynamics_summary([])["steps"] is None
+    assert dynamics_summary([]).steps is None
 
 
 def test_records_a_rewind_went_back_past_are_superseded():
@@ -86,16 +90,18 @@ def test_dynamics_png_has_a_panel_per_curve(tmp_path, records, panels):
 
 
 def _report(models):
-    return {"title": "t", "created": "now", "data": {}, "settings": {}, "models": models}
+    return EvaluationReport(title="t", created="now", models=models)
 
 
 def test_section_in_html_and_json(tmp_path):
-    dynamics = {**dynamics_summary(RECORDS), "arrays": {"records": RECORDS}}
     models = {
-        "model": {"label": "jem", "kind": "JEM", "dynamics": dynamics},
-        "baseline": {"label": "imported", "kind": "classifier"},  # e.g. an imported checkpoint: no metrics.jsonl
+        "model": ModelReport(label="jem", kind="JEM", dynamics=dynamics_summary(RECORDS), history=History(RECORDS)),
+        "baseline": ModelReport(label="imported", kind="classifier"),  # e.g. an imported checkpoint: no metrics.jsonl
     }
-    paths = write_report(_report(models), tmp_path)
+    report = _report(models)
+    before = report.to_dict()
+    paths = write_report(report, tmp_path)
+    assert report.to_dict() == before  # the report is not changed by writing it
     data = json.loads((tmp_path / "report.json").read_text())
     m = data["models"]["model"]
     assert "arrays" not in m["dynamics"] and m["dynamics"]["first_trouble_step"] == 17
@@ -110,7 +116,7 @@ def test_section_in_html_and_json(tmp_path):
     assert f'<td data-key="{key}">17</td>' in html
     key = json.dumps(["models", "model", "dynamics", "final", "lr"]).replace('"', "&quot;")
     assert f'<td data-key="{key}">0.0500</td>' in html
-    write_report(_report({"model": {"label": "imported", "kind": "JEM"}}), tmp_path / "none")
+    write_report(_report({"model": ModelReport(label="imported", kind="JEM")}), tmp_path / "none")
     assert "Training dynamics" not in (tmp_path / "none" / "report.html").read_text()
 
 

@@ -113,7 +113,7 @@ def test_imported_logits_equal_the_reference_forward(tmp_path, kind, norm):
     assert (kw["depth"], kw["width"], kw["norm"]) == (DEPTH, WIDTH, norm or "none")
     if norm == "batch":  # the reference's batch-norm momentum convention is kept for further training
         assert run.jem.net.blocks[0].bn1.momentum == 0.9
-    assert run.state["net"]["imported"]["format"] == kind and run.cfg.data.name == "cifar10"
+    assert run.state.net["imported"]["format"] == kind and run.cfg.data.name == "cifar10"
 
 
 def test_the_unconditional_model_keeps_its_energy_head(tmp_path):
@@ -191,18 +191,18 @@ def test_an_imported_run_is_evaluated_with_the_reference_input_noise(tmp_path):
     kw = dict(ood=["uniform"], generate=False, limit=16, write=False, progress=False)
     clean = evaluate_run(tmp_path / "run", **kw)
     noisy = evaluate_run(tmp_path / "run", input_noise=0.5, **kw)
-    assert clean["settings"]["input_noise"] == 0 and noisy["settings"]["input_noise"] == 0.5
+    assert clean.settings.input_noise == 0 and noisy.settings.input_noise == 0.5
     run = load_run(tmp_path / "run", device="cpu")
     data = run.data()
     x, y = data.x_test[:16], data.y_test[:16]
     g = torch.Generator().manual_seed(1)  # the evaluation's seed + 1
     x_noisy = x + 0.5 * torch.randn(x.shape, generator=g)
     want = F.cross_entropy(run.jem.logits(x_noisy), y).item()
-    assert noisy["models"]["model"]["classification"]["nll"] == pytest.approx(want, rel=1e-5)
-    assert clean["models"]["model"]["classification"]["nll"] == pytest.approx(
+    assert noisy.models["model"].evaluation.classification.nll == pytest.approx(want, rel=1e-5)
+    assert clean.models["model"].evaluation.classification.nll == pytest.approx(
         F.cross_entropy(run.jem.logits(x), y).item(), rel=1e-5
     )
     # and it can be trained further (fine-tuning: a fresh optimiser from the imported weights)
     resume = ["train", "--resume", str(tmp_path / "run"), "train.max_steps=2", "train.batch_size=8", "sgld.steps=2"]
     assert main([*resume, "--quiet", "--device=cpu"]) == 0
-    assert load_run(tmp_path / "run", device="cpu").state["step"] == 2
+    assert load_run(tmp_path / "run", device="cpu").state.progress.step == 2

@@ -18,6 +18,7 @@ from matplotlib.image import imread
 
 import torchjem
 from torchjem import report, samples
+from torchjem.evaluate.results import CalibrationResult
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SRC = Path(torchjem.__file__).resolve().parent
@@ -95,16 +96,20 @@ def test_save_grid_writes_a_png_of_the_laid_out_size(tmp_path: Path) -> None:
 
 def test_report_pngs_have_the_figure_size(tmp_path: Path) -> None:
     edges = np.linspace(0, 1, 11)
-    cal = {
-        "ece": 0.05,
-        "mce": 0.2,
-        "bins": {
+    cal = CalibrationResult(
+        ece=0.05,
+        mce=0.2,
+        n_bins=10,
+        n=45,
+        accuracy=0.7,
+        confidence=0.75,
+        bins={
             "edges": edges.tolist(),
             "accuracy": np.linspace(0.1, 0.9, 10).tolist(),
             "confidence": (edges[1:] - 0.05).tolist(),
             "count": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
         },
-    }
+    )
     img = _png(report.plot_reliability(cal, tmp_path / "rel.png", "run"))
     assert img.shape[:2] == (int(4.8 * 96), int(4.2 * 96))  # figsize (4.2, 4.8) inches at 96 dpi
     # save_samples: a 2 x 3 grid of 8x8 images (19 x 28 pixels) scaled by 480 // 28 = 17, no margins

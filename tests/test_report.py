@@ -12,8 +12,8 @@ from torchjem.cli import main
 from torchjem.evaluate.ood import SCORES, builtin_ood_set
 from torchjem.evaluate.results import OODResult
 from torchjem.evaluate.suite import evaluate_model
-from torchjem.report import _get, fmt
-from torchjem.rundir import RunDir
+from torchjem.report.page import fmt, get_path
+from torchjem.runs import RunDir
 from torchjem.training import train
 from torchjem.workflows.evaluate import evaluate_run, headline
 from torchjem.workflows.inputs import default_feature_net
@@ -33,8 +33,8 @@ def runs(tmp_path_factory):
     """A tiny JEM and its baseline trained on digits 0-4 (so digits 5-9 are a held-out OOD set)."""
     root = tmp_path_factory.mktemp("runs")
     extra = ["data.classes=[0,1,2,3,4]", "train.max_steps=12"]
-    jem = train(tiny_config(root / "jem", *extra), progress=False)
-    train(tiny_config(root / "base", *extra, "train.clf_only=true"), data=jem.data, progress=False)
+    jem = train(tiny_config(*extra), progress=False, out=root / "jem")
+    train(tiny_config(*extra, "train.clf_only=true"), data=jem.data, progress=False, out=root / "base")
     default_feature_net(jem.data, root / "jem" / "feature_net", epochs=2)  # cached: the report reuses it
     (root / "jem" / "attack").mkdir()
     (root / "jem" / "attack" / "attack.json").write_text(json.dumps(ATTACK))
@@ -117,7 +117,7 @@ def test_json_holds_every_figure_the_html_shows(report):
         m = re.search(r'data-key="([^"]*)"', attrs)
         if m:
             path = json.loads(m.group(1).replace("&quot;", '"'))
-            assert fmt(_get(data, path)) == text, path
+            assert fmt(get_path(data, path)) == text, path
             keyed += 1
     assert keyed > 100
     # and the headline figures are among them
@@ -130,10 +130,10 @@ def test_json_holds_every_figure_the_html_shows(report):
 
 def test_robustness_section_is_skipped_without_attack_json_and_taken_from_a_dict(runs, tmp_path):
     rep = evaluate_run(runs / "base", ood=["uniform"], generate=False, limit=20, out=tmp_path / "a", progress=False)
-    assert rep["models"]["model"]["dynamics"]["arrays"]["records"] == RunDir(runs / "base").read_metrics()
+    assert rep.models["model"].history.records == RunDir(runs / "base").read_metrics()
     html = (tmp_path / "a" / "report.html").read_text()
     assert "Robustness" not in html and "<h2>Generation</h2>" not in html
-    assert list(rep["models"]) == ["model"]
+    assert list(rep.models) == ["model"]
     given = {**ATTACK, "png": None, "curves": {"baseline": [0.95, 0.1, 0.0]}}
     evaluate_run(
         runs / "base", ood=["uniform"], generate=False, limit=20, out=tmp_path / "b", progress=False,
@@ -151,7 +151,7 @@ def test_robustness_section_is_skipped_without_attack_json_and_taken_from_a_dict
 def test_a_run_without_metrics_has_no_dynamics(runs, tmp_path):
     shutil.copytree(runs / "base", tmp_path / "copy", ignore=shutil.ignore_patterns("metrics.jsonl", "report"))
     rep = evaluate_run(tmp_path / "copy", ood=["uniform"], generate=False, limit=20, progress=False)
-    assert "dynamics" not in rep["models"]["model"] and "dynamics" not in rep["models"]["model"]["png"]
+    assert rep.models["model"].dynamics is None and "model_dynamics" not in rep.files
     assert "Training dynamics" not in (tmp_path / "copy" / "report" / "report.html").read_text()
 
 
@@ -160,8 +160,8 @@ def test_headline_and_limit(report):
     h = headline(rep, "model")
     assert set(h["ood"]) == {"uniform", "gaussian", "interp", "held_out"}
     assert 0 <= h["ood"]["uniform"]["px"]["auroc"] <= 1 and h["fid"] >= 0
-    assert rep["models"]["model"]["ood"]["sets"]["uniform"]["n"] == 40  # OOD sets limited too
-    assert rep["models"]["model"]["generation"]["n_fake"] == 40
+    assert rep.models["model"].evaluation.ood.sets["uniform"]["n"] == 40  # OOD sets limited too
+    assert rep.models["model"].evaluation.generation.n_fake == 40
 
 
 def test_cli_eval_writes_a_report_and_rejects_bad_input(runs, tmp_path, capsys):

@@ -51,13 +51,13 @@ def test_eps_zero_is_clean_accuracy_and_curve_never_rises(clf, test_set):
     with torch.no_grad():
         clean = (clf(x).argmax(1) == y).float().mean().item()
     res = robust_accuracy(clf, x, y, [0.0, 0.05, 0.1, 0.2, 0.4], steps=10, progress=False)
-    acc = res["accuracy"]
+    acc = res.accuracy
     assert acc[0] == pytest.approx(clean, abs=1e-6)
     assert all(b <= a for a, b in zip(acc, acc[1:]))
     assert acc[-1] < acc[0] - 0.3  # the attack does bite at large eps
     # the stochastic defence too: cumulative robustness cannot rise
     d = robust_accuracy(_defence(clf), x[:40], y[:40], [0.0, 0.1, 0.2], steps=5, progress=False)
-    assert all(b <= a for a, b in zip(d["accuracy"], d["accuracy"][1:]))
+    assert all(b <= a for a, b in zip(d.accuracy, d.accuracy[1:]))
     assert not any(m.training for m in clf.modules())  # the wrapped classifier is left in eval mode
 
 
@@ -201,10 +201,10 @@ def test_saved_adversarials_reevaluate_to_the_same_figures(clf, test_set, tmp_pa
     res = robust_accuracy(clf, x, y, [0.0, 0.1, 0.2], steps=5, progress=False)
     path = save_adversarials(tmp_path / "adv.pt", res, y, norm="linf", setting="clf")
     again = evaluate_saved(path, clf)
-    assert again["accuracy"] == res["accuracy"] and again["eps"] == [0.0, 0.1, 0.2]
+    assert again["accuracy"] == res.accuracy and again["eps"] == [0.0, 0.1, 0.2]
     # on another model (transfer) the figures differ but follow the same rule
     other = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-    assert evaluate_saved(path, other)["accuracy"] == adversarial_accuracy(other, res["x_adv"], y)[0]
+    assert evaluate_saved(path, other)["accuracy"] == adversarial_accuracy(other, res.x_adv, y)[0]
 
 
 def test_transfer_candidates_only_lower_the_figure(clf, test_set):
@@ -212,12 +212,12 @@ def test_transfer_candidates_only_lower_the_figure(clf, test_set):
     source = robust_accuracy(clf, x, y, [0.0, 0.3], steps=5, progress=False)
     weak = nn.Sequential(clf, nn.Identity())  # the same function: the transferred adversarials fool it
     kw = dict(steps=1, step_size=1e-4, random_start=False, progress=False)
-    res = robust_accuracy(weak, x, y, [0.0, 0.3], candidates=source["x_adv"], **kw)
-    assert res["accuracy_direct"][1] > source["accuracy"][1] + 0.2  # the direct attack alone is too weak
-    assert res["accuracy"][1] <= source["accuracy"][1] + 1e-6  # every transferred success counts
+    res = robust_accuracy(weak, x, y, [0.0, 0.3], candidates=source.x_adv, **kw)
+    assert res.accuracy_direct[1] > source.accuracy[1] + 0.2  # the direct attack alone is too weak
+    assert res.accuracy[1] <= source.accuracy[1] + 1e-6  # every transferred success counts
     # with a randomised defence too, adding candidates never raises the figure
-    res = robust_accuracy(_defence(clf), x, y, [0.0, 0.3], candidates=source["x_adv"], **kw)
-    assert all(a <= d for a, d in zip(res["accuracy"], res["accuracy_direct"]))
+    res = robust_accuracy(_defence(clf), x, y, [0.0, 0.3], candidates=source.x_adv, **kw)
+    assert all(a <= d for a, d in zip(res.accuracy, res.accuracy_direct))
 
 
 def test_distal_adversarials_are_confident(clf, digits):
@@ -233,7 +233,7 @@ def test_distal_adversarials_are_confident(clf, digits):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, digits):
     out = tmp_path_factory.mktemp("attack") / "run"
-    train(tiny_config(out, "train.max_steps=40", "seed=2"), data=digits, progress=False)
+    train(tiny_config("train.max_steps=40", "seed=2"), data=digits, progress=False, out=out)
     return out
 
 

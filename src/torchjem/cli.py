@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 from .config import CONFIG_DIR, config_reference
 from .errors import ConfigError, InputError, UserError
@@ -56,7 +55,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, dotted keys")
     p.add_argument("--config", "-c", help="YAML config file, or the name of a shipped recipe (see `jem recipes`)")
-    p.add_argument("--out", help="run directory (config key out)")
+    p.add_argument("--out", help="run directory (default runs/train)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
     p.add_argument("--clf-only", action="store_true", help="train a plain classifier baseline (train.clf_only=true)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (refused otherwise)")
@@ -68,13 +67,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .workflows.train import train_run
 
     extra = list(args.overrides)
-    extra += _as_overrides(args, "device", "seed", "out")
+    extra += _as_overrides(args, "device", "seed")
     if args.clf_only:
         extra.append("train.clf_only=true")
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces one: use one of them")
     trainer, result = train_run(
-        args.config, extra, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite
+        args.config, extra, out=args.out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite
     )
     if trainer.is_main:
         print(json.dumps(result, indent=2))
@@ -249,12 +248,11 @@ def cmd_attack(args: argparse.Namespace) -> int:
         init_noise=args.init_noise, gradient=args.gradient, transfer=not args.no_transfer, distal=args.distal,
         batch_size=args.batch_size, device=device, progress=not args.quiet,
     )  # fmt: skip
-    out = Path(args.out) if args.out else Path(args.run_dir) / "attack"
-    res = attack_run(args.run_dir, options, baseline=args.baseline, out=out)
-    print(f"{'eps':>12}" + "".join(f"{name:>11}" for name in res["curves"]))
-    for k, e in enumerate(res["eps"]):
-        print(f"{e:12g}" + "".join(f"{acc[k]:11.4f}" for acc in res["curves"].values()))
-    print(f"n={res['n']} {res['norm']}; wrote {out / 'attack.json'}")
+    res = attack_run(args.run_dir, options, baseline=args.baseline, out=args.out)
+    print(f"{'eps':>12}" + "".join(f"{name:>11}" for name in res.curves))
+    for k, e in enumerate(res.eps):
+        print(f"{e:12g}" + "".join(f"{acc[k]:11.4f}" for acc in res.curves.values()))
+    print(f"n={res.n} {res.norm}; wrote {os.path.dirname(res.png_path)}")
     return 0
 
 
@@ -319,9 +317,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         seed=0 if args.seed is None else args.seed, progress=not args.quiet,
     )  # fmt: skip
     report = evaluate_run(args.run_dir, options, baseline=args.baseline, out=args.out)
-    for role in report["models"]:
-        print(f"{report['models'][role]['label']}: {json.dumps(headline(report, role))}")
-    print(f"wrote {report['files']['html']} and {report['files']['json']}")
+    for role, m in report.models.items():
+        print(f"{m.label}: {json.dumps(headline(report, role))}")
+    print(f"wrote {report.files['html']} and {report.files['json']}")
     return 0
 
 
@@ -379,7 +377,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .workflows.interop import export_run
 
     out = export_run(args.run_dir, args.out, args.checkpoint, buffer=not args.no_buffer)
-    print(f"wrote {out}/model.safetensors and {out}/torchjem.json")
+    print(f"wrote the export {out} (safetensors + JSON; `jem eval {out}` and `jem import torchjem {out}` read it)")
     return 0
 
 

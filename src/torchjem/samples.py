@@ -14,8 +14,8 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from .checkpoint import atomic_write_bytes
 from .errors import InputError
+from .figures import save_image, save_png
 from .sampling import ChainSampler
 
 
@@ -34,9 +34,8 @@ def grid_image(x: torch.Tensor, nrow: int | None = None, pad: int = 1) -> np.nda
 
 
 def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None, title: str | None = None) -> Path:
-    """Write a PNG grid of images (N, C, H, W), or of line plots for 1-D signals (N, C, L)."""
-    import io
-
+    """Write a PNG grid of images (N, C, H, W), or of line plots for 1-D signals (N, C, L).
+    InputError for any other shape."""
     path = Path(path)
     if x.ndim == 4:
         img = grid_image(x, nrow)
@@ -60,10 +59,18 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None, title:
         raise InputError(f"save_grid expects (N, C, H, W) images or (N, C, L) signals, got shape {tuple(x.shape)}")
     if title:
         fig.suptitle(title, fontsize=9)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")  # a Figure of its own: no pyplot, no backend switch
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_png(fig, path, tight=True)  # a Figure of its own: no pyplot, no backend switch
+
+
+def save_samples(x: torch.Tensor, path: str | Path, nrow: int | None = None, width: int = 480) -> Path:
+    """A sample grid as a crisp PNG about ``width`` pixels wide: the pixels themselves, upscaled by
+    an integer factor (nearest neighbour), no axes or title (the report's grids); 1-D signals
+    (N, C, L) as line plots (``save_grid``)."""
+    if x.ndim != 4:
+        return save_grid(x, path, nrow)
+    img = grid_image(x, nrow)
+    scale = max(1, width // img.shape[1])
+    return save_image(np.repeat(np.repeat(img, scale, axis=0), scale, axis=1), path)
 
 
 def check_grid_options(n: int, per_class: int, n_steps: int | None) -> None:

@@ -141,6 +141,62 @@ class GenerationResult(_Result):
 
 
 @dataclass(kw_only=True)
+class RobustAccuracy(_Result):
+    """``robust_accuracy``'s result: PGD at each of ``eps`` (E radii, increasing) on ``n`` inputs.
+
+    ``accuracy`` (E): robust accuracy per eps, transferred ``candidates`` included;
+    ``accuracy_direct`` (E): the direct attack alone; ``x_adv`` (E, N, ...): the adversarial kept per
+    eps and input (CPU); ``robust`` (E, N) bool: whether each input is robust at each eps.
+    """
+
+    eps: list[float]
+    accuracy: list[float]
+    accuracy_direct: list[float]
+    n: int
+    x_adv: torch.Tensor
+    robust: torch.Tensor
+
+
+@dataclass(kw_only=True)
+class RobustnessResult(_Result):
+    """Robust accuracy curves of one or more settings (JEM-0, JEM-n, a baseline): the content of
+    attack.json (``jem attack``; docs/robustness.md), as the report shows it.
+
+    ``curves``: {setting: robust accuracy per eps} (the transfer attack included);
+    ``curves_direct``: the direct attack alone; ``png``: the curves' plot as attack.json names it
+    (relative to the run directory when inside it); ``png_path``: that file resolved, or None when
+    it is missing (set when read, in report.json, never in attack.json); ``attack``: the attack's
+    settings; ``adversarials``: {setting: saved file}; ``distal``: {model: figures of
+    ``distal_report``}; ``extra``: keys of a hand-written record this schema does not know (kept).
+    """
+
+    norm: str | None = _optional()  # linf | l2
+    eps: list[float]
+    n: int | None = _optional()  # inputs attacked
+    curves: dict[str, list[float]]
+    png: str | None = _optional()
+    curves_direct: dict[str, list[float]] | None = _optional()
+    attack: dict[str, Any] | None = _optional()
+    adversarials: dict[str, str] | None = _optional()
+    distal: dict[str, Any] | None = _optional()
+    seconds: float | None = _optional()
+    png_path: str | None = _optional()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out.update(out.pop("extra"))
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RobustnessResult:
+        """The record of an attack.json dict (validated first: ``torchjem.runs.check_attack``)."""
+        names = {f.name for f in fields(cls)} - {"extra"}
+        known = {k: v for k, v in d.items() if k in names}
+        return cls(**known, extra={k: v for k, v in d.items() if k not in names})
+
+
+@dataclass(kw_only=True)
 class ModelEvaluation(_Result):
     """Every evaluation of one model (``evaluate_model``); a part is None when it was not asked for."""
 
@@ -159,4 +215,6 @@ __all__ = [
     "ConditionalAccuracy",
     "GenerationResult",
     "ModelEvaluation",
+    "RobustAccuracy",
+    "RobustnessResult",
 ]

@@ -21,6 +21,7 @@ from ..errors import InputError
 from ..utils import model_device, predict_logits
 from .attacks import DATA_RANGE, check_norm, check_range, distal_adversarials, pgd
 from .ood import ood_scores
+from .results import RobustAccuracy
 
 log = logging.getLogger("torchjem")
 # Default eps lists in the [-1, 1] data scale (8/255 in [0, 1] is 16/255 ~ 0.063 here).
@@ -78,16 +79,26 @@ def robust_accuracy(
     candidates: torch.Tensor | None = None,
     progress: bool = True,
     desc: str = "PGD",
-) -> dict[str, Any]:
+) -> RobustAccuracy:
     """PGD at every eps (increasing) against ``model``; robust accuracy per eps and the adversarials.
 
-    Returns {"eps", "accuracy", "accuracy_direct", "n", "x_adv" (E, N, ...) on the CPU, "robust"
-    (E, N) bool}. At each eps the adversarial from the previous eps is kept unless the new attack
-    found a successful one where it had not. ``candidates`` (E, N, ...): adversarials made against
-    another model (e.g. JEM-0's against JEM-n, a transfer attack); where one fools ``model`` and the
-    direct attack did not, it is kept instead ("accuracy_direct" is the figure without them).
-    Targeted attacks aim at a random wrong class per input (seeded by the global RNG); accuracy
-    still counts correct classifications. ``step_size`` None: 2.5 eps / steps.
+    At each eps the adversarial from the previous eps is kept unless the new attack found a
+    successful one where it had not, so the figures never rise with eps.
+
+    Args:
+        model: any classifier returning logits (a ``JEMDefence`` for JEM-n).
+        x, y: inputs (N, ...) in ``data_range`` and their labels (N,).
+        eps: radii, increasing, in the data's scale.
+        norm, steps, step_size, random_start, restarts, targeted, eot: the PGD attack (``pgd``);
+            ``step_size`` None: 2.5 eps / steps. Targeted attacks aim at a random wrong class per
+            input (seeded by the global RNG); accuracy still counts correct classifications.
+        candidates: (E, N, ...) adversarials made against another model (e.g. JEM-0's against
+            JEM-n, a transfer attack); where one fools ``model`` and the direct attack did not, it
+            is kept instead (``accuracy_direct`` is the figure without them).
+        batch_size, progress, desc: inputs attacked at once; a progress bar and its label.
+
+    Returns a ``RobustAccuracy`` (eps, accuracy, accuracy_direct, n, x_adv (E, N, ...) on the CPU,
+    robust (E, N) bool). InputError for a bad norm, eps list, data range or shapes.
     """
     check_norm(norm)
     eps = check_eps(eps)
@@ -133,7 +144,7 @@ def robust_accuracy(
         correct = correct & ~fooled_by_candidate
     robust = correct.cumprod(dim=0).bool()
     accuracy = robust.float().mean(1).tolist()
-    return {"eps": eps, "accuracy": accuracy, "accuracy_direct": direct, "n": len(x), "x_adv": x_adv, "robust": robust}
+    return RobustAccuracy(eps=eps, accuracy=accuracy, accuracy_direct=direct, n=len(x), x_adv=x_adv, robust=robust)
 
 
 def robustness_comparison(
@@ -162,8 +173,8 @@ def robustness_comparison(
         res = robust_accuracy(
             model, x, y, eps, norm=norm, candidates=cand, progress=progress, desc=f"PGD {name}", **attack
         )
-        adversarials[name] = res["x_adv"]
-        out[name] = {eps_key(e): a for e, a in zip(res["eps"], res["accuracy"])}
+        adversarials[name] = res.x_adv
+        out[name] = {eps_key(e): a for e, a in zip(res.eps, res.accuracy)}
     return out
 
 

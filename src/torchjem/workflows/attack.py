@@ -3,7 +3,6 @@ adversarials, the adversarials saved to files, and their re-evaluation on any ru
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -14,11 +13,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import atomic_write_text, check_writable, load_checkpoint, save_checkpoint
+from ..checkpoint import check_writable, load_checkpoint, save_checkpoint
 from ..errors import InputError
 from ..evaluate.attacks import JEMDefence, check_norm
+from ..evaluate.results import RobustAccuracy, RobustnessResult
 from ..evaluate.robustness import DEFAULT_EPS, adversarial_accuracy, check_eps, distal_report, robust_accuracy
 from ..report import plot_curves
+from ..runs import write_attack
+from ..runs.layout import ATTACK_PNG
 from .runs import LoadedRun, check_same_data, load_run
 
 log = logging.getLogger("torchjem")
@@ -78,9 +80,9 @@ def defence_settings(
     }
 
 
-def save_adversarials(path: str | Path, result: dict[str, Any], y: torch.Tensor, **meta: Any) -> Path:
+def save_adversarials(path: str | Path, result: RobustAccuracy, y: torch.Tensor, **meta: Any) -> Path:
     """Write a ``robust_accuracy`` result's adversarials (loadable without running code)."""
-    state = {"x_adv": result["x_adv"], "y": y.cpu(), "eps": list(result["eps"]), "accuracy": list(result["accuracy"])}
+    state = {"x_adv": result.x_adv, "y": y.cpu(), "eps": list(result.eps), "accuracy": list(result.accuracy)}
     state.update(meta)
     save_checkpoint(path, state)
     return Path(path)
@@ -120,20 +122,28 @@ def attack_run(
     baseline: str | Path | None = None,
     out: str | Path | None = None,
     **overrides: Any,
-) -> dict[str, Any]:
+) -> RobustnessResult:
     """Robust accuracy against eps of a run's JEM-n for each n in ``options.refine_steps`` (and a
-    ``baseline`` run); ``overrides`` set single options (``attack_run(run, norm="l2")``).
+    ``baseline`` run): the one producer of robustness figures (`jem attack`, the demo).
 
-    Writes ``out`` (default RUN_DIR/attack): attack.json, robust_accuracy.png,
-    adversarials_<setting>.pt per setting and, with ``distal`` > 0, distal adversarials. The defence
-    uses the run's SGLD step size and noise. With ``transfer`` (and 0 in ``refine_steps``), JEM-0's
-    adversarials are also tried against every JEM-n; attack.json's "curves" are then the stronger of
-    both and "curves_direct" the direct attack alone.
+    Writes ``out``: attack.json, the curves' PNG, adversarials_<setting>.pt per setting and, with
+    ``distal`` > 0, distal adversarials. The defence uses the run's SGLD step size and noise. With
+    ``transfer`` (and 0 in ``refine_steps``), JEM-0's adversarials are also tried against every
+    JEM-n; "curves" are then the stronger of both and "curves_direct" the direct attack alone.
+
+    Args:
+        run_dir: the run attacked (settings JEM-n).
+        options: how to attack; ``overrides`` set single options instead (``attack_run(run, norm="l2")``).
+        baseline: another run attacked alike (setting "baseline"); same data required.
+        out: where to write (default RUN_DIR/attack, where `jem eval` reads it).
+
+    Returns attack.json's record, with ``png_path`` (the written PNG) set. InputError for a bad
+    option, before any run is loaded.
     """
     o = replace(options or AttackOptions(), **overrides).check()
     t0 = time.perf_counter()
     run = load_run(run_dir, o.checkpoint, o.device)
-    out = check_writable(Path(out) if out is not None else run.path / "attack")
+    out = check_writable(Path(out) if out is not None else run.dir.attack)
     base = load_run(baseline, o.checkpoint, o.device) if baseline is not None else None
     if base is not None:
         check_same_data(run, base)
@@ -154,25 +164,33 @@ def attack_run(
         cand = source if o.transfer and name.startswith("JEM-") and name != "JEM-0" else None
         res = robust_accuracy(model, x, y, o.eps, candidates=cand, desc=f"PGD {name}", **attack)
         if name == "JEM-0":
-            source = res["x_adv"]
-        curves[name], direct[name] = res["accuracy"], res["accuracy_direct"]
+            source = res.x_adv
+        curves[name], direct[name] = res.accuracy, res.accuracy_direct
         path = save_adversarials(
             out / f"adversarials_{name}.pt", res, y, norm=o.norm, setting=name, run_dir=str(run_dir), x=x.cpu()
         )
         files[name] = str(path)
-    png = plot_curves(curves, o.eps, o.norm, out / "robust_accuracy.png")
+    png = plot_curves(curves, o.eps, o.norm, out / ATTACK_PNG)
     try:
         png_ref = str(png.resolve().relative_to(run.path.resolve()))
     except ValueError:
         png_ref = str(png)
-    result: dict[str, Any] = {
-        "norm": o.norm,
-        "eps": o.eps,
-        "n": len(x),
-        "curves": curves,
-        "png": png_ref,
-        "curves_direct": direct,
-        "attack": {
+    distal = None
+    if o.distal > 0:
+        distal = {}
+        models = {"jem": run.jem, **({"baseline": base.jem} if base is not None else {})}
+        for name, model in models.items():
+            figures, xd = distal_report(model, x, o.distal)
+            distal[name] = figures
+            save_checkpoint(out / f"distal_{name}.pt", {"x": xd, "y": torch.arange(len(xd)) % run.n_classes})
+    result = RobustnessResult(
+        norm=o.norm,
+        eps=o.eps,
+        n=len(x),
+        curves=curves,
+        png=png_ref,
+        curves_direct=direct,
+        attack={
             "steps": o.steps,
             "step_size": o.step_size if o.step_size is not None else "2.5*eps/steps",
             "random_start": o.random_start,
@@ -187,15 +205,9 @@ def attack_run(
             "transfer_from_jem0": o.transfer,
             "checkpoint": o.checkpoint,
         },
-        "adversarials": files,
-    }
-    if o.distal > 0:
-        result["distal"] = {}
-        models = {"jem": run.jem, **({"baseline": base.jem} if base is not None else {})}
-        for name, model in models.items():
-            figures, xd = distal_report(model, x, o.distal)
-            result["distal"][name] = figures
-            save_checkpoint(out / f"distal_{name}.pt", {"x": xd, "y": torch.arange(len(xd)) % run.n_classes})
-    result["seconds"] = time.perf_counter() - t0
-    atomic_write_text(out / "attack.json", json.dumps(result, indent=2))
-    return result
+        adversarials=files,
+        distal=distal,
+        seconds=time.perf_counter() - t0,
+    )
+    write_attack(out, result.to_dict())
+    return replace(result, png_path=str(png))

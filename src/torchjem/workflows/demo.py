@@ -4,38 +4,75 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from ..checkpoint import atomic_write_text
-from ..config import CONFIG_DIR, load_config
-from ..evaluate.attacks import JEMDefence
+from ..config import CONFIG_DIR, load_config, merge
 from ..evaluate.classification import classification
-from ..evaluate.robustness import robustness_comparison
-from ..report import plot_curves
+from ..evaluate.robustness import eps_key
+from ..runs.layout import ATTACK_PNG
 from ..training import train
+from .attack import AttackOptions, attack_run
 from .evaluate import evaluate_run, headline
 
 log = logging.getLogger("torchjem")
 RECIPE = CONFIG_DIR / "digits_demo.yaml"
 # --quick: a smoke test of the whole pipeline, not the real figures.
-QUICK = ["train.epochs=2", "sgld.steps=5", "buffer.size=200"]
+QUICK = {"train": {"epochs": 2}, "sgld": {"steps": 5}, "buffer": {"size": 200}}
+# The demo folder (not a run directory): its runs, its reports and its summary, written last.
+SUMMARY = "summary.json"
+REPORT, HELD_OUT = "report", "held_out"
+LEGACY = (ATTACK_PNG,)  # the curves' plot, written into the demo folder itself by earlier versions
+
+
+def demo_attack(quick: bool = False, device: str = "auto", progress: bool = True) -> AttackOptions:
+    """The demo's robustness check (docs/robustness.md): L-inf PGD at eps 0 to 0.3 against JEM-0,
+    JEM-3 (2 chains, JEM-0's adversarials transferred) and the baseline, 20 steps on 100 test
+    digits (10 steps on 50 with ``quick``), no distal adversarials."""
+    return AttackOptions(
+        norm="linf", eps=[0.0, 0.05, 0.1, 0.2, 0.3], refine_steps=[0, 3], n_chains=2, limit=50 if quick else 100,
+        steps=10 if quick else 20, distal=0, device=device, progress=progress,
+    )  # fmt: skip
+
+
+def clear_outputs(out: Path) -> None:
+    """Remove the outputs of an earlier demo in ``out`` that are not run directories (those are
+    overwritten by their training): the summary first, then the reports, so that a demo that fails
+    part way leaves no summary beside reports it did not write."""
+    (out / SUMMARY).unlink(missing_ok=True)
+    for folder in (out / REPORT, out / HELD_OUT / REPORT):
+        shutil.rmtree(folder, ignore_errors=True)
+    for name in LEGACY:
+        (out / name).unlink(missing_ok=True)
 
 
 def run_demo(
-    out: str | Path = "runs/demo", device: str = "auto", seed: int = 1, quick: bool = False, progress: bool = True
+    out: str | Path = "runs/demo", device: str = "auto", seed: int = 1, *, quick: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Train, evaluate and compare; writes ``out/summary.json`` and returns it."""
+    """Train, attack, evaluate and compare; writes ``out/summary.json`` last (atomically) and
+    returns it. Re-running into the same ``out`` replaces every output of the earlier run.
+
+    Args:
+        out: the demo folder: runs jem/, baseline/, held_out/{jem,baseline}/, report/, summary.json.
+        device: where to train and evaluate (auto, cpu, cuda, ...).
+        seed: the runs' seed (and the evaluations').
+        quick: a smoke test of the whole pipeline (fewer epochs, steps and examples), not the figures.
+        progress: show progress bars.
+    """
     t0 = time.perf_counter()
     out = Path(out)
-    common = [f"device={device}", f"seed={seed}"] + (QUICK if quick else [])
-    jem_cfg = load_config(RECIPE, common + [f"out={out / 'jem'}"])
-    base_cfg = load_config(RECIPE, common + [f"out={out / 'baseline'}", "train.clf_only=true"])
+    clear_outputs(out)
+    common = merge({"device": device, "seed": seed}, QUICK if quick else {})
+    clf_only = {"train": {"clf_only": True}}
+    jem_cfg = load_config(RECIPE, common)
+    base_cfg = load_config(RECIPE, merge(common, clf_only))
     log.info("demo 1/2: training the JEM")
-    jem = train(jem_cfg, progress=progress, overwrite=True)
+    jem = train(jem_cfg, progress=progress, out=out / "jem", overwrite=True)
     log.info("demo 2/2: training the baseline classifier (same net, data and schedule)")
-    base = train(base_cfg, data=jem.data, progress=progress, overwrite=True)
+    base = train(base_cfg, data=jem.data, progress=progress, out=out / "baseline", overwrite=True)
     data = jem.data
 
     summary: dict[str, Any] = {"data": data.name, "quick": quick}
@@ -43,71 +80,53 @@ def run_demo(
         res = classification(tr.jem, data.x_test, data.y_test)
         summary[name] = {"test_accuracy": res.accuracy, "test_nll": res.nll, "run_dir": str(tr.run.path)}
 
-    # Robustness (docs/robustness.md): L-inf PGD on test digits against JEM-0, JEM-n (SGLD-refined,
-    # attacked through the chains and with JEM-0's adversarials transferred) and the baseline.
-    n_refine, n_chains = 3, 2
-    refined = JEMDefence.from_sampler(jem.jem, jem.sampler.sgld, n_refine, n_chains, jem_cfg.objective.data_noise)
-    n_robust, eps = (50 if quick else 100), [0.0, 0.05, 0.1, 0.2, 0.3]
-    log.info("demo: robustness (PGD L-inf on %d test digits)", n_robust)
-    robust = robustness_comparison(
-        {"jem": jem.jem, "jem_refined": refined, "baseline": base.jem},
-        data.x_test[:n_robust],
-        data.y_test[:n_robust],
-        eps,
-        norm="linf",
-        transfer={"jem_refined": "jem"},
-        steps=10 if quick else 20,
-        progress=progress,
-    )
-    summary["jem_refined"] = {"refine_steps": n_refine, "n_chains": n_chains}
-    for name, curve in robust.items():
+    # Robustness, by `jem attack`'s workflow: RUN_DIR/attack/attack.json of the JEM (with the
+    # baseline's curve), which the evaluation below reads as `jem eval` does.
+    options = demo_attack(quick, device, progress)
+    log.info("demo: robustness (PGD L-inf on %d test digits)", options.limit)
+    attack = attack_run(jem.run.path, options, baseline=base.run.path)
+    n_refine = max(options.refine_steps)
+    summary["jem_refined"] = {"refine_steps": n_refine, "n_chains": options.n_chains}
+    for name, setting in (("jem", "JEM-0"), ("jem_refined", f"JEM-{n_refine}"), ("baseline", "baseline")):
+        curve = {eps_key(e): a for e, a in zip(attack.eps, attack.curves[setting])}
         summary[name]["robust_accuracy"] = {"linf": curve}
-    summary["robust_accuracy_n"] = n_robust
-    curves = {"JEM-0": robust["jem"], f"JEM-{n_refine}": robust["jem_refined"], "baseline": robust["baseline"]}
-    png = plot_curves({k: list(v.values()) for k, v in curves.items()}, eps, "linf", out / "robust_accuracy.png")
-    attack = {"norm": "linf", "eps": eps, "n": n_robust, "png": str(png.resolve())}
-    robustness = {
-        "model": {**attack, "curves": {k: list(curves[k].values()) for k in ("JEM-0", f"JEM-{n_refine}")}},
-        "baseline": {**attack, "curves": {"baseline": list(curves["baseline"].values())}},
-    }
+    summary["robust_accuracy_n"] = attack.n
 
     # The paper's evaluations, JEM beside the baseline (docs/evaluation.md): calibration, OOD
     # detection, sample quality, with the robustness above; the report goes to out/report/.
     report = evaluate_run(
         jem.run.path,
         baseline=base.run.path,
-        out=out / "report",
+        out=out / REPORT,
         limit=100 if quick else None,
         data=data,
         seed=seed,
         progress=progress,
-        robustness=robustness,
     )
     for name, role in (("jem", "model"), ("baseline", "baseline")):
         figures = headline(report, role)
         summary[name].update(ece=figures["ece"], nll=figures["nll"], ood=figures["ood"])
-    gen = report["models"]["model"]["generation"]
-    summary["jem"].update(
-        fid=gen["fid"], fid_feature_net=gen["feature_net"], conditional_accuracy=gen["conditional_accuracy"]
-    )
-    summary["report"] = report["files"]["html"]
+    gen = report.models["model"].evaluation.generation
+    summary["jem"].update(fid=gen.fid, fid_feature_net=gen.feature_net, conditional_accuracy=gen.conditional_accuracy)
+    summary["report"] = str(report.files["html"])
 
     # Held-out classes: the demo models saw all ten digits, so two small side runs (JEM and
     # baseline, same recipe, fewer epochs) train on digits 0-4 and meet 5-9 as OOD.
-    ho_common = common + ["data.classes=[0,1,2,3,4]", f"train.epochs={2 if quick else 12}"]
-    ho_cfg = load_config(RECIPE, ho_common + [f"out={out / 'held_out' / 'jem'}"])
-    ho_jem = train(ho_cfg, progress=progress, overwrite=True)
+    ho_common = merge(common, {"data": {"classes": [0, 1, 2, 3, 4]}, "train": {"epochs": 2 if quick else 12}})
+    ho_jem = train(load_config(RECIPE, ho_common), progress=progress, out=out / HELD_OUT / "jem", overwrite=True)
     ho_base = train(
-        load_config(RECIPE, ho_common + [f"out={out / 'held_out' / 'baseline'}", "train.clf_only=true"]),
+        load_config(RECIPE, merge(ho_common, clf_only)),
         data=ho_jem.data,
         progress=progress,
+        out=out / HELD_OUT / "baseline",
+        overwrite=True,
     )
     ho = evaluate_run(
         ho_jem.run.path,
         baseline=ho_base.run.path,
         ood=["held_out"],
         generate=False,
-        out=out / "held_out" / "report",
+        out=out / HELD_OUT / REPORT,
         seed=seed,
         progress=progress,
     )
@@ -117,11 +136,11 @@ def run_demo(
         "trained_on": [0, 1, 2, 3, 4],
         "ood": [5, 6, 7, 8, 9],
         "note": "ood.held_out comes from the side runs in held_out/, not from the main models",
-        "report": ho["files"]["html"],
+        "report": str(ho.files["html"]),
     }
 
     summary["seconds"] = time.perf_counter() - t0
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2))  # last: it vouches for everything above
     return summary
 
 

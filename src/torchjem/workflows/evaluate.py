@@ -20,9 +20,10 @@ from ..checkpoint import check_writable
 from ..data import DataSplits
 from ..errors import InputError
 from ..evaluate.ood import SCORES, check_scores
+from ..evaluate.results import RobustnessResult
 from ..evaluate.suite import evaluate_model
-from ..report import check_robustness, dynamics_summary, load_robustness, write_report
-from ..rundir import RunDir
+from ..report import DataInfo, EvaluationReport, ModelReport, ReportSettings, write_report
+from ..runs import check_attack, read_attack
 from ..utils import model_device
 from .inputs import DEFAULT_OOD, HELD_OUT, build_ood_sets, check_ood_specs, resolve_feature_net
 from .runs import check_same_data, load_run
@@ -75,22 +76,31 @@ def evaluate_run(
     *,
     baseline: str | Path | None = None,
     out: str | Path | None = None,
-    robustness: dict[str, dict] | None = None,
+    robustness: dict[str, dict | RobustnessResult] | None = None,
     data: DataSplits | None = None,
     write: bool = True,
     **overrides: Any,
-) -> dict[str, Any]:
+) -> EvaluationReport:
     """Evaluate the run in ``run_dir`` (and ``baseline``, side by side) and write the report.
 
-    ``options`` (or single ``overrides``: ``evaluate_run(run, limit=100)``) say what to evaluate;
-    ``out``: report directory (default RUN_DIR/report); ``robustness``: {role: attack dict}
-    (default: each run's attack/attack.json when present); ``data``: the DataSplits when the run's
-    data is not loadable by name. Returns the report dict (with plot arrays); report.json holds
-    the same figures without the arrays.
+    Args:
+        run_dir: the run directory (role "model").
+        options: what to evaluate and how; ``overrides`` set single options instead
+            (``evaluate_run(run, limit=100)``).
+        baseline: a second run directory shown side by side (role "baseline"); same data required.
+        out: the report directory (default RUN_DIR/report).
+        robustness: {role: attack.json dict or ``RobustnessResult``} (default: each run's
+            RUN_DIR/attack/attack.json when present, else no robustness section).
+        data: the DataSplits when the run's data is not loadable by name.
+        write: write report.json, report.html and the PNGs (``report.files`` says where).
+
+    Returns the typed ``EvaluationReport`` (plot arrays and metrics records included); report.json
+    holds its figures without them. InputError (a ValueError) for a bad option, before any work;
+    FileNotFoundError for a missing run directory.
     """
     o = replace(options or EvalOptions(), **overrides).check()
     loaded = {"model": load_run(run_dir, o.checkpoint, o.device)}
-    out_dir = check_writable(Path(out) if out is not None else loaded["model"].path / "report") if write else None
+    out_dir = check_writable(Path(out) if out is not None else loaded["model"].dir.report) if write else None
     if baseline is not None:
         loaded["baseline"] = load_run(baseline, o.checkpoint, o.device)
         check_same_data(loaded["model"], loaded["baseline"])
@@ -112,74 +122,70 @@ def evaluate_run(
         ood_sets = {k: v + o.input_noise * torch.randn(v.shape, generator=g) for k, v in ood_sets.items()}
     fnet = None
     if o.generate:
-        fnet = resolve_feature_net(o.feature_net, data, main.path / "feature_net", model_device(main.jem), o.progress)
+        fnet = resolve_feature_net(o.feature_net, data, main.dir.feature_net, model_device(main.jem), o.progress)
     x_ref = data.x_train[: len(x_test)]
 
-    models: dict[str, Any] = {}
+    models: dict[str, ModelReport] = {}
     for role, run in loaded.items():
         torch.manual_seed(o.seed)
         log.info("evaluating %s (%s)", role, run.path)
-        res = evaluate_model(
+        evaluation = evaluate_model(
             run.jem, x_test, y_test, n_classes=n_classes, ood_sets=ood_sets, scores=o.scores, n_bins=o.n_bins,
             refine_steps=o.refine_steps, sampler=run.sampler if o.generate or o.refine_steps else None,
             feature_net=fnet, x_reference=x_ref, per_class=per_class, sample_steps=o.sample_steps,
             progress=o.progress,
-        ).to_dict()  # fmt: skip
-        rob = (robustness or {}).get(role)
-        rob = check_robustness(rob, run.path) if rob is not None else load_robustness(run.path)
-        models[role] = {
-            "label": run.label,
-            "kind": "classifier" if run.cfg.train.clf_only else "JEM",
-            "run_dir": str(run.path),
-            "checkpoint": o.checkpoint,
-            **res,
-            **({"robustness": rob} if rob is not None else {}),
-        }
-        records = RunDir(run.path).read_metrics()
-        if records:  # (imported checkpoints and `jem export` folders have no metrics.jsonl: no section)
-            models[role]["dynamics"] = {**dynamics_summary(records), "arrays": {"records": records}}
-    if "baseline" in models and models["baseline"]["label"] == models["model"]["label"]:
-        models["baseline"]["label"] += " (baseline)"
-    report: dict[str, Any] = {
-        "version": 1,
-        "title": "torchjem evaluation: " + " vs ".join(m["label"] for m in models.values()),
-        "created": datetime.datetime.now().isoformat(timespec="seconds"),
-        "data": {"name": data.name, "shape": list(data.shape), "n_classes": n_classes, "n_test": len(x_test)},
-        "settings": {
-            "limit": o.limit,
-            "ood_sets": list(ood),
-            "scores": o.scores,
-            "n_bins": o.n_bins,
-            "refine_steps": o.refine_steps,
-            "input_noise": o.input_noise,
-            "feature_net": fnet.name if fnet is not None else None,
-            "seed": o.seed,
-            "ood_descriptions": ood_desc,
-        },
-        "models": models,
-    }
+        )  # fmt: skip
+        given = (robustness or {}).get(role)
+        given = given.to_dict() if isinstance(given, RobustnessResult) else given
+        rob = check_attack(given, run.path) if given is not None else read_attack(run.path)
+        history = run.dir.history()  # (imported checkpoints and `jem export` folders have none: no section)
+        models[role] = ModelReport(
+            label=run.label,
+            kind="classifier" if run.cfg.train.clf_only else "JEM",
+            run_dir=str(run.path),
+            checkpoint=o.checkpoint,
+            evaluation=evaluation,
+            robustness=RobustnessResult.from_dict(rob) if rob is not None else None,
+            dynamics=history.summary() if history.records else None,
+            history=history if history.records else None,
+        )
+    if "baseline" in models and models["baseline"].label == models["model"].label:
+        models["baseline"].label += " (baseline)"
+    report = EvaluationReport(
+        title="torchjem evaluation: " + " vs ".join(m.label for m in models.values()),
+        created=datetime.datetime.now().isoformat(timespec="seconds"),
+        data=DataInfo(name=data.name, shape=list(data.shape), n_classes=n_classes, n_test=len(x_test)),
+        settings=ReportSettings(
+            limit=o.limit, ood_sets=list(ood), scores=o.scores, n_bins=o.n_bins, refine_steps=o.refine_steps,
+            input_noise=o.input_noise, feature_net=fnet.name if fnet is not None else None, seed=o.seed,
+            ood_descriptions=ood_desc,
+        ),
+        models=models,
+    )
     if write:
-        files = write_report(report, out_dir)
-        report["files"] = {k: str(v) for k, v in files.items()}
-        log.info("report written to %s", files["html"])
+        report.files = write_report(report, out_dir)
+        log.info("report written to %s", report.files["html"])
     return report
 
 
-def headline(report: dict[str, Any], role: str) -> dict[str, Any]:
-    """The figures `jem demo` and `jem eval` print: accuracy, NLL, ECE, OOD AUROCs, FID, conditional accuracy."""
-    m = report["models"][role]
+def headline(report: EvaluationReport, role: str) -> dict[str, Any]:
+    """The figures `jem demo` and `jem eval` print for the model in ``role``: {"accuracy", "nll",
+    "ece", "mce", "ood"?: {set: {score: {"auroc"}}}, "fid"?, "feature_net"?, "conditional_accuracy"?}.
+    KeyError for a role the report does not have."""
+    ev = report.models[role].evaluation
+    if ev is None:
+        return {}
     out: dict[str, Any] = {
-        "accuracy": m["classification"]["accuracy"],
-        "nll": m["classification"]["nll"],
-        "ece": m["calibration"]["ece"],
-        "mce": m["calibration"]["mce"],
+        "accuracy": ev.classification.accuracy,
+        "nll": ev.classification.nll,
+        "ece": ev.calibration.ece,
+        "mce": ev.calibration.mce,
     }
-    if "ood" in m:
-        out["ood"] = {
-            s: {k: {"auroc": v["auroc"]} for k, v in res.items() if isinstance(v, dict)}
-            for s, res in m["ood"]["sets"].items()
-        }
-    if "generation" in m:
-        g = m["generation"]
-        out.update(fid=g["fid"], feature_net=g["feature_net"], conditional_accuracy=g["conditional_accuracy"])
+    if ev.ood is not None:
+        # sets: {set: {"n": size, score: {"auroc", ...}}}
+        out["ood"] = {s: {k: {"auroc": v["auroc"]} for k, v in res.items() if isinstance(v, dict)}
+                      for s, res in ev.ood.sets.items()}  # fmt: skip
+    g = ev.generation
+    if g is not None:
+        out.update(fid=g.fid, feature_net=g.feature_net, conditional_accuracy=g.conditional_accuracy)
     return out

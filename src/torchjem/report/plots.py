@@ -1,0 +1,258 @@
+"""Every PNG of the evaluation report, through the one PNG writer (``torchjem.figures``):
+reliability diagrams, OOD score histograms, sample grids, robust-accuracy curves and training
+dynamics; ``model_plots`` writes those of one model's results.
+
+Plots use matplotlib's object-oriented API (``Figure``; no pyplot), so importing this module leaves
+the user's matplotlib backend as it is.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from ..evaluate.results import CalibrationResult, OODResult
+from ..figures import save_png
+from ..runs.history import History, is_window, number, record_step
+from ..samples import save_samples
+from .schema import ModelReport
+
+
+def plot_reliability(cal: CalibrationResult, path: str | Path, label: str = "") -> Path:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, the gap shaded; below,
+    the examples per bin."""
+    bins = cal.bins
+    edges = np.asarray(bins["edges"])
+    lo, width = edges[:-1], np.diff(edges)
+    acc, conf, count = (np.asarray(bins[k], dtype=float) for k in ("accuracy", "confidence", "count"))
+    filled = count > 0
+    fig = Figure(figsize=(4.2, 4.8), layout="constrained")
+    ax, axc = fig.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.bar(
+        lo[filled], acc[filled], width[filled], align="edge", color="#4c72b0", edgecolor="k", lw=0.5, label="accuracy"
+    )
+    gap_lo, gap_hi = np.minimum(acc, conf), np.maximum(acc, conf)
+    ax.bar(
+        lo[filled],
+        (gap_hi - gap_lo)[filled],
+        width[filled],
+        bottom=gap_lo[filled],
+        align="edge",
+        color="#dd8452",
+        alpha=0.45,
+        hatch="//",
+        edgecolor="#c44e52",
+        lw=0.5,
+        label="gap to confidence",
+    )
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
+    ax.set_title(f"{label}  ECE {cal.ece:.2%}  MCE {cal.mce:.2%}".strip(), fontsize=10)
+    ax.legend(loc="upper left", fontsize=7)
+    axc.bar(lo, count, width, align="edge", color="grey", edgecolor="k", lw=0.3)
+    axc.set(xlabel="confidence (max softmax)", ylabel="count")
+    return save_png(fig, path)
+
+
+def plot_ood_histograms(ood: OODResult, path: str | Path, label: str = "") -> Path:
+    """One panel per (OOD set, score): the in-distribution scores against the set's, with AUROC."""
+    arrays, scores, sets = ood.arrays, ood.scores, list(ood.sets)
+    fig = Figure(figsize=(2.7 * len(scores), 2.0 * len(sets)), layout="constrained")
+    axes = fig.subplots(len(sets), len(scores), squeeze=False)
+    for r, name in enumerate(sets):
+        for c, score in enumerate(scores):
+            ax = axes[r, c]
+            s_in, s_out = np.asarray(arrays["in"][score]), np.asarray(arrays[name][score])
+            both = np.concatenate([s_in, s_out])
+            lo, hi = np.percentile(both, 0.5), np.percentile(both, 99.5)
+            bins = np.linspace(lo, hi if hi > lo else lo + 1e-6, 40)
+            kw = {"density": True, "alpha": 0.55, "histtype": "stepfilled"}  # one polygon each: fast to draw
+            ax.hist(np.clip(s_in, lo, hi), bins, color="#4c72b0", label="in-dist", **kw)
+            ax.hist(np.clip(s_out, lo, hi), bins, color="#dd8452", label=name, **kw)
+            ax.set_title(f"{name} · {score}  AUROC {ood.sets[name][score]['auroc']:.3f}", fontsize=8)
+            ax.tick_params(labelsize=6)
+            ax.xaxis.set_major_locator(MaxNLocator(4))
+            ax.set_yticks([])
+            if c == 0:
+                ax.legend(fontsize=6)
+    if label:
+        fig.suptitle(f"{label}: OOD scores (higher = more in-distribution)", fontsize=10)
+    return save_png(fig, path)
+
+
+def plot_curves(curves: dict[str, list[float]], eps: list[float], norm: str, path: str | Path) -> Path:
+    """A PNG of robust accuracy against eps, one line per setting."""
+    fig = Figure(figsize=(5, 3.6), dpi=110)
+    ax = fig.subplots()
+    for name, acc in curves.items():
+        ax.plot(list(eps), acc, marker="o", label=name)
+    ax.set_xlabel(f"epsilon ({'L-inf' if norm == 'linf' else 'L2'}, data in [-1, 1])")
+    ax.set_ylabel("robust accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"PGD {norm}")
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+# -- training dynamics ------------------------------------------------------------------------
+TROUBLE = "#c44e52"  # recoveries: line at the divergence, span back to the state rewound to
+
+
+def _draw(ax: Any, series: tuple[np.ndarray, np.ndarray, np.ndarray], color: str, label: str, **kw: Any) -> None:
+    """The records in file order, readably: the kept ones (their steps increase) as one solid
+    line; each run of superseded records as a faint dashed branch that forks off the kept record
+    before it, so a rewound stretch shows as a detour under the line training went on with."""
+    s, v, gone = series
+    if len(s) <= 40:
+        kw.setdefault("marker", ".")
+    ax.plot(s[~gone], v[~gone], color=color, label=label, lw=1.2, **kw)
+    i = 0
+    while i < len(s):
+        if not gone[i]:
+            i += 1
+            continue
+        j = i
+        while j < len(s) and gone[j]:
+            j += 1
+        lo = i - 1 if i > 0 else i
+        ax.plot(s[lo:j], v[lo:j], color=color, alpha=0.4, ls="--", lw=1, **kw)
+        i = j
+
+
+def plot_dynamics(records: list[dict], path: str | Path, label: str = "") -> Path:
+    """Training dynamics from a run's metrics.jsonl records (file order): loss; training and
+    validation accuracy; energy of data and of samples; their gap (sample - data); learning rate,
+    over training steps. Every panel marks the divergence events: a recovery as a red dashed line
+    at the step that diverged with the span back to the step it rewound to shaded (and an arrow on
+    the top panel, with the retry number), a give-up as a black dotted line with an X. Records that
+    a rewind superseded are drawn faint and dashed (see ``_draw``). A run without a p(x) term
+    (--clf-only) logs no energies: its energy panel says so and the gap panel is left out."""
+    windows = [r for r in records if is_window(r)]
+    # validation: the epoch records, and the final validation a max_steps run logs with "done"
+    # (unless an epoch record already has that step)
+    val = [r for r in records if "event" not in r and "loss" not in r and "val_acc" in r]
+    val_steps = {record_step(r) for r in val}
+    val += [r for r in records if r.get("event") == "done" and "val_acc" in r and record_step(r) not in val_steps]
+    recoveries = [r for r in records if r.get("event") == "recovery"]
+    gave_up = [r for r in records if r.get("event") == "gave_up" and record_step(r) is not None]
+    has_energy = any(number(r.get("energy_data")) is not None for r in windows)
+
+    panels = ["loss", "accuracy", "energy"] + (["gap"] if has_energy else []) + ["lr"]
+    fig = Figure(figsize=(6.4, 1.65 * len(panels) + 1.1), layout="constrained")
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    ax = dict(zip(panels, axes))
+
+    _draw(ax["loss"], History(windows).series("loss"), "#4c72b0", "loss")
+    ax["loss"].set_ylabel("loss")
+    _draw(ax["accuracy"], History(windows).series("acc"), "#4c72b0", "training (window mean)")
+    if val:
+        _draw(ax["accuracy"], History(val).series("val_acc"), "#55a868", "validation", marker="o", ms=3)
+    ax["accuracy"].set_ylabel("accuracy")
+    ax["accuracy"].legend(fontsize=6, loc="lower right")
+    if has_energy:
+        _draw(ax["energy"], History(windows).series("energy_data"), "#4c72b0", "data")
+        _draw(ax["energy"], History(windows).series("energy_sample"), "#dd8452", "samples")
+        ax["energy"].legend(fontsize=6, loc="best")
+        gap = [
+            {"step": r["step"], "gap": r["energy_sample"] - r["energy_data"]}
+            for r in windows
+            if number(r.get("energy_data")) is not None and number(r.get("energy_sample")) is not None
+        ]
+        _draw(ax["gap"], History(gap).series("gap"), "#8172b2", "gap")
+        ax["gap"].axhline(0, color="grey", lw=0.6)
+        ax["gap"].set_ylabel("E(samples) -\nE(data)")
+    else:
+        ax["energy"].text(0.5, 0.5, "no p(x) term (classifier-only run): no energies", transform=ax["energy"].transAxes,
+                          ha="center", va="center", fontsize=8, color="#555")  # fmt: skip
+        ax["energy"].set_yticks([])
+    ax["energy"].set_ylabel("energy\n-log p(x)")
+    s_lr, v_lr, gone_lr = History(windows).series("lr")
+    _draw(ax["lr"], (s_lr, v_lr, gone_lr), "#937860", "lr")
+    if len(v_lr) and v_lr.min() > 0 and v_lr.max() >= 10 * v_lr.min():
+        ax["lr"].set_yscale("log")
+    ax["lr"].set_ylabel("learning rate")
+    axes[-1].set_xlabel("training step")
+    if not windows:
+        ax["loss"].text(0.5, 0.5, "no training records", transform=ax["loss"].transAxes, ha="center", va="center")
+
+    for a in axes:
+        a.tick_params(labelsize=7)
+        a.grid(alpha=0.25)
+        for e in recoveries:
+            at, back = number(e.get("at_step")), number(e.get("rewound_to"))
+            if at is None:
+                continue
+            if back is not None:
+                a.axvspan(back, at, color=TROUBLE, alpha=0.12, lw=0)
+            a.axvline(at, color=TROUBLE, ls="--", lw=1)
+        for e in gave_up:
+            a.axvline(e["step"], color="k", ls=":", lw=1.5)
+            a.plot([e["step"]], [1.0], marker="X", color="k", ms=7, transform=a.get_xaxis_transform(), clip_on=False)
+    top = axes[0]
+    for e in recoveries:
+        at, back = number(e.get("at_step")), number(e.get("rewound_to"))
+        if at is None or back is None:
+            continue
+        top.annotate("", xy=(back, 0.88), xytext=(at, 0.88), xycoords=top.get_xaxis_transform(),
+                     arrowprops={"arrowstyle": "->", "color": TROUBLE, "lw": 1})  # fmt: skip
+        top.text(at, 1.01, f"#{e.get('retry', '?')}", transform=top.get_xaxis_transform(), color=TROUBLE,
+                 fontsize=6, ha="center", va="bottom")  # fmt: skip
+
+    handles: list[Any] = []
+    if any(History(windows).series("loss")[2]):
+        rewound = "faint, dashed: steps rewound and done again"
+        handles.append(Line2D([], [], color="grey", ls="--", alpha=0.5, label=rewound))
+    if recoveries:
+        n = len(recoveries)
+        handles.append(Line2D([], [], color=TROUBLE, ls="--", label=f"recovery ({n}): diverged at the line (#retry)"))
+        handles.append(Patch(color=TROUBLE, alpha=0.12, label="... rewound to the shaded span's start"))
+    for e in gave_up:
+        cause = str(e.get("cause", "?"))
+        cause = cause if len(cause) <= 60 else cause[:57] + "..."
+        handles.append(Line2D([], [], color="k", ls=":", marker="X", label=f"gave up at step {e['step']}: {cause}"))
+    if not recoveries and not gave_up:
+        handles.append(Line2D([], [], color="none", label="no divergence events"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=2 if len(handles) > 1 else 1, fontsize=6.5)
+    fig.suptitle(f"{label}: training dynamics".strip(": "), fontsize=10)
+    return save_png(fig, path)
+
+
+def model_plots(m: ModelReport, role: str, out: Path) -> dict[str, str]:
+    """Write the PNGs of one model's results into ``out`` as ``<role>_<figure>.png``; returns
+    {figure: file name}. The robustness plot is copied from where its attack.json names it."""
+    label, png = m.label or role, {}
+
+    def path(figure: str) -> Path:
+        return out / f"{role}_{figure}.png"
+
+    ev = m.evaluation
+    if ev is not None and ev.calibration is not None:
+        png["reliability"] = plot_reliability(ev.calibration, path("reliability"), label).name
+    if ev is not None and ev.ood is not None and ev.ood.arrays:
+        png["ood_histograms"] = plot_ood_histograms(ev.ood, path("ood_histograms"), label).name
+    if ev is not None and ev.generation is not None and ev.generation.arrays:
+        arrays = ev.generation.arrays
+        uncond = save_samples(arrays["unconditional"][:100], path("samples_unconditional"))
+        cond = save_samples(arrays["conditional"], path("samples_conditional"), nrow=ev.generation.per_class)
+        png["samples_unconditional"], png["samples_conditional"] = uncond.name, cond.name
+    rob = m.robustness
+    if rob is not None and rob.png_path and Path(rob.png_path).is_file():
+        dst = path("robust_accuracy")
+        if Path(rob.png_path).resolve() != dst.resolve():
+            shutil.copyfile(rob.png_path, dst)
+        png["robust_accuracy"] = dst.name
+    if m.history is not None and m.history.records:
+        png["dynamics"] = plot_dynamics(m.history.records, path("dynamics"), label).name
+    return png
+
+
+__all__ = ["model_plots", "plot_curves", "plot_dynamics", "plot_ood_histograms", "plot_reliability", "save_samples"]

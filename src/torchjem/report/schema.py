@@ -1,0 +1,113 @@
+"""The evaluation report as typed results: what ``torchjem.workflows.evaluate.evaluate_run``
+produces and ``write_report`` turns into report.json, the PNGs and report.html.
+
+``to_dict()`` gives report.json's shape: {"version", "title", "created", "data", "settings",
+"models": {role: {"label", "kind", "run_dir", "checkpoint", <ModelEvaluation's parts>,
+"robustness"?, "dynamics"?, "png"}}}. Plot arrays (OOD scores, samples, the metrics records)
+stay in the results and go into the PNGs only (``page.clean_json`` drops them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..evaluate.results import ModelEvaluation, RobustnessResult
+from ..runs.history import DynamicsSummary, History
+
+
+@dataclass(kw_only=True)
+class DataInfo:
+    """The evaluation data: its name, input ``shape`` (C, H, W), classes and test examples used."""
+
+    name: str
+    shape: list[int]
+    n_classes: int
+    n_test: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "n_classes": self.n_classes, "n_test": self.n_test}
+
+
+@dataclass(kw_only=True)
+class ReportSettings:
+    """How the models were evaluated (``EvalOptions`` as resolved); ``ood_descriptions``: {set: words}."""
+
+    limit: int | None = None
+    ood_sets: list[str] = field(default_factory=list)
+    scores: list[str] = field(default_factory=list)
+    n_bins: int = 20
+    refine_steps: int = 0
+    input_noise: float = 0.0
+    feature_net: str | None = None
+    seed: int = 0
+    ood_descriptions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(kw_only=True)
+class ModelReport:
+    """One model's column of the report: the run it came from and its typed results.
+
+    ``evaluation``: ``evaluate_model``'s result (None: only the other sections); ``robustness``: its
+    attack.json record (None: no section); ``dynamics`` and ``history``: the summary and records of
+    the run's metrics.jsonl (None: a run without one, e.g. an imported checkpoint).
+    """
+
+    label: str
+    kind: str = "JEM"  # JEM | classifier
+    run_dir: str | None = None
+    checkpoint: str | None = None
+    evaluation: ModelEvaluation | None = None
+    robustness: RobustnessResult | None = None
+    dynamics: DynamicsSummary | None = None
+    history: History | None = None
+
+    def to_dict(self, png: dict[str, str] | None = None) -> dict[str, Any]:
+        """The model's entry of report.json (arrays included: ``page.clean_json`` drops them);
+        ``png``: {figure: file name} of its plots."""
+        out: dict[str, Any] = {"label": self.label, "kind": self.kind}
+        out.update({k: v for k, v in (("run_dir", self.run_dir), ("checkpoint", self.checkpoint)) if v is not None})
+        if self.evaluation is not None:
+            out.update(self.evaluation.to_dict())
+        if self.robustness is not None:
+            out["robustness"] = self.robustness.to_dict()
+        if self.dynamics is not None:
+            out["dynamics"] = self.dynamics.to_dict()
+        out["png"] = dict(png or {})
+        return out
+
+
+@dataclass(kw_only=True)
+class EvaluationReport:
+    """Every model's results side by side (roles "model", "baseline") and how they were obtained.
+
+    ``files``: where ``write_report`` wrote it ({"json", "html", "<role>_<figure>"}; empty when not
+    written; not part of report.json).
+    """
+
+    title: str
+    created: str
+    data: DataInfo | None = None
+    settings: ReportSettings = field(default_factory=ReportSettings)
+    models: dict[str, ModelReport]
+    version: int = 1
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def to_dict(self, png: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+        """report.json's content (arrays included until cleaned); ``png``: {role: {figure: file}}."""
+        png = png or {}
+        return {
+            "version": self.version,
+            "title": self.title,
+            "created": self.created,
+            "data": self.data.to_dict() if self.data is not None else {},
+            "settings": self.settings.to_dict(),
+            "models": {r: m.to_dict(png.get(r)) for r, m in self.models.items()},
+        }
+
+
+__all__ = ["DataInfo", "EvaluationReport", "ModelReport", "ReportSettings"]

@@ -1,0 +1,286 @@
+"""The sections of report.html, one function each, in page order: ``header``, ``summary``,
+``classification``, ``calibration``, ``ood``, ``generation``, ``robustness``, ``dynamics``.
+
+Each takes the ``Page`` (its document is report.json's content) and the typed ``EvaluationReport``:
+the report says what there is to show (which models, OOD sets, scores, curves), and every figure
+is printed from report.json by its path (``Page.cell``), so the page and the file cannot disagree.
+A section with nothing to show adds nothing. A new section is a function here, added to SECTIONS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .page import Page, esc
+from .schema import EvaluationReport, ModelReport
+
+OOD_METRICS = {"auroc": "AUROC", "aupr_in": "AUPR-in", "aupr_out": "AUPR-out", "fpr95": "FPR95"}
+Row = tuple[str, list[Any]]  # (row name, path inside a model's entry of report.json)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _label(report: EvaluationReport, role: str) -> str:
+    m = report.models[role]
+    return f"{esc(m.label or role)} <small>({esc(m.kind or '')})</small>"
+
+
+def _roles(report: EvaluationReport, has: Callable[[ModelReport], Any]) -> list[str]:
+    """The roles whose model has what ``has`` looks for."""
+    return [r for r, m in report.models.items() if has(m)]
+
+
+def _figures(page: Page, report: EvaluationReport, rows: Sequence[Row], roles: Sequence[str] | None = None) -> None:
+    """A table of figures, one column per model; a row no model has is left out."""
+    roles = list(roles or report.models)
+    body = []
+    for name, sub in rows:
+        if all(page.value(["models", r, *sub]) is None for r in roles):
+            continue
+        body.append([page.td(name, "l"), *(page.cell(["models", r, *sub]) for r in roles)])
+    page.table([page.th("", "l"), *(page.th(_label(report, r)) for r in roles)], body)
+
+
+def _images(page: Page, report: EvaluationReport, figure: str, alt: str, cls: str = "", roles=None) -> None:
+    """Each model's PNG of ``figure`` (report.json's "png" entry), side by side."""
+    cols = []
+    for r in roles or report.models:
+        name = page.value(["models", r, "png", figure])
+        cols.append((_label(report, r), page.img(name, f"{alt} ({r})", cls)))
+    page.columns(cols)
+
+
+def _union(report: EvaluationReport, keys: Callable[[ModelReport], list[str]]) -> list[str]:
+    out: list[str] = []
+    for m in report.models.values():
+        out += [k for k in keys(m) if k not in out]
+    return out
+
+
+def _ood_sets(m: ModelReport) -> list[str]:
+    return list(m.evaluation.ood.sets) if m.evaluation and m.evaluation.ood else []
+
+
+# -- sections -----------------------------------------------------------------------------------
+def header(page: Page, report: EvaluationReport) -> None:
+    """When, on which data, with which settings; the run directories."""
+    data, settings = report.data, report.settings.to_dict()
+    what = (
+        f"data <code>{esc(data.name)}</code> (inputs {esc(data.shape)}, {esc(data.n_classes)} classes)"
+        if data is not None
+        else "data <code></code> (inputs , classes)"
+    )
+    shown = " · ".join(f"{esc(k)}: <code>{esc(v)}</code>" for k, v in settings.items() if k != "ood_descriptions")
+    page.note(f"Created {esc(report.created)} · {what} · {shown}")
+    rows = [
+        [f"<td class=l>{_label(report, r)}</td>", f"<td class=l><code>{esc(m.run_dir or '')}</code></td>",
+         f"<td class=l>{esc(m.checkpoint or '')}</td>"]
+        for r, m in report.models.items()
+    ]  # fmt: skip
+    page.table([page.th("model", "l"), page.th("run directory", "l"), page.th("checkpoint", "l")], rows)
+
+
+def summary(page: Page, report: EvaluationReport) -> None:
+    """The headline figures: accuracy, NLL, refined accuracy, ECE, px AUROC per OOD set, FID."""
+    page.h2("Summary")
+    rows: list[Row] = [
+        ("test accuracy", ["classification", "accuracy"]),
+        ("test NLL", ["classification", "nll"]),
+        ("accuracy after SGLD refinement", ["classification_refined", "accuracy"]),
+        ("ECE (max softmax)", ["calibration", "ece"]),
+    ]
+    rows += [(f"OOD AUROC, {s}, px", ["ood", "sets", s, "px", "auroc"]) for s in _union(report, _ood_sets)]
+    rows += [("FID", ["generation", "fid"]), ("conditional accuracy", ["generation", "conditional_accuracy"])]
+    _figures(page, report, rows)
+    labels = {m.evaluation.generation.feature_label for m in report.models.values() if _generation(m)}
+    if labels:
+        page.note(f"FID with features of {esc('; '.join(sorted(labels)))}.")
+
+
+def classification(page: Page, report: EvaluationReport) -> None:
+    """Accuracy and NLL, before and after SGLD refinement."""
+    if not _roles(report, lambda m: m.evaluation is not None):
+        return
+    page.h2("Classification")
+    _figures(page, report, [
+        ("accuracy", ["classification", "accuracy"]),
+        ("NLL", ["classification", "nll"]),
+        ("examples", ["classification", "n"]),
+        ("refinement steps", ["classification_refined", "refine_steps"]),
+        ("accuracy after refinement", ["classification_refined", "accuracy"]),
+        ("NLL after refinement", ["classification_refined", "nll"]),
+    ])  # fmt: skip
+    page.note(
+        "Refinement: the test inputs first take n SGLD steps up log p(x) under the model "
+        "(the paper's test-time refinement), then are classified."
+    )
+
+
+def calibration(page: Page, report: EvaluationReport) -> None:
+    """ECE, MCE and the reliability diagrams."""
+    roles = _roles(report, lambda m: m.evaluation is not None and m.evaluation.calibration is not None)
+    if not roles:
+        return
+    n_bins = report.models[roles[0]].evaluation.calibration.n_bins
+    page.h2("Calibration")
+    _figures(page, report, [
+        ("ECE", ["calibration", "ece"]),
+        ("MCE", ["calibration", "mce"]),
+        ("accuracy", ["calibration", "accuracy"]),
+        ("mean confidence", ["calibration", "confidence"]),
+        ("bins", ["calibration", "n_bins"]),
+        ("examples", ["calibration", "n"]),
+    ])  # fmt: skip
+    page.note(
+        f"Max-softmax confidence in {n_bins} equal-width bins. ECE: the count-weighted mean gap "
+        "between accuracy and confidence per bin; MCE: the largest gap. Blue bars: accuracy per bin; "
+        "shaded: the gap to the bin's mean confidence; dashed: perfect calibration; below: examples per bin."
+    )
+    _images(page, report, "reliability", "reliability diagram")
+
+
+def ood(page: Page, report: EvaluationReport) -> None:
+    """Per OOD set, the four metrics of every score, the models side by side; the histograms."""
+    roles = _roles(report, _ood_sets)
+    if not roles:
+        return
+    page.h2("Out-of-distribution detection")
+    page.note(
+        "In-distribution test set = positive class. Scores (higher = more in-distribution): "
+        "<b>px</b> log p(x) = logsumexp of the logits; <b>py</b> max softmax; <b>pxgrad</b> "
+        "-||d log p(x)/dx||<sub>2</sub>; <b>maxlogit</b> the largest logit. AUROC 0.5 = chance, 1 = perfect; "
+        "AUPR-in / AUPR-out: average precision with the in-distribution / OOD set as positives; FPR95: the "
+        "fraction of OOD inputs accepted at the threshold that keeps 95% of in-distribution inputs "
+        "(lower is better)."
+    )
+    for s in _union(report, _ood_sets):
+        page.h3(s, report.settings.ood_descriptions.get(s))
+        head = [page.th("score", "l", "rowspan=2"), *(page.th(_label(report, r), span=f"colspan={len(OOD_METRICS)}")
+                                                     for r in roles)]  # fmt: skip
+        sub = [page.th(name) for _ in roles for name in OOD_METRICS.values()]
+        scores = _union(report, lambda m, s=s: [k for k in m.evaluation.ood.sets.get(s, {}) if k != "n"]
+                        if _ood_sets(m) else [])  # fmt: skip
+        rows = [
+            [page.td(score, "l"), *(page.cell(["models", r, "ood", "sets", s, score, k]) for r in roles
+                                    for k in OOD_METRICS)]
+            for score in scores
+        ]  # fmt: skip
+        page.table([head, sub], rows)
+    _images(page, report, "ood_histograms", "OOD score histograms")
+
+
+def _generation(m: ModelReport) -> bool:
+    return m.evaluation is not None and m.evaluation.generation is not None
+
+
+def generation(page: Page, report: EvaluationReport) -> None:
+    """Sample quality under the named feature network, conditional accuracy, the sample grids."""
+    if not _roles(report, _generation):
+        return
+    page.h2("Generation")
+    g = "generation"
+    _figures(page, report, [
+        ("feature network", [g, "feature_label"]),
+        ("samples from", [g, "source"]),
+        ("SGLD steps (unconditional)", [g, "steps_unconditional"]),
+        ("SGLD steps (conditional)", [g, "steps_conditional"]),
+        ("class-conditional samples", [g, "conditional_protocol"]),
+        ("real examples", [g, "n_real"]),
+        ("generated examples", [g, "n_fake"]),
+        ("FID", [g, "fid"]),
+        ("KID (mean)", [g, "kid_mean"]),
+        ("KID (std)", [g, "kid_std"]),
+        ("Inception-style score (mean)", [g, "is_mean"]),
+        ("Inception-style score (std)", [g, "is_std"]),
+        ("FID of real training images (reference)", [g, "fid_real_reference"]),
+        ("score of real training images (reference)", [g, "is_real_reference"]),
+        ("conditional accuracy", [g, "conditional_accuracy"]),
+        ("conditional samples per class", [g, "per_class"]),
+        ("sample values outside [-1, 1] (clipped)", [g, "out_of_range"]),
+    ])  # fmt: skip
+    page.note(
+        "FID, KID and the Inception-style score use the feature network named above, not the "
+        "Inception network of the literature (unless named so): compare them only with figures from the same "
+        "network. The reference rows give what real training images score against the same real test set "
+        "at this sample size. Conditional accuracy: the fraction of class-conditional samples that the "
+        "feature network (an independent classifier) assigns to the class they were drawn for."
+    )
+    page.h3("Unconditional samples")
+    _images(page, report, "samples_unconditional", "unconditional samples", "grid")
+    page.h3("Class-conditional samples (one row per class)")
+    _images(page, report, "samples_conditional", "class-conditional samples", "grid")
+
+
+def _flatten(d: dict, prefix: tuple = ()) -> list[tuple[tuple, Any]]:
+    """(path, number) of every scalar number in a nested dict."""
+    out: list[tuple[tuple, Any]] = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _flatten(v, (*prefix, k))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out.append(((*prefix, k), v))
+    return out
+
+
+def robustness(page: Page, report: EvaluationReport) -> None:
+    """Per model with an attack record: robust accuracy per setting and eps, distal figures, the plot."""
+    roles = _roles(report, lambda m: m.robustness is not None)
+    if not roles:
+        return
+    page.h2("Robustness")
+    page.note(
+        "Robust accuracy under PGD attacks of growing size eps (from <code>jem attack</code>): "
+        "JEM-n classifies after n SGLD refinement steps, the attack differentiating through them."
+    )
+    cols = []
+    for r in roles:
+        rob, base = report.models[r].robustness, ["models", r, "robustness"]
+        part = Page("", page.out, page.doc)  # the column's own parts, same document
+        part.note(f"norm {esc(rob.norm or '?')}, {esc(rob.n if rob.n is not None else '?')} test inputs")
+        head = [page.th("setting \\ eps", "l"), *(page.th(f"{e:g}") for e in rob.eps)]
+        part.table(head, [[page.td(name, "l"), *(part.cell([*base, "curves", name, i]) for i in range(len(rob.eps)))]
+                          for name in rob.curves])  # fmt: skip
+        flat = _flatten(rob.distal) if isinstance(rob.distal, dict) else []
+        if flat:
+            rows = [[page.td(" / ".join(map(str, p)), "l"), part.cell([*base, "distal", *p])] for p, _ in flat]
+            part.table([page.th("distal adversarials", "l"), page.th("value")], rows)
+        part.add(part.img(page.value(["models", r, "png", "robust_accuracy"]), f"robust accuracy ({r})"))
+        cols.append((_label(report, r), "\n".join(part.parts)))
+    page.columns(cols)
+
+
+def dynamics(page: Page, report: EvaluationReport) -> None:
+    """Per run with a metrics.jsonl: the last step, divergence recoveries, final figures, the curves."""
+    roles = _roles(report, lambda m: m.dynamics is not None)
+    if not roles:
+        return
+    page.h2("Training dynamics")
+    d = "dynamics"
+    _figures(page, report, [
+        ("last step", [d, "steps"]),
+        ("recoveries (rewinds after a divergence)", [d, "recoveries"]),
+        ("gave up", [d, "gave_up"]),
+        ("first divergence at step", [d, "first_trouble_step"]),
+        ("final loss", [d, "final", "loss"]),
+        ("final training accuracy", [d, "final", "acc"]),
+        ("final energy of data", [d, "final", "energy_data"]),
+        ("final energy of samples", [d, "final", "energy_sample"]),
+        ("final energy gap (samples - data)", [d, "final", "energy_gap"]),
+        ("final learning rate", [d, "final", "lr"]),
+    ], roles)  # fmt: skip
+    page.note(
+        "From each run's <code>metrics.jsonl</code>, over training steps: the loss, the training "
+        "accuracy (window means) and the validation accuracy, the energy -log p(x) (up to a constant) of data "
+        "and of SGLD samples and their gap (samples - data; a classifier-only run has no p(x) term and no "
+        "energies), the learning rate. The final figures are the last logged window's means. Red dashed "
+        "line: a divergence, after which training rewound to the last good state (the shaded span reaches "
+        "back to it, the arrow on the top panel points there, #n is the retry) with a smaller learning rate; "
+        "faint dashed lines: the records of the steps that were rewound and done again. Black dotted line "
+        "with an X: the run gave up after its last allowed recovery."
+    )
+    _images(page, report, "dynamics", "training dynamics", roles=roles)
+
+
+SECTIONS: tuple[Callable[[Page, EvaluationReport], None], ...] = (
+    header, summary, classification, calibration, ood, generation, robustness, dynamics,
+)  # fmt: skip
