@@ -126,7 +126,15 @@ def write_sweep_report(
     """Write the heat-map PNGs, sweep.json (title, notes, keys, the axes of the heat maps, the
     records, the per-setting summary, the stable regions with and without recovery, the best
     setting) and sweep.html (self-contained) into ``out_dir``, each atomically.
-    Returns {"html", "json", "png_<keys>": path}."""
+
+    Args:
+        records: the finished trials.
+        keys: the swept config keys (each in every record's ``params``).
+        out_dir: the report folder (created).
+        title: the page's title.
+        notes: lines shown under the title (config, budget, ...).
+
+    Returns {"html", "json", "png_<keys>": path}; raises InputError for records or keys that do not fit."""
     keys = check(records, keys)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

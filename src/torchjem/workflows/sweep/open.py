@@ -34,9 +34,15 @@ def open_sweep(
     study_name: str | None = None,
     heartbeat: float = 60.0,
 ) -> Sweep:
-    """Create or continue the sweep in ``out``. With ``spec`` None the saved one is used (for
-    ``--report``). ``storage``: an SQLAlchemy URL (default: the saved one, else SQLite in
-    SWEEP_DIR/study.db); ``study_name``: default the saved one, else from the folder's name.
+    """Create or continue the sweep in ``out``.
+
+    Args:
+        out: the sweep folder.
+        spec: the sweep; None: the one saved in the folder (for ``--report``).
+        storage: an SQLAlchemy URL for the study (default: the saved one, else SQLite in SWEEP_DIR/study.db).
+        study_name: the study's name (default: the saved one, else from the folder's name).
+        heartbeat: seconds between a running trial's heartbeats.
+
     Raises RunDirError for a folder without a sweep (``spec`` None), or one that holds a different
     sweep; InputError for a storage that cannot be opened."""
     folder = SweepDir(out)

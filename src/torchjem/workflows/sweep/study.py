@@ -110,6 +110,14 @@ class Study:
     def __init__(
         self, study: optuna.Study, storage: optuna.storages.RDBStorage, spec: SweepSpec, *, lock: Path, heartbeat: float
     ) -> None:
+        """Wrap an opened study (``Study.open`` builds one from a URL).
+
+        Args:
+            study: the Optuna study.
+            storage: its storage, as built here (``storage_from_url``).
+            spec: the sweep it holds.
+            lock: the claim lock's file (SWEEP_DIR/.claim.lock).
+            heartbeat: seconds between a running trial's heartbeats."""
         self.optuna, self.spec, self.lock, self.heartbeat = study, spec, Path(lock), heartbeat
         self._storage = storage  # the study's own storage: built in `open`, so never read from Study._storage
         self._study_id = storage.get_study_id_from_name(study.study_name)

@@ -24,12 +24,21 @@ from .spec import SweepSpec
 
 
 def run_trial(
-    spec: SweepSpec, run_dir: str | Path, params: dict[str, Any], seed: int, *, progress: bool = False
+    spec: SweepSpec, run_dir: str | Path, params: dict[str, Any], *, seed: int, progress: bool = False
 ) -> TrialRecord:
-    """Train ``spec``'s config with ``params`` (swept key -> value) and ``seed`` into ``run_dir``, or
-    continue it from its last checkpoint; evaluate it and write RUN_DIR/trial.json. A run directory
-    that already holds a trial.json (finished, but its result never reached the study) is not run
-    again: its record is returned. Errors of the config or data (UserError) propagate."""
+    """Train one trial into its run directory (or continue it from its last checkpoint), evaluate it
+    and write RUN_DIR/trial.json. A run directory that already holds a trial.json (finished, but its
+    result never reached the study) is not run again: its record is returned.
+
+    Args:
+        spec: the sweep (its config and fixed overrides).
+        run_dir: the trial's run directory (SWEEP_DIR/trials/pNNN-sS).
+        params: the trial's setting, swept key -> value.
+        seed: the trial's seed.
+        progress: show the training's progress bar.
+
+    A divergence that training gives up on is a result (``diverged``); errors of the config or data
+    (UserError) propagate."""
     run = RunDir(run_dir)
     RunLock(run).wait()  # re-queued while its first worker still runs it (a missed heartbeat)
     if run.trial.is_file():

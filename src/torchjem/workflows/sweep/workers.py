@@ -54,7 +54,7 @@ def run_worker(sweep: Sweep, worker: int = 0, progress: bool = False) -> int:
         log.info("[worker %d] trial %d: %s %s", worker, claim.number, name, _fmt(params))
         try:
             with study.beating(claim):
-                record = run_trial(sweep.spec, sweep.folder.trial(name), params, seed, progress=progress)
+                record = run_trial(sweep.spec, sweep.folder.trial(name), params, seed=seed, progress=progress)
         except UserError as e:
             study.tell(claim, None)
             study.stop(claim, f"trial {name} ({_fmt(params)}, seed {seed}): {e}")
