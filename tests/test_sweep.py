@@ -4,6 +4,7 @@ trial twice, a killed worker's trial is continued, divergence is a result, bad k
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -194,3 +195,21 @@ def test_a_run_that_finished_far_below_its_best_collapsed():
     assert not mark_collapse(TrialRecord("r", diverged=False, status="done", val_acc=0.77), metrics).diverged
     gave_up = mark_collapse(TrialRecord("r", diverged=True, status="diverged", cause="x", val_acc=None), metrics)
     assert gave_up.status == "diverged" and gave_up.cause == "x"
+
+
+def test_claims_follow_the_queue_and_a_result_for_a_trial_failed_meanwhile_is_logged(tmp_path, caplog):
+    spec = plan_sweep(None, BASE, ["optim.lr=0.001,0.002"], seeds=1)
+    study = open_sweep(tmp_path / "sw", spec, heartbeat=1).study
+    study.plan_grid()
+    study.plan_grid()  # once only
+    first = study.claim()
+    assert (first.run, first.seed, first.params) == ("p000-s1", 1, {"optim.lr": 0.001}) and study.running()
+    study.optuna.tell(first.number, state=optuna.trial.TrialState.FAIL)  # as fail_stale_trials does to a silent one
+    with caplog.at_level(logging.WARNING, logger="torchjem.sweep"):
+        study.tell(first, 0.9, {"diverged": False})  # the worker finishes late: logged, not raised
+    assert "result not recorded" in caplog.text
+    assert "diverged" not in study.optuna.trials[first.number].user_attrs
+    assert study.requeue_failed() == ["p000-s1"]  # a re-run queues it again
+    claims = [study.claim(), study.claim()]
+    assert sorted((c.run, c.params["optim.lr"]) for c in claims) == [("p000-s1", 0.001), ("p001-s1", 0.002)]
+    assert study.claim() is None and len(study.optuna.trials) == 3

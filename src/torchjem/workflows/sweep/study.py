@@ -100,7 +100,7 @@ class Claim:
     run: str
     seed: int
     params: dict[str, Any]
-    trial: optuna.trial.Trial = field(repr=False, compare=False)
+    trial: optuna.trial.Trial = field(repr=False, compare=False)  # Optuna's handle: user attributes, tell
     trial_id: int = field(repr=False)  # the storage's id (heartbeats)
 
 
@@ -162,8 +162,8 @@ class Study:
             study.set_user_attr("planned", True)
 
     def claim(self) -> Claim | None:
-        """The next trial for this worker, marked running and beating (None: nothing left to start).
-        Stale trials (a dead worker's) are failed and queued again first."""
+        """The next trial for this worker, marked running, with its first heartbeat (None: nothing left
+        to start). Stale trials (a dead worker's) are failed and queued again first."""
         with FileLock(self.lock):
             trial = self._claim_waiting() or self._ask_new()
             if trial is None:
@@ -185,6 +185,7 @@ class Study:
             trial_id = self._trial_id(frozen.number)
             try:
                 if self._storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):  # False: taken
+                    # not Study.ask(): with nothing claimable left it would create a trial outside the grid
                     return optuna.trial.Trial(study, trial_id)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
