@@ -9,7 +9,7 @@ from conftest import tiny_config
 from torchjem.cli import main
 from torchjem.data import load_data
 from torchjem.evaluate.attacks import JEMDefence, distal_adversarials, pgd, project
-from torchjem.evaluate.robustness import adversarial_accuracy, distal_report, robust_accuracy
+from torchjem.evaluate.robustness import PGDSettings, adversarial_accuracy, distal_report, robust_accuracy
 from torchjem.training import train
 from torchjem.workflows.attack import evaluate_saved, save_adversarials
 
@@ -50,13 +50,13 @@ def test_eps_zero_is_clean_accuracy_and_curve_never_rises(clf, test_set):
     x, y = test_set
     with torch.no_grad():
         clean = (clf(x).argmax(1) == y).float().mean().item()
-    res = robust_accuracy(clf, x, y, [0.0, 0.05, 0.1, 0.2, 0.4], steps=10, progress=False)
+    res = robust_accuracy(clf, x, y, [0.0, 0.05, 0.1, 0.2, 0.4], PGDSettings(steps=10), progress=False)
     acc = res.accuracy
     assert acc[0] == pytest.approx(clean, abs=1e-6)
     assert all(b <= a for a, b in zip(acc, acc[1:]))
     assert acc[-1] < acc[0] - 0.3  # the attack does bite at large eps
     # the stochastic defence too: cumulative robustness cannot rise
-    d = robust_accuracy(_defence(clf), x[:40], y[:40], [0.0, 0.1, 0.2], steps=5, progress=False)
+    d = robust_accuracy(_defence(clf), x[:40], y[:40], [0.0, 0.1, 0.2], PGDSettings(steps=5), progress=False)
     assert all(b <= a for a, b in zip(d.accuracy, d.accuracy[1:]))
     assert not any(m.training for m in clf.modules())  # the wrapped classifier is left in eval mode
 
@@ -198,7 +198,7 @@ def test_bad_input_is_rejected(clf, test_set):
 
 def test_saved_adversarials_reevaluate_to_the_same_figures(clf, test_set, tmp_path):
     x, y = test_set
-    res = robust_accuracy(clf, x, y, [0.0, 0.1, 0.2], steps=5, progress=False)
+    res = robust_accuracy(clf, x, y, [0.0, 0.1, 0.2], PGDSettings(steps=5), progress=False)
     path = save_adversarials(tmp_path / "adv.pt", res, y, norm="linf", setting="clf")
     again = evaluate_saved(path, clf)
     assert again["accuracy"] == res.accuracy and again["eps"] == [0.0, 0.1, 0.2]
@@ -209,14 +209,14 @@ def test_saved_adversarials_reevaluate_to_the_same_figures(clf, test_set, tmp_pa
 
 def test_transfer_candidates_only_lower_the_figure(clf, test_set):
     x, y = test_set[0][:40], test_set[1][:40]
-    source = robust_accuracy(clf, x, y, [0.0, 0.3], steps=5, progress=False)
+    source = robust_accuracy(clf, x, y, [0.0, 0.3], PGDSettings(steps=5), progress=False)
     weak = nn.Sequential(clf, nn.Identity())  # the same function: the transferred adversarials fool it
-    kw = dict(steps=1, step_size=1e-4, random_start=False, progress=False)
-    res = robust_accuracy(weak, x, y, [0.0, 0.3], candidates=source.x_adv, **kw)
+    weak_pgd = PGDSettings(steps=1, step_size=1e-4, random_start=False)
+    res = robust_accuracy(weak, x, y, [0.0, 0.3], weak_pgd, candidates=source.x_adv, progress=False)
     assert res.accuracy_direct[1] > source.accuracy[1] + 0.2  # the direct attack alone is too weak
     assert res.accuracy[1] <= source.accuracy[1] + 1e-6  # every transferred success counts
     # with a randomised defence too, adding candidates never raises the figure
-    res = robust_accuracy(_defence(clf), x, y, [0.0, 0.3], candidates=source.x_adv, **kw)
+    res = robust_accuracy(_defence(clf), x, y, [0.0, 0.3], weak_pgd, candidates=source.x_adv, progress=False)
     assert all(a <= d for a, d in zip(res.accuracy, res.accuracy_direct))
 
 

@@ -225,6 +225,7 @@ def add_attack(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
+    from .evaluate.robustness import PGDSettings
     from .workflows.attack import AttackOptions, attack_run, defence_settings, evaluate_saved
     from .workflows.runs import load_run
 
@@ -241,12 +242,15 @@ def cmd_attack(args: argparse.Namespace) -> int:
         return 0
     if args.run_dir is None:
         raise InputError("jem attack needs RUN_DIR (or --evaluate-saved FILE --model RUN_DIR)")
+    pgd = PGDSettings(
+        norm=args.norm, steps=args.steps, step_size=args.step_size, random_start=not args.no_random_start,
+        restarts=args.restarts, targeted=args.targeted, eot=args.eot,
+    )  # fmt: skip
     options = AttackOptions(
-        norm=args.norm, eps=args.eps, refine_steps=args.refine_steps or [0, 1, 10], limit=args.limit,
-        checkpoint=args.checkpoint, steps=args.steps, step_size=args.step_size, random_start=not args.no_random_start,
-        restarts=args.restarts, targeted=args.targeted, eot=args.eot, n_chains=args.chains,
-        init_noise=args.init_noise, gradient=args.gradient, transfer=not args.no_transfer, distal=args.distal,
-        batch_size=args.batch_size, device=device, progress=not args.quiet,
+        pgd=pgd, eps=args.eps, refine_steps=args.refine_steps or [0, 1, 10], limit=args.limit,
+        checkpoint=args.checkpoint, n_chains=args.chains, init_noise=args.init_noise, gradient=args.gradient,
+        transfer=not args.no_transfer, distal=args.distal, batch_size=args.batch_size, device=device,
+        progress=not args.quiet,
     )  # fmt: skip
     res = attack_run(args.run_dir, options, baseline=args.baseline, out=args.out)
     print(f"{'eps':>12}" + "".join(f"{name:>11}" for name in res.curves))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -61,22 +62,49 @@ def _correct(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, batch_size:
     return torch.stack([predict_logits(model, xe, batch_size).argmax(1) == y.cpu() for xe in x_adv])
 
 
+@dataclass(frozen=True, kw_only=True)
+class PGDSettings:
+    """How PGD attacks (``pgd``'s options), one object for ``robust_accuracy``, ``jem attack`` and
+    attack.json: the threat model ``norm`` (linf | l2), ``steps`` iterations of ``step_size`` (None:
+    2.5 eps / steps), a ``random_start`` in the ball, ``restarts`` (per input the best adversarial
+    is kept), ``targeted`` (a random wrong class per input), ``eot`` (the gradient averaged over this
+    many draws of a randomised model)."""
+
+    norm: str = "linf"
+    steps: int = 40
+    step_size: float | None = None
+    random_start: bool = True
+    restarts: int = 1
+    targeted: bool = False
+    eot: int = 1
+
+    def check(self) -> PGDSettings:
+        """Raise InputError for an unknown norm or a count below 1; returns self."""
+        check_norm(self.norm)
+        bad = {k: v for k, v in (("steps", self.steps), ("restarts", self.restarts), ("eot", self.eot)) if v < 1}
+        if bad:
+            raise InputError(f"PGD settings must be >= 1, got {bad}")
+        if self.step_size is not None and not self.step_size > 0:
+            raise InputError(f"PGD step_size must be > 0 (or None: 2.5 eps / steps), got {self.step_size}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as attack.json records them (``step_size`` None as its rule, in words)."""
+        out = asdict(self)
+        out["step_size"] = self.step_size if self.step_size is not None else "2.5*eps/steps"
+        return out
+
+
 def robust_accuracy(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     eps: Sequence[float],
+    attack: PGDSettings | None = None,
     *,
-    norm: str = "linf",
-    steps: int = 40,
-    step_size: float | None = None,
-    random_start: bool = True,
-    restarts: int = 1,
-    targeted: bool = False,
-    eot: int = 1,
+    candidates: torch.Tensor | None = None,
     batch_size: int = 100,
     data_range: tuple[float, float] = DATA_RANGE,
-    candidates: torch.Tensor | None = None,
     progress: bool = True,
     desc: str = "PGD",
 ) -> RobustAccuracy:
@@ -89,18 +117,18 @@ def robust_accuracy(
         model: any classifier returning logits (a ``JEMDefence`` for JEM-n).
         x, y: inputs (N, ...) in ``data_range`` and their labels (N,).
         eps: radii, increasing, in the data's scale.
-        norm, steps, step_size, random_start, restarts, targeted, eot: the PGD attack (``pgd``);
-            ``step_size`` None: 2.5 eps / steps. Targeted attacks aim at a random wrong class per
-            input (seeded by the global RNG); accuracy still counts correct classifications.
+        attack: the PGD settings (default ``PGDSettings()``: L-inf, 40 steps). Targeted attacks aim
+            at a random wrong class per input (seeded by the global RNG); accuracy still counts
+            correct classifications.
         candidates: (E, N, ...) adversarials made against another model (e.g. JEM-0's against
             JEM-n, a transfer attack); where one fools ``model`` and the direct attack did not, it
             is kept instead (``accuracy_direct`` is the figure without them).
         batch_size, progress, desc: inputs attacked at once; a progress bar and its label.
 
     Returns a ``RobustAccuracy`` (eps, accuracy, accuracy_direct, n, x_adv (E, N, ...) on the CPU,
-    robust (E, N) bool). InputError for a bad norm, eps list, data range or shapes.
+    robust (E, N) bool). InputError for bad settings, eps list, data range or shapes.
     """
-    check_norm(norm)
+    attack = (attack or PGDSettings()).check()
     eps = check_eps(eps)
     if len(x) == 0 or len(x) != len(y):
         raise InputError(f"robust_accuracy needs as many labels as inputs (> 0), got {len(x)} and {len(y)}")
@@ -109,7 +137,7 @@ def robust_accuracy(
         raise InputError(f"candidates must have shape {(len(eps), *x.shape)}, got {tuple(candidates.shape)}")
     device = model_device(model)
     n_classes = predict_logits(model, x[:2].to(device)).shape[1]
-    targets = (y + torch.randint(1, n_classes, y.shape)) % n_classes if targeted else y
+    targets = (y + torch.randint(1, n_classes, y.shape)) % n_classes if attack.targeted else y
     x_adv = torch.empty((len(eps), *x.shape), dtype=x.dtype)
     n_batches = math.ceil(len(x) / batch_size)
     bar = tqdm(total=n_batches * len(eps), desc=desc, disable=not progress, leave=False)
@@ -119,10 +147,7 @@ def robust_accuracy(
         prev, prev_success = xb, None
         for k, e in enumerate(eps):
             if e > 0:
-                res = pgd(
-                    model, xb, tb, e, norm=norm, steps=steps, step_size=step_size, random_start=random_start,
-                    restarts=restarts, targeted=targeted, eot=eot, data_range=data_range,
-                )  # fmt: skip
+                res = pgd(model, xb, tb, e, **asdict(attack), data_range=data_range)
                 xa, success = res.x_adv, res.success
                 if prev_success is not None:
                     carry = prev_success & ~success
@@ -152,12 +177,13 @@ def robustness_comparison(
     x: torch.Tensor,
     y: torch.Tensor,
     eps: Sequence[float],
-    norm: str = "linf",
+    attack: PGDSettings | None = None,
+    *,
     transfer: dict[str, str] | None = None,
+    batch_size: int = 100,
     progress: bool = True,
-    **attack: Any,
 ) -> dict[str, dict[str, float]]:
-    """{model name: {eps as string: robust accuracy}} for several models under the same attack.
+    """{model name: {eps as string: robust accuracy}} for several models under the same ``attack``.
 
     ``transfer`` {target: source}: the source model's adversarials (attacked earlier in ``models``'
     order) are also tried against the target (see ``robust_accuracy``'s ``candidates``).
@@ -171,7 +197,7 @@ def robustness_comparison(
     for name, model in models.items():
         cand = adversarials[transfer[name]] if name in transfer else None
         res = robust_accuracy(
-            model, x, y, eps, norm=norm, candidates=cand, progress=progress, desc=f"PGD {name}", **attack
+            model, x, y, eps, attack, candidates=cand, batch_size=batch_size, progress=progress, desc=f"PGD {name}"
         )
         adversarials[name] = res.x_adv
         out[name] = {eps_key(e): a for e, a in zip(res.eps, res.accuracy)}
@@ -221,6 +247,7 @@ def distal_report(
 
 __all__ = [
     "DEFAULT_EPS",
+    "PGDSettings",
     "adversarial_accuracy",
     "check_eps",
     "distal_report",

@@ -30,7 +30,7 @@ def report_page(report: EvaluationReport, doc: dict, out_dir: str | Path) -> Pag
     page = Page(doc.get("title") or "torchjem evaluation", out_dir, doc)
     for section in SECTIONS:
         section(page, report)
-    page.note("Every figure on this page is in report.json (a cell's <code>data-key</code> is its path).")
+    page.note(f"Every figure on this page is in {REPORT_JSON} (a cell's <code>data-key</code> is its path).")
     return page
 
 

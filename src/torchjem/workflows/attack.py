@@ -15,9 +15,16 @@ from torch import nn
 
 from ..checkpoint import check_writable, load_checkpoint, save_checkpoint
 from ..errors import InputError
-from ..evaluate.attacks import JEMDefence, check_norm
+from ..evaluate.attacks import JEMDefence
 from ..evaluate.results import RobustAccuracy, RobustnessResult
-from ..evaluate.robustness import DEFAULT_EPS, adversarial_accuracy, check_eps, distal_report, robust_accuracy
+from ..evaluate.robustness import (
+    DEFAULT_EPS,
+    PGDSettings,
+    adversarial_accuracy,
+    check_eps,
+    distal_report,
+    robust_accuracy,
+)
 from ..report import plot_curves
 from ..runs import write_attack
 from ..runs.layout import ATTACK_PNG
@@ -30,17 +37,11 @@ log = logging.getLogger("torchjem")
 class AttackOptions:
     """How ``attack_run`` attacks (the CLI's ``jem attack`` options)."""
 
-    norm: str = "linf"  # linf | l2
+    pgd: PGDSettings = field(default_factory=PGDSettings)  # norm, steps, step size, restarts, EOT, ...
     eps: list[float] | None = None  # radii in the [-1, 1] data scale, increasing (None: DEFAULT_EPS[norm])
     refine_steps: list[int] = field(default_factory=lambda: [0, 1, 10])  # n of each JEM-n
     limit: int | None = None  # attack only the first N test examples
     checkpoint: str = "last"
-    steps: int = 40  # PGD iterations
-    step_size: float | None = None  # None: 2.5 * eps / steps
-    random_start: bool = True
-    restarts: int = 1
-    targeted: bool = False
-    eot: int = 1  # gradient averaged over this many draws of the defence
     n_chains: int = 5  # SGLD chains per input in JEM-n
     init_noise: float | None = None  # noise added to the chains (None: the run's data noise)
     gradient: str = "exact"  # exact | bpda: how PGD goes through the chains
@@ -52,13 +53,13 @@ class AttackOptions:
 
     def check(self) -> AttackOptions:
         """Raise InputError for an invalid option (before any run is loaded); fills in eps."""
-        check_norm(self.norm)
-        self.eps = check_eps(self.eps if self.eps is not None else DEFAULT_EPS[self.norm])
+        self.pgd.check()
+        self.eps = check_eps(self.eps if self.eps is not None else DEFAULT_EPS[self.pgd.norm])
         n = list(self.refine_steps)
         if not n or any(k < 0 for k in n) or len(set(n)) != len(n):
             raise InputError(f"refine_steps must be distinct counts >= 0, got {n}")
-        counts = {"limit": 1 if self.limit is None else self.limit, "steps": self.steps, "restarts": self.restarts}
-        counts.update({"eot": self.eot, "n_chains": self.n_chains, "batch_size": self.batch_size})
+        counts = {"limit": 1 if self.limit is None else self.limit, "n_chains": self.n_chains}
+        counts["batch_size"] = self.batch_size
         bad = {k: v for k, v in counts.items() if v < 1} | ({"distal": self.distal} if self.distal < 0 else {})
         if bad:
             raise InputError(f"attack options must be >= 1 (distal >= 0), got {bad}")
@@ -133,7 +134,7 @@ def attack_run(
 
     Args:
         run_dir: the run attacked (settings JEM-n).
-        options: how to attack; ``overrides`` set single options instead (``attack_run(run, norm="l2")``).
+        options: how to attack; ``overrides`` set single options instead (``attack_run(run, limit=20)``).
         baseline: another run attacked alike (setting "baseline"); same data required.
         out: where to write (default RUN_DIR/attack, where `jem eval` reads it).
 
@@ -153,24 +154,22 @@ def attack_run(
     settings = defence_settings(run, o.refine_steps, o.n_chains, init, o.gradient)
     if base is not None:
         settings["baseline"] = base.jem
-    attack = dict(
-        norm=o.norm, steps=o.steps, step_size=o.step_size, random_start=o.random_start, restarts=o.restarts,
-        targeted=o.targeted, eot=o.eot, batch_size=o.batch_size, progress=o.progress,
-    )  # fmt: skip
     curves, direct, files = {}, {}, {}
     source = None
     for name, model in settings.items():
-        log.info("attack: %s, %s PGD at eps %s on %d test inputs", name, o.norm, o.eps, len(x))
+        log.info("attack: %s, %s PGD at eps %s on %d test inputs", name, o.pgd.norm, o.eps, len(x))
         cand = source if o.transfer and name.startswith("JEM-") and name != "JEM-0" else None
-        res = robust_accuracy(model, x, y, o.eps, candidates=cand, desc=f"PGD {name}", **attack)
+        res = robust_accuracy(
+            model, x, y, o.eps, o.pgd, candidates=cand, batch_size=o.batch_size, progress=o.progress, desc=f"PGD {name}"
+        )
         if name == "JEM-0":
             source = res.x_adv
         curves[name], direct[name] = res.accuracy, res.accuracy_direct
         path = save_adversarials(
-            out / f"adversarials_{name}.pt", res, y, norm=o.norm, setting=name, run_dir=str(run_dir), x=x.cpu()
+            out / f"adversarials_{name}.pt", res, y, norm=o.pgd.norm, setting=name, run_dir=str(run_dir), x=x.cpu()
         )
         files[name] = str(path)
-    png = plot_curves(curves, o.eps, o.norm, out / ATTACK_PNG)
+    png = plot_curves(curves, o.eps, o.pgd.norm, out / ATTACK_PNG)
     try:
         png_ref = str(png.resolve().relative_to(run.path.resolve()))
     except ValueError:
@@ -184,19 +183,14 @@ def attack_run(
             distal[name] = figures
             save_checkpoint(out / f"distal_{name}.pt", {"x": xd, "y": torch.arange(len(xd)) % run.n_classes})
     result = RobustnessResult(
-        norm=o.norm,
+        norm=o.pgd.norm,
         eps=o.eps,
         n=len(x),
         curves=curves,
         png=png_ref,
         curves_direct=direct,
         attack={
-            "steps": o.steps,
-            "step_size": o.step_size if o.step_size is not None else "2.5*eps/steps",
-            "random_start": o.random_start,
-            "restarts": o.restarts,
-            "targeted": o.targeted,
-            "eot": o.eot,
+            **{k: v for k, v in o.pgd.to_dict().items() if k != "norm"},
             "n_chains": o.n_chains,
             "init_noise": init,
             "sgld_step_size": run.sgld.step_size,

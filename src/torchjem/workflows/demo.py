@@ -12,7 +12,7 @@ from typing import Any
 from ..checkpoint import atomic_write_text
 from ..config import CONFIG_DIR, load_config, merge
 from ..evaluate.classification import classification
-from ..evaluate.robustness import eps_key
+from ..evaluate.robustness import PGDSettings, eps_key
 from ..runs.layout import ATTACK_PNG
 from ..training import train
 from .attack import AttackOptions, attack_run
@@ -33,8 +33,8 @@ def demo_attack(quick: bool = False, device: str = "auto", progress: bool = True
     JEM-3 (2 chains, JEM-0's adversarials transferred) and the baseline, 20 steps on 100 test
     digits (10 steps on 50 with ``quick``), no distal adversarials."""
     return AttackOptions(
-        norm="linf", eps=[0.0, 0.05, 0.1, 0.2, 0.3], refine_steps=[0, 3], n_chains=2, limit=50 if quick else 100,
-        steps=10 if quick else 20, distal=0, device=device, progress=progress,
+        pgd=PGDSettings(norm="linf", steps=10 if quick else 20), eps=[0.0, 0.05, 0.1, 0.2, 0.3], refine_steps=[0, 3],
+        n_chains=2, limit=50 if quick else 100, distal=0, device=device, progress=progress,
     )  # fmt: skip
 
 
