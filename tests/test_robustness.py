@@ -224,10 +224,10 @@ def test_distal_adversarials_are_confident(clf, digits):
     x = distal_adversarials(clf, torch.arange(20) % 10, (1, 8, 8), steps=50)
     assert x.min() >= -1 and x.max() <= 1
     figures, xd = distal_report(clf, digits.x_test[:100], 20, steps=50)
-    assert figures["hit_rate"] >= 0.9 and figures["confidence_mean"] > 0.8
+    assert figures.hit_rate >= 0.9 and figures.confidence_mean > 0.8
     with torch.no_grad():
-        assert figures["log_px_data_mean"] == pytest.approx(float(clf(digits.x_test[:100]).logsumexp(1).mean()), 1e-4)
-    assert 0 <= figures["auroc_log_px"] <= 1 and xd.shape == (20, 1, 8, 8)
+        assert figures.log_px_data_mean == pytest.approx(float(clf(digits.x_test[:100]).logsumexp(1).mean()), 1e-4)
+    assert 0 <= figures.auroc_log_px <= 1 and xd.shape == (20, 1, 8, 8)
 
 
 @pytest.fixture(scope="module")

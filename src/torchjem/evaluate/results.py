@@ -158,6 +158,24 @@ class RobustAccuracy(_Result):
 
 
 @dataclass(kw_only=True)
+class DistalResult(_Result):
+    """``distal_report``'s figures on ``n`` distal adversarials (``steps`` of signed gradient ascent
+    on log p(y|x) from noise): mean target confidence, the fraction classified as the target
+    (``hit_rate``), mean log p(x) of the adversarials and mean / std of the data's, the AUROC with
+    which log p(x) tells data (positive) from them, and the fraction below the data's 5th percentile."""
+
+    n: int
+    steps: int
+    confidence_mean: float
+    hit_rate: float
+    log_px_mean: float
+    log_px_data_mean: float
+    log_px_data_std: float
+    auroc_log_px: float
+    frac_below_data_p5: float
+
+
+@dataclass(kw_only=True)
 class RobustnessResult(_Result):
     """Robust accuracy curves of one or more settings (JEM-0, JEM-n, a baseline): the content of
     attack.json (``jem attack``; docs/robustness.md), as the report shows it.
@@ -166,8 +184,8 @@ class RobustnessResult(_Result):
     ``curves_direct``: the direct attack alone; ``png``: the curves' plot as attack.json names it
     (relative to the run directory when inside it); ``png_path``: that file resolved, or None when
     it is missing (set when read, in report.json, never in attack.json); ``attack``: the attack's
-    settings; ``adversarials``: {setting: saved file}; ``distal``: {model: figures of
-    ``distal_report``}; ``extra``: keys of a hand-written record this schema does not know (kept).
+    settings; ``adversarials``: {setting: saved file}; ``distal``: {model: a ``DistalResult``'s
+    dict}; ``extra``: keys of a hand-written record this schema does not know (kept).
     """
 
     norm: str | None = _optional()  # linf | l2
@@ -215,6 +233,7 @@ __all__ = [
     "ConditionalAccuracy",
     "GenerationResult",
     "ModelEvaluation",
+    "DistalResult",
     "RobustAccuracy",
     "RobustnessResult",
 ]

@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..utils import model_device, predict_logits
 from .attacks import DATA_RANGE, check_norm, check_range, distal_adversarials, pgd
 from .ood import ood_scores
-from .results import RobustAccuracy
+from .results import DistalResult, RobustAccuracy
 
 log = logging.getLogger("torchjem")
 # Default eps lists in the [-1, 1] data scale (8/255 in [0, 1] is 16/255 ~ 0.063 here).
@@ -212,14 +212,15 @@ def distal_report(
     steps: int = 100,
     step_size: float = 0.02,
     data_range: tuple[float, float] = DATA_RANGE,
-) -> tuple[dict[str, float], torch.Tensor]:
+) -> tuple[DistalResult, torch.Tensor]:
     """Distal adversarials for classes 0, 1, 2, ... (``n`` in all) and how the model sees them.
 
-    Returns (figures, the adversarials). Figures: mean target confidence, the fraction classified
-    as the target, mean log p(x) of the adversarials and of ``x_data``, the AUROC with which log p(x)
-    tells data (positive) from distal adversarials, and the fraction of adversarials whose log p(x)
-    is below the 5th percentile of the data's. A JEM should give high confidence and still a low
-    log p(x); a plain classifier's logsumexp does not carry that meaning.
+    Returns (figures, the adversarials (n, ...) on the CPU). Figures (a ``DistalResult``): mean
+    target confidence, the fraction classified as the target, mean log p(x) of the adversarials and
+    of ``x_data``, the AUROC with which log p(x) tells data (positive) from distal adversarials, and
+    the fraction of adversarials whose log p(x) is below the 5th percentile of the data's. A JEM
+    should give high confidence and still a low log p(x); a plain classifier's logsumexp does not
+    carry that meaning. InputError for n < 1 or no data.
     """
     from sklearn.metrics import roc_auc_score
 
@@ -231,17 +232,17 @@ def distal_report(
     prob = predict_logits(model, x).softmax(1)
     lp_adv, lp_data = (ood_scores(model, v, ["px"])["px"].float() for v in (x, x_data))
     labels = torch.cat([torch.ones(len(lp_data)), torch.zeros(len(lp_adv))])
-    figures = {
-        "n": n,
-        "steps": steps,
-        "confidence_mean": float(prob.gather(1, y[:, None]).mean()),
-        "hit_rate": float((prob.argmax(1) == y).float().mean()),
-        "log_px_mean": float(lp_adv.mean()),
-        "log_px_data_mean": float(lp_data.mean()),
-        "log_px_data_std": float(lp_data.std()) if len(lp_data) > 1 else 0.0,
-        "auroc_log_px": float(roc_auc_score(labels.numpy(), torch.cat([lp_data, lp_adv]).numpy())),
-        "frac_below_data_p5": float((lp_adv < torch.quantile(lp_data, 0.05)).float().mean()),
-    }
+    figures = DistalResult(
+        n=n,
+        steps=steps,
+        confidence_mean=float(prob.gather(1, y[:, None]).mean()),
+        hit_rate=float((prob.argmax(1) == y).float().mean()),
+        log_px_mean=float(lp_adv.mean()),
+        log_px_data_mean=float(lp_data.mean()),
+        log_px_data_std=float(lp_data.std()) if len(lp_data) > 1 else 0.0,
+        auroc_log_px=float(roc_auc_score(labels.numpy(), torch.cat([lp_data, lp_adv]).numpy())),
+        frac_below_data_p5=float((lp_adv < torch.quantile(lp_data, 0.05)).float().mean()),
+    )
     return figures, x.cpu()
 
 

@@ -180,7 +180,7 @@ def attack_run(
         models = {"jem": run.jem, **({"baseline": base.jem} if base is not None else {})}
         for name, model in models.items():
             figures, xd = distal_report(model, x, o.distal)
-            distal[name] = figures
+            distal[name] = figures.to_dict()
             save_checkpoint(out / f"distal_{name}.pt", {"x": xd, "y": torch.arange(len(xd)) % run.n_classes})
     result = RobustnessResult(
         norm=o.pgd.norm,
