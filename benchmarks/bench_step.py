@@ -129,8 +129,8 @@ def build_trainer(p: Preset, opt: Options, clf_only: bool) -> Trainer:
         *opt.overrides,
     ]
     with tempfile.TemporaryDirectory() as out:
-        cfg = load_config(None, [*overrides, f"out={out}"])
-        trainer = Trainer(cfg, data=_synthetic_data(p, 4 * p.batch), progress=False)
+        cfg = load_config(None, overrides)
+        trainer = Trainer(cfg, data=_synthetic_data(p, 4 * p.batch), progress=False, out=out)
     if opt.unfused:
         o = cfg.optim
         params = [q for q in trainer.jem.parameters() if q.requires_grad]

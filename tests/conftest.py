@@ -31,8 +31,9 @@ def _seed():
     torch.manual_seed(0)
 
 
-def tiny_config(out, *extra: str):
-    return load_config(None, TINY + [f"out={out}", "device=cpu"] + list(extra))
+def tiny_config(*extra: str):
+    """A small, fast config on CPU (the run directory is given to the Trainer: ``out=``)."""
+    return load_config(None, TINY + ["device=cpu"] + list(extra))
 
 
 class Faulty:

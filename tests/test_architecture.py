@@ -17,7 +17,6 @@ LAYERS = {
     "checkpoint": 1,
     "errors": 0,
     "energy": 1,
-    "rundir": 1,
     "config": 2,
     "utils": 2,
     "figures": 2,
@@ -28,10 +27,11 @@ LAYERS = {
     "objective": 4,
     "sam": 4,
     "evaluate": 4,
+    "runs": 4,
     "samples": 4,
     "build": 5,
     "training": 6,
-    "report": 6,
+    "report": 5,  # below sweep_report, whose page report/page.py builds
     "sweep_report": 6,
     "workflows": 7,
     "cli": 8,
@@ -193,6 +193,65 @@ def test_the_checker_catches_file_and_data_access_in_evaluate(tmp_path):
         "10: calls load_data(",
         "10: calls path.write_text(",
     ]
+
+
+# -- the run directory has one owner (torchjem/runs/) ------------------------------------------------
+# Names of files and folders inside a run directory: spelled only in runs/layout.py. A string that is
+# a path (no spaces) with one of RUN_FILES as a component, or a `path / NAME` join with a name of
+# either set, counts; docstrings and prose messages do not.
+RUN_FILES = {"config.yaml", "metrics.jsonl", "train.log", "last.pt", "best.pt", "attack.json", "report.json",
+             "report.html", "trial.json", ".lock", "torchjem.json", "model.safetensors", "buffer.safetensors",
+             "robust_accuracy.png"}  # fmt: skip
+RUN_DIRS = {"checkpoints", "samples", "report", "attack", "feature_net", "export"}
+# where such a name is not a run directory's (with the reason)
+NOT_A_RUN_DIR = {"workflows/sweep/layout.py": "a sweep folder's own report/ (a sweep is not a run directory)"}
+
+
+def run_dir_names(path: Path) -> list[tuple[int, str]]:
+    """(line, name) of every run-directory file or folder name that ``path`` spells."""
+    tree = ast.parse(path.read_text())
+    docs = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docs.add(id(first.value))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            if re.fullmatch(r"[\w./*-]+", node.value) and set(node.value.split("/")) & RUN_FILES:
+                found.append((node.lineno, node.value))
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and isinstance(node.right, ast.Constant):
+            if node.right.value in RUN_FILES | RUN_DIRS:
+                found.append((node.lineno, f"/ {node.right.value!r}"))
+    return sorted(set(found))
+
+
+def test_only_the_runs_package_spells_run_directory_names():
+    bad = []
+    for path in modules():
+        rel = str(path.relative_to(SRC))
+        if rel.startswith("runs/") or rel in NOT_A_RUN_DIR:
+            continue
+        bad += [f"{rel}:{line} spells {name}" for line, name in run_dir_names(path)]
+    assert not bad, "use torchjem.runs.RunDir's paths:\n" + "\n".join(bad)
+
+
+def test_the_run_directory_checker_catches_a_spelled_name(tmp_path):
+    bad = tmp_path / "x.py"
+    bad.write_text(
+        '"""Writes RUN_DIR/attack/attack.json."""\n'  # a docstring: prose, allowed
+        'A = "checkpoints/last.pt"\n'
+        "def f(run):\n"
+        '    """Reads metrics.jsonl."""\n'
+        '    return run / "report", f"{run}/trial.json", "see the report.html file"\n'
+    )
+    assert run_dir_names(bad) == [(2, "checkpoints/last.pt"), (5, "/ 'report'"), (5, "/trial.json")]
+
+
+def test_no_source_file_is_over_500_lines_but_format_readers():
+    long = {str(p.relative_to(SRC)): n for p in modules() if (n := len(p.read_text().splitlines())) > 500}
+    assert set(long) <= {"data/readers.py"}, f"split by concept: {long}"
 
 
 # -- Optuna sits behind one module (workflows/sweep/study.py) ----------------------------------------

@@ -91,7 +91,7 @@ def _net() -> nn.Module:
 
 
 def test_a_run_trained_on_a_model_object_needs_it_to_load(tmp_path):
-    t = Trainer(tiny_config(tmp_path / "r", "train.max_steps=2"), model=_net(), progress=False)
+    t = Trainer(tiny_config("train.max_steps=2"), model=_net(), progress=False, out=tmp_path / "r")
     t.fit()
     with pytest.raises(ConfigError, match=r"network object passed in Python \(class torch.nn.modules.container:Seq"):
         load_run(t.run.path, device="cpu")

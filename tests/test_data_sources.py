@@ -47,7 +47,7 @@ def test_8bit_in_memory_data_lives_on_the_device_as_uint8(tmp_path):
     y = torch.arange(96) % 10
     x = to_float(u)
     data = DataSplits("bytes", x, y, x[:0], y[:0], x[:0], y[:0], 10)
-    t = Trainer(tiny_config(tmp_path / "r", "train.max_steps=2"), data=data, progress=False)
+    t = Trainer(tiny_config("train.max_steps=2"), data=data, progress=False, out=tmp_path / "r")
     assert t.batches.x.dtype == torch.uint8 and t.batches.x.element_size() * 4 == x.element_size()
     seen = torch.cat([xb for xb, _ in t.batches.epoch(0)])
     assert seen.dtype == torch.float32 and len(seen) == 96  # three full batches of 32
@@ -58,11 +58,11 @@ def test_8bit_in_memory_data_lives_on_the_device_as_uint8(tmp_path):
 def test_a_dataset_trains_exactly_as_the_same_data_in_memory(tmp_path):
     digits = load_data("digits", limit=320)
     extra = ["train.max_steps=12", "train.eval_every=1"]
-    ref = Trainer(tiny_config(tmp_path / "mem", *extra), data=digits, progress=False)
+    ref = Trainer(tiny_config(*extra), data=digits, progress=False, out=tmp_path / "mem")
     ref.fit()
     ds = PairDataset(digits.x_train, digits.y_train)
     val = PairDataset(digits.x_val, digits.y_val)
-    t = Trainer(tiny_config(tmp_path / "ds", *extra), data=DataLoader(ds, batch_size=7), val=val, progress=False)
+    t = Trainer(tiny_config(*extra), data=DataLoader(ds, batch_size=7), val=val, progress=False, out=tmp_path / "ds")
     res = t.fit()
     # same order (seeded by epoch), same values, same steps: the same parameters bit for bit
     assert torch.equal(_params(t), _params(ref))
@@ -82,9 +82,9 @@ def test_a_dataset_without_class_count_is_refused(tmp_path):
             return torch.zeros(1, 8, 8), 0
 
     with pytest.raises(ValueError, match="n_classes attribute or a classes list"):
-        Trainer(tiny_config(tmp_path / "r"), data=Bare(), progress=False)
+        Trainer(tiny_config(), data=Bare(), progress=False, out=tmp_path / "r")
     ds = PairDataset(torch.zeros(64, 1, 8, 8), torch.zeros(64, dtype=torch.long))
     with pytest.raises(ValueError, match="labels_per_class needs in-memory data"):
-        Trainer(tiny_config(tmp_path / "r", "data.labels_per_class=2"), data=ds, progress=False)
+        Trainer(tiny_config("data.labels_per_class=2"), data=ds, progress=False, out=tmp_path / "r")
     with pytest.raises(ValueError, match="gaussian needs in-memory"):
-        Trainer(tiny_config(tmp_path / "r", "buffer.init=gaussian"), data=ds, progress=False)
+        Trainer(tiny_config("buffer.init=gaussian"), data=ds, progress=False, out=tmp_path / "r")

@@ -29,8 +29,8 @@ CLF = ["train.clf_only=true", "objective.data_noise=0", "train.max_steps=6"]
 FAULT = ["train.max_steps=16", "divergence.snapshot_every=5", "divergence.check_every=1"]
 
 
-def cfg(out, *extra):
-    return tiny_config(out, *BASE, *extra)
+def cfg(*extra):
+    return tiny_config(*BASE, *extra)
 
 
 def _params(trainer):
@@ -46,19 +46,19 @@ def _worker(rank: int, tmp: str) -> None:
     try:
         # a global batch that does not split over the ranks is refused before any work
         try:
-            Trainer(cfg(tmp_path / "bad", "train.batch_size=33"), progress=False)
+            Trainer(cfg("train.batch_size=33"), progress=False, out=tmp_path / "bad")
         except ValueError as e:
             out["bad_batch"] = str(e)
 
         # an uninterrupted run
-        full = Trainer(cfg(tmp_path / "full"), progress=False)
+        full = Trainer(cfg(), progress=False, out=tmp_path / "full")
         out["local_batch"], out["shard_size"] = full.batches.local, full.buffer.size
         full.fit()
         out["full_params"], out["full_buffer"] = _params(full), full.buffer.x.clone()
         out["full_val"] = full.validate()
 
         # the same run killed mid-way through epoch 2 on every rank, then resumed
-        killed = Trainer(cfg(tmp_path / "killed"), progress=False)
+        killed = Trainer(cfg(), progress=False, out=tmp_path / "killed")
         killed.objective = Faulty(killed.objective, kill_at=killed.steps_per_epoch + 3)
         try:
             killed.fit()
@@ -70,14 +70,14 @@ def _worker(rank: int, tmp: str) -> None:
         out["resumed_params"], out["resumed_buffer"] = _params(resumed), resumed.buffer.x.clone()
 
         # a NaN loss on rank 1 only: every rank must rewind
-        fault = Trainer(cfg(tmp_path / "fault", *FAULT), progress=False)
+        fault = Trainer(cfg(*FAULT), progress=False, out=tmp_path / "fault")
         if rank == 1:
             fault.objective = Faulty(fault.objective, nan_at={12})
         res = fault.fit()
         out["fault"] = {"result": res, "lr_scale": fault.state.progress.lr_scale, "params": _params(fault)}
 
         # a plain classifier without noise: must follow the single-process run of the same global batch
-        clf = Trainer(cfg(tmp_path / "clf", *CLF), progress=False)
+        clf = Trainer(cfg(*CLF), progress=False, out=tmp_path / "clf")
         clf.fit()
         out["clf_params"] = _params(clf)
 
@@ -105,9 +105,9 @@ def _spawn(tmp: Path, timeout_s: float = 240.0) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
-    single = Trainer(cfg(tmp / "single"), progress=False)
+    single = Trainer(cfg(), progress=False, out=tmp / "single")
     single.fit()
-    clf_single = Trainer(cfg(tmp / "clf_single", *CLF), progress=False)
+    clf_single = Trainer(cfg(*CLF), progress=False, out=tmp / "clf_single")
     clf_single.fit()
     _spawn(tmp)  # the workers also resume `single` on 2 processes (into the same run directory)
     ranks = [torch.load(tmp / f"result_{r}.pt", weights_only=False) for r in range(WORLD)]
@@ -227,7 +227,7 @@ def test_single_process_checkpoint_resumes_on_two_processes(runs):
 def test_distributed_checkpoint_resumes_in_one_process(runs, tmp_path):
     shutil.copytree(runs["tmp"] / "full", tmp_path / "full")
     merged = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["buffer"]["x"]
-    t = Trainer.resume(tmp_path / "full", progress=False, overrides=["train.epochs=4", f"out={tmp_path / 'full'}"])
+    t = Trainer.resume(tmp_path / "full", progress=False, overrides=["train.epochs=4"])
     assert t.world_size == 1 and t.step == 18 and torch.equal(t.buffer.x, merged)
     t.fit()
     assert t.step == 24

@@ -70,7 +70,7 @@ def _data_for(cfg, tmp_path: Path):
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_builds_net_and_pipeline_and_trains(recipe: str, tmp_path: Path) -> None:
-    cfg = load_config(CONFIGS / f"{recipe}.yaml", [f"out={tmp_path / 'run'}", "device=cpu"])
+    cfg = load_config(CONFIGS / f"{recipe}.yaml", ["device=cpu"])
     data = _data_for(cfg, tmp_path)
     # the full network, wired to this data: shapes check out without allocating a parameter
     with torch.device("meta"):
@@ -95,11 +95,11 @@ def test_recipe_builds_net_and_pipeline_and_trains(recipe: str, tmp_path: Path) 
         small += ["net.kwargs.depth=10", "net.kwargs.width=1"]
     if cfg.buffer.init.startswith("gaussian") and torch.bincount(data.y_train, minlength=data.n_classes).min() < 2:
         small.append("buffer.init=uniform")  # a per-class Gaussian needs 2 images a class; the stand-in has fewer
-    cfg = load_config(CONFIGS / f"{recipe}.yaml", [f"out={tmp_path / 'run'}", "device=cpu"] + small)
+    cfg = load_config(CONFIGS / f"{recipe}.yaml", ["device=cpu"] + small)
     if cfg.data.labels_per_class:
         per_class = torch.bincount(data.y_train, minlength=data.n_classes).min()
         assert per_class >= cfg.data.labels_per_class
-    trainer = Trainer(cfg, data=data, progress=False)
+    trainer = Trainer(cfg, data=data, progress=False, out=tmp_path / "run")
     result = trainer.fit()
     assert result["step"] == 2
     losses = [m["loss"] for m in trainer.run.read_metrics() if "loss" in m]

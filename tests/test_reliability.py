@@ -17,9 +17,9 @@ from torchjem.cli import main
 from torchjem.errors import RunDirError
 
 
-def small(out, *extra: str):
+def small(*extra: str):
     """The tiny config on 320 digits: 10 batches of 32 an epoch."""
-    return tiny_config(out, "data.limit=320", *extra)
+    return tiny_config("data.limit=320", *extra)
 
 
 def _state(t: Trainer) -> dict[str, torch.Tensor]:
@@ -41,13 +41,13 @@ def _same(a: Trainer, b: Trainer) -> None:
 
 # -- one writer ----------------------------------------------------------------------------------
 def test_a_second_trainer_on_the_same_directory_is_refused(tmp_path):
-    first = Trainer(small(tmp_path / "r", "train.max_steps=2"), progress=False)
+    first = Trainer(small("train.max_steps=2"), progress=False, out=tmp_path / "r")
     with pytest.raises(RunDirError, match=r"is in use by pid \d+ on"):
-        Trainer(small(tmp_path / "r", "train.max_steps=2"), progress=False)
+        Trainer(small("train.max_steps=2"), progress=False, out=tmp_path / "r")
     first.fit()  # the first one trains, then lets go
     with pytest.raises(RunDirError, match="already holds a run.*--resume.*--overwrite"):
-        Trainer(small(tmp_path / "r", "train.max_steps=2"), progress=False)
-    again = Trainer(small(tmp_path / "r", "train.max_steps=3"), progress=False, overwrite=True)
+        Trainer(small("train.max_steps=2"), progress=False, out=tmp_path / "r")
+    again = Trainer(small("train.max_steps=3"), progress=False, overwrite=True, out=tmp_path / "r")
     assert not again.run.metrics.exists()  # the old run's files are gone, not appended to
     assert again.fit()["step"] == 3
 
@@ -62,7 +62,7 @@ def test_the_cli_refuses_a_finished_run_and_a_running_one(tmp_path, capsys):
     # another process holds the lock: a trainer in a subprocess that waits on stdin
     code = (
         "import sys; sys.path.insert(0, 'tests'); from conftest import tiny_config; from torchjem import Trainer; "
-        f"t = Trainer(tiny_config({str(tmp_path / 'busy')!r}, 'train.max_steps=1'), progress=False); "
+        f"t = Trainer(tiny_config('train.max_steps=1'), progress=False, out={str(tmp_path / 'busy')!r}); "
         "print('ready', flush=True); sys.stdin.readline()"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -78,9 +78,9 @@ def test_the_cli_refuses_a_finished_run_and_a_running_one(tmp_path, capsys):
 # -- exact resume --------------------------------------------------------------------------------
 def test_a_max_steps_run_resumes_mid_epoch_exactly(tmp_path):
     extra = ["optim.decay_epochs=[1]", "train.max_steps=27"]  # 10 batches an epoch: ends mid-epoch 3
-    full = Trainer(small(tmp_path / "full", *extra), progress=False)
+    full = Trainer(small(*extra), progress=False, out=tmp_path / "full")
     full.fit()
-    part = Trainer(small(tmp_path / "part", "optim.decay_epochs=[1]", "train.max_steps=13"), progress=False)
+    part = Trainer(small("optim.decay_epochs=[1]", "train.max_steps=13"), progress=False, out=tmp_path / "part")
     part.fit()
     assert load_checkpoint(part.run.checkpoint("last"))["batch"] == 3
     more = Trainer.resume(part.run.path, progress=False, overrides=["train.max_steps=27"])
@@ -91,9 +91,9 @@ def test_a_max_steps_run_resumes_mid_epoch_exactly(tmp_path):
 
 def test_a_kill_after_a_mid_epoch_checkpoint_resumes_there_exactly(tmp_path):
     extra = ["train.epochs=2", "train.checkpoint_every=4"]
-    full = Trainer(small(tmp_path / "full", *extra), progress=False)
+    full = Trainer(small(*extra), progress=False, out=tmp_path / "full")
     full.fit()
-    killed = Trainer(small(tmp_path / "killed", *extra), progress=False)
+    killed = Trainer(small(*extra), progress=False, out=tmp_path / "killed")
     killed.objective = Faulty(killed.objective, kill_at=16)  # after the checkpoint of step 12 (epoch 2, batch 2)
     with pytest.raises(KeyboardInterrupt):
         killed.fit()
@@ -108,9 +108,9 @@ def test_a_kill_after_a_mid_epoch_checkpoint_resumes_there_exactly(tmp_path):
 
 def test_a_kill_during_the_epoch_end_writes_redoes_the_epoch_end(tmp_path):
     extra = ["train.epochs=2"]
-    full = Trainer(small(tmp_path / "full", *extra), progress=False)
+    full = Trainer(small(*extra), progress=False, out=tmp_path / "full")
     full.fit()
-    t = Trainer(small(tmp_path / "cut", *extra), progress=False)
+    t = Trainer(small(*extra), progress=False, out=tmp_path / "cut")
     real, calls = t.save, []
 
     def save_then_die(name: str):
@@ -133,8 +133,8 @@ def test_a_kill_during_the_epoch_end_writes_redoes_the_epoch_end(tmp_path):
 
 # -- divergence ----------------------------------------------------------------------------------
 def test_a_rewind_redoes_the_lost_steps_across_an_epoch_end(tmp_path):
-    cfg = small(tmp_path / "r", "train.epochs=3", "divergence.snapshot_every=4", "divergence.check_every=1")
-    t = Trainer(cfg, progress=False)
+    cfg = small("train.epochs=3", "divergence.snapshot_every=4", "divergence.check_every=1")
+    t = Trainer(cfg, progress=False, out=tmp_path / "r")
     t.objective = Faulty(t.objective, nan_at={12})  # in epoch 2 (10 batches an epoch)
     result = t.fit()
     (event,) = [r for r in t.run.read_metrics() if r.get("event") == "recovery"]
@@ -144,16 +144,16 @@ def test_a_rewind_redoes_the_lost_steps_across_an_epoch_end(tmp_path):
 
 
 def test_a_diverged_update_is_never_saved(tmp_path):
-    cfg = small(tmp_path / "r", "optim.name=sgd", "optim.lr=1e38", "optim.warmup_iters=0", "train.max_steps=1")
-    t = Trainer(cfg, progress=False)
+    cfg = small("optim.name=sgd", "optim.lr=1e38", "optim.warmup_iters=0", "train.max_steps=1")
+    t = Trainer(cfg, progress=False, out=tmp_path / "r")
     with pytest.raises(DivergenceError, match="non-finite.*no checkpoint was written yet: start again"):
         t.fit()
     assert not t.run.checkpoint("last").exists()
 
 
 def test_a_resume_with_a_new_lr_gets_a_fresh_retry_budget(tmp_path):
-    cfg = small(tmp_path / "r", "train.epochs=3", "divergence.max_retries=1", "divergence.check_every=1")
-    t = Trainer(cfg, progress=False)
+    cfg = small("train.epochs=3", "divergence.max_retries=1", "divergence.check_every=1")
+    t = Trainer(cfg, progress=False, out=tmp_path / "r")
     # one recovery in epoch 1 (call 5), then NaN from the first step of epoch 2 on (call 16): gives up
     t.objective = Faulty(t.objective, nan_at={5, *range(16, 60)})
     with pytest.raises(DivergenceError, match=r"then continue from .*last\.pt with `jem train --resume"):
@@ -276,7 +276,7 @@ def test_a_full_disk_is_a_message_naming_the_file_and_the_old_checkpoint_survive
 def test_waiting_for_a_run_directory_returns_when_its_writer_lets_go(tmp_path):
     import threading
 
-    from torchjem.rundir import RunDir, RunLock
+    from torchjem.runs import RunDir, RunLock
 
     RunLock(RunDir(tmp_path / "none")).wait()  # no lock file: returns at once
     writer = RunLock(RunDir(tmp_path / "r"))

@@ -42,7 +42,7 @@ def test_bf16_energy_head_outputs_are_fp32():
 
 
 def test_bf16_training_step_runs_and_leaves_fp32_state(tmp_path):
-    tr = Trainer(tiny_config(tmp_path, "train.amp=bf16", "train.max_steps=2"), progress=False)
+    tr = Trainer(tiny_config("train.amp=bf16", "train.max_steps=2"), progress=False, out=tmp_path)
     x, y = next(tr.batches.epoch(0))
     stats = tr.train_step(x, y)
     assert torch.isfinite(stats["loss"]) and stats["loss"].dtype == torch.float32
@@ -52,7 +52,7 @@ def test_bf16_training_step_runs_and_leaves_fp32_state(tmp_path):
 
 def test_unknown_amp_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="train.amp"):
-        Trainer(tiny_config(tmp_path, "train.amp=fp8"), progress=False)
+        Trainer(tiny_config("train.amp=fp8"), progress=False, out=tmp_path)
     with pytest.raises(ValueError, match="amp"):
         with autocast("fp16", "cpu"):
             pass

@@ -39,14 +39,14 @@ def test_sam_steps_with_the_gradient_at_the_perturbed_point(adaptive):
 
 
 def test_a_sam_step_draws_the_samples_once_and_runs_the_loss_twice(tmp_path):
-    t = Trainer(tiny_config(tmp_path / "r", "optim.sam_rho=0.05", "train.max_steps=3"), progress=False)
+    t = Trainer(tiny_config("optim.sam_rho=0.05", "train.max_steps=3"), progress=False, out=tmp_path / "r")
     draws = []
     real = t.sampler.sample
     t.sampler.sample = lambda *a, **k: draws.append(1) or real(*a, **k)
     t.objective = Faulty(t.objective)
     t.fit()
     assert (len(draws), t.objective.calls) == (3, 6)  # one SGLD draw, two loss passes per step
-    plain = Trainer(tiny_config(tmp_path / "p", "train.max_steps=3"), progress=False)
+    plain = Trainer(tiny_config("train.max_steps=3"), progress=False, out=tmp_path / "p")
     plain.fit()
     sam_w = torch.cat([p.flatten() for p in t.jem.parameters()])
     plain_w = torch.cat([p.flatten() for p in plain.jem.parameters()])
@@ -98,8 +98,8 @@ def test_the_px_term_sees_the_unaugmented_batch_when_asked():
 
 
 def test_augment_px_false_reaches_the_objective(tmp_path):
-    t = Trainer(tiny_config(tmp_path / "r", "data.augment=true", "data.augment_px=false", "train.max_steps=1"),
-                progress=False)  # fmt: skip
+    t = Trainer(tiny_config("data.augment=true", "data.augment_px=false", "train.max_steps=1"),
+                progress=False, out=tmp_path / "r")  # fmt: skip
     seen = {}
     real = t.objective.draw
     t.objective.draw = lambda m, x, y, x_px=None: seen.update(x=x, x_px=x_px) or real(m, x, y, x_px)
@@ -111,8 +111,8 @@ def test_sam_leaves_batch_norm_statistics_as_a_plain_step_does(tmp_path):
     net = BNNet()
     stats = []
     for rho in (0.0, 0.05):
-        t = Trainer(tiny_config(tmp_path / f"r{rho}", f"optim.sam_rho={rho}", "train.max_steps=1"),
-                    model=copy.deepcopy(net), progress=False)  # fmt: skip
+        t = Trainer(tiny_config(f"optim.sam_rho={rho}", "train.max_steps=1"),
+                    model=copy.deepcopy(net), progress=False, out=tmp_path / f"r{rho}")  # fmt: skip
         assert t.objective.separate_passes  # a net with batch norm: one pass for data, one for samples
         t.fit()
         stats.append(t.jem.net.bn.running_mean.clone())

@@ -14,8 +14,8 @@ from torchjem.evaluate.classification import classification
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    cfg = tiny_config(out, "train.epochs=4", "net.kwargs.width=16", "sgld.steps=10")
-    trainer = Trainer(cfg, progress=False)
+    cfg = tiny_config("train.epochs=4", "net.kwargs.width=16", "sgld.steps=10")
+    trainer = Trainer(cfg, progress=False, out=out)
     trainer.fit()
     return trainer
 
@@ -60,10 +60,10 @@ def test_checkpoint_round_trip_is_code_free(tmp_path, trained):
 
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     extra = ["train.epochs=3", "optim.decay_epochs=[2]", "train.save_every=1"]
-    full = Trainer(tiny_config(tmp_path / "full", *extra), progress=False)
+    full = Trainer(tiny_config(*extra), progress=False, out=tmp_path / "full")
     full.fit()
 
-    killed = Trainer(tiny_config(tmp_path / "killed", *extra), progress=False)
+    killed = Trainer(tiny_config(*extra), progress=False, out=tmp_path / "killed")
     per_epoch = killed.steps_per_epoch
     killed.objective = Faulty(killed.objective, kill_at=per_epoch + 3)  # mid-way through epoch 2
     with pytest.raises(KeyboardInterrupt):
@@ -79,8 +79,8 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
 
 
 def test_divergence_is_recovered_and_logged(tmp_path):
-    cfg = tiny_config(tmp_path / "r", "train.max_steps=30", "divergence.snapshot_every=5", "divergence.check_every=1")
-    t = Trainer(cfg, progress=False)
+    cfg = tiny_config("train.max_steps=30", "divergence.snapshot_every=5", "divergence.check_every=1")
+    t = Trainer(cfg, progress=False, out=tmp_path / "r")
     t.objective = Faulty(t.objective, nan_at={12})
     result = t.fit()
     assert result["step"] == 30 and result["retries"] == 1
@@ -93,9 +93,9 @@ def test_divergence_is_recovered_and_logged(tmp_path):
 
 
 def test_step_factor_backs_off_the_sgld_step_at_each_rewind_and_a_resume_keeps_it(tmp_path):
-    cfg = tiny_config(tmp_path / "r", "train.max_steps=30", "divergence.snapshot_every=5", "divergence.check_every=1",
+    cfg = tiny_config("train.max_steps=30", "divergence.snapshot_every=5", "divergence.check_every=1",
                       "divergence.step_factor=0.5", "sgld.step_size=2.0")  # fmt: skip
-    t = Trainer(cfg, progress=False)
+    t = Trainer(cfg, progress=False, out=tmp_path / "r")
     t.objective = Faulty(t.objective, nan_at={12, 20})
     t.fit()
     events = [r for r in t.run.read_metrics() if r.get("event") == "recovery"]
@@ -110,8 +110,8 @@ def test_step_factor_backs_off_the_sgld_step_at_each_rewind_and_a_resume_keeps_i
 
 
 def test_divergence_found_at_a_later_check_rewinds_to_a_checked_state(tmp_path):
-    cfg = tiny_config(tmp_path / "r", "train.max_steps=40", "divergence.snapshot_every=5", "divergence.check_every=5")
-    t = Trainer(cfg, progress=False)
+    cfg = tiny_config("train.max_steps=40", "divergence.snapshot_every=5", "divergence.check_every=5")
+    t = Trainer(cfg, progress=False, out=tmp_path / "r")
     t.objective = Faulty(t.objective, nan_at={12})  # NaN weights from step 12 on, seen at the check of step 15
     result = t.fit()
     events = [r for r in t.run.read_metrics() if r.get("event") == "recovery"]
@@ -120,7 +120,7 @@ def test_divergence_found_at_a_later_check_rewinds_to_a_checked_state(tmp_path):
 
 
 def test_divergence_gives_up_with_advice(tmp_path):
-    t = Trainer(tiny_config(tmp_path / "r", "train.max_steps=20", "divergence.max_retries=2"), progress=False)
+    t = Trainer(tiny_config("train.max_steps=20", "divergence.max_retries=2"), progress=False, out=tmp_path / "r")
     t.objective = Faulty(t.objective, nan_at={"always"})
     with pytest.raises(DivergenceError, match="after 2 recoveries.*optim.lr"):
         t.fit()
@@ -128,14 +128,14 @@ def test_divergence_gives_up_with_advice(tmp_path):
 
 
 def test_exploding_energy_is_divergence(tmp_path):
-    t = Trainer(tiny_config(tmp_path / "r", "train.max_steps=3", "divergence.max_energy=1e-9"), progress=False)
+    t = Trainer(tiny_config("train.max_steps=3", "divergence.max_energy=1e-9"), progress=False, out=tmp_path / "r")
     with pytest.raises(DivergenceError, match="energy"):
         t.fit()
 
 
 def test_a_runaway_energy_gap_is_divergence_below_the_reference_thresholds(tmp_path):
     # as the collapsed digits runs of docs/stability.md: energies under 1e5, loss under 1e8, gap 2003
-    t = Trainer(tiny_config(tmp_path / "r", "train.max_steps=1"), progress=False)
+    t = Trainer(tiny_config("train.max_steps=1"), progress=False, out=tmp_path / "r")
     stats = {"loss": torch.tensor(-1990.0), "energy_data": torch.tensor(-3.0), "energy_sample": torch.tensor(2000.0)}
     assert "|energy gap| = |E(samples) - E(data)| = 2e+03 > divergence.max_gap = 1e+03" in t.guard.check(stats)
     assert t.guard.check({**stats, "energy_sample": torch.tensor(900.0)}) is None  # gap 903
@@ -175,7 +175,7 @@ def test_unlabelled_examples_do_not_feed_cross_entropy():
 
 
 def test_semi_supervised_run_uses_all_images_for_px(tmp_path):
-    t = Trainer(tiny_config(tmp_path / "r", "train.max_steps=4", "data.labels_per_class=5"), progress=False)
+    t = Trainer(tiny_config("train.max_steps=4", "data.labels_per_class=5"), progress=False, out=tmp_path / "r")
     assert int((t.batches.y != -100).sum()) == 50 and len(t.batches.y) == len(t.data.x_train)
     t.fit()
     rec = [r for r in t.run.read_metrics() if "loss_px" in r]
@@ -183,7 +183,7 @@ def test_semi_supervised_run_uses_all_images_for_px(tmp_path):
 
 
 def test_clf_only_trains_without_sampling(tmp_path):
-    t = Trainer(tiny_config(tmp_path / "r", "train.max_steps=5", "train.clf_only=true"), progress=False)
+    t = Trainer(tiny_config("train.max_steps=5", "train.clf_only=true"), progress=False, out=tmp_path / "r")
     assert t.buffer is None and not t.objective.needs_samples
     t.fit()
     assert all("loss_px" not in r for r in t.run.read_metrics())
@@ -193,9 +193,9 @@ def test_network_that_does_not_fit_the_data_is_rejected(tmp_path):
     from torch import nn
 
     with pytest.raises(ValueError, match="cannot take inputs of shape"):
-        Trainer(tiny_config(tmp_path / "r"), model=nn.Sequential(nn.Flatten(), nn.Linear(10, 10)), progress=False)
+        Trainer(tiny_config(), model=nn.Sequential(nn.Flatten(), nn.Linear(10, 10)), progress=False, out=tmp_path / "r")
     with pytest.raises(ValueError, match=r"expected \(N, 10\) logits"):
-        Trainer(tiny_config(tmp_path / "r"), model=nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), progress=False)
+        Trainer(tiny_config(), model=nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), progress=False, out=tmp_path / "r")
 
 
 def test_metrics_are_json_lines(trained):
@@ -204,7 +204,7 @@ def test_metrics_are_json_lines(trained):
 
 
 def test_energy_head_config_trains_the_scalar_head(tmp_path):
-    t = Trainer(tiny_config(tmp_path / "r", "train.max_steps=3", "net.energy_head=true"), progress=False)
+    t = Trainer(tiny_config("train.max_steps=3", "net.energy_head=true"), progress=False, out=tmp_path / "r")
     before = t.jem.energy_head.weight.detach().clone()
     t.fit()
     assert not torch.equal(before, t.jem.energy_head.weight)
@@ -216,12 +216,12 @@ def test_energy_head_config_trains_the_scalar_head(tmp_path):
 def test_a_classifier_baseline_of_an_energy_head_recipe_is_the_bare_network(tmp_path):
     # `--clf-only` on a recipe with net.energy_head: its log p(x) is the logsumexp of its logits, not an
     # untrained head (the digits demo's baseline scored OOD AUROC 0.33 on uniform noise that way)
-    cfg = tiny_config(tmp_path / "c", "net.energy_head=true", "train.clf_only=true", "train.max_steps=2")
-    t = Trainer(cfg, progress=False)
+    cfg = tiny_config("net.energy_head=true", "train.clf_only=true", "train.max_steps=2")
+    t = Trainer(cfg, progress=False, out=tmp_path / "c")
     t.fit()
     assert t.jem.energy_head is None and t.jem.class_head is None
     x = torch.rand(4, *t.shape) * 2 - 1
     with torch.no_grad():
         assert torch.allclose(t.jem.log_px(x), torch.logsumexp(t.jem.net(x), 1))
-    jem = Trainer(tiny_config(tmp_path / "j", "net.energy_head=true", "train.max_steps=1"), progress=False).jem
+    jem = Trainer(tiny_config("net.energy_head=true", "train.max_steps=1"), progress=False, out=tmp_path / "j").jem
     assert jem.energy_head is not None  # the JEM of the same recipe keeps its head

@@ -17,6 +17,7 @@ import importlib
 import inspect
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from .objective import IGNORE, HybridObjective
 from .sam import SAM
 from .sampling import PYLD, SGLD, ChainSampler, ReplayBuffer, shard_size
 from .speed import fused_optimizer_kwargs
+from .utils import has_batch_norm
 
 
 # -- the network -------------------------------------------------------------------------------
@@ -118,6 +120,73 @@ def build_jem(cfg: Config, shape: tuple[int, ...], n_classes: int, model: nn.Mod
     return JEM(net, energy_head=True, n_classes=n_classes)
 
 
+# -- what a config implies for training, decided once ------------------------------------------
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What a training config implies, resolved in one place (``training_plan``); the trainer only
+    wires the objects built from it.
+
+    ``pyx``, ``px``, ``pxy``, ``energy_l2``: the objective's weights (p(x), p(x|y) and the energy
+    penalty off for a plain classifier, ``train.clf_only``); ``sampler``: whether the run needs
+    chains (a p(x) or p(x|y) term); ``separate_passes``: data and samples through separate forward
+    passes (a net with batch norm, so the samples do not enter the data's batch statistics);
+    ``ddp_unused_parameters``: an energy head that gets no gradient (no p(x) term) under DDP;
+    ``augment``: (pad, flip) of the training batches' augmentation, None without; ``augment_px``:
+    whether the p(x) term sees the augmented batch (else the un-augmented one, as SADA-JEM);
+    ``labels_per_class``: semi-supervised, the labels kept per class (the rest become -100)."""
+
+    pyx: float
+    px: float
+    pxy: float
+    energy_l2: float
+    sampler: bool
+    separate_passes: bool
+    ddp_unused_parameters: bool
+    augment: tuple[int, bool] | None
+    augment_px: bool
+    labels_per_class: int | None
+
+
+def training_plan(
+    cfg: Config,
+    jem: JEM | None = None,
+    shape: tuple[int, ...] | None = None,
+    *,
+    world_size: int = 1,
+    data_flip: bool = False,
+) -> TrainingPlan:
+    """Resolve ``cfg`` for training ``jem`` on inputs of ``shape`` on ``world_size`` processes
+    (``jem`` None: the objective's weights only, no batch-norm or DDP decision; ``shape`` None: no
+    augmentation). ``data_flip``: the data set's own horizontal-flip default (``data.flip`` null).
+    Raises ConfigError for a combination that cannot train (clf_only without cross-entropy; batch
+    norm with a p(x) term under DDP)."""
+    o, clf = cfg.objective, cfg.train.clf_only
+    if clf and o.pyx == 0:
+        raise ConfigError("config train.clf_only = true needs objective.pyx > 0")
+    px, pxy = (0.0, 0.0) if clf else (o.px, o.pxy)
+    sampler = px != 0 or pxy != 0
+    separate = sampler and jem is not None and has_batch_norm(jem)
+    if separate and world_size > 1:  # two forwards before one backward: DDP marks parameters ready twice
+        raise ConfigError(
+            "a net with batch norm trains as a JEM in one process only (for now); use norm=none or "
+            "group/layer norm under torchrun, or train it as a classifier (--clf-only)"
+        )
+    d = cfg.data
+    flip = d.flip if d.flip is not None else data_flip
+    return TrainingPlan(
+        pyx=o.pyx,
+        px=px,
+        pxy=pxy,
+        energy_l2=0.0 if clf else o.energy_l2,
+        sampler=sampler,
+        separate_passes=separate,
+        ddp_unused_parameters=world_size > 1 and jem is not None and jem.energy_head is not None and px == 0,
+        augment=(max(1, shape[-1] // 8), bool(flip)) if d.augment and shape is not None else None,
+        augment_px=d.augment_px,
+        labels_per_class=d.labels_per_class,
+    )
+
+
 # -- sampling ----------------------------------------------------------------------------------
 def build_sgld(cfg: Config) -> SGLD | PYLD:
     """The chains' sampler: SGLD (``sgld.kind = sgld``) or JEM++'s proximal Langevin (``pyld``;
@@ -167,15 +236,17 @@ def build_sampler(
 
 def build_training_sampler(
     cfg: Config,
+    plan: TrainingPlan,
     shape: tuple[int, ...],
     n_classes: int,
     device: torch.device | str,
+    *,
     world_size: int = 1,
     train_xy: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> ChainSampler | None:
-    """The sampler a training run needs (None for a plain classifier or no p(x) / p(x|y) term);
+    """The sampler a training run needs (None when ``plan`` has no p(x) / p(x|y) term);
     ``train_xy``: the in-memory training data, needed by ``buffer.init=gaussian`` / ``gaussian_full``."""
-    if cfg.train.clf_only or (cfg.objective.px == 0 and cfg.objective.pxy == 0):
+    if not plan.sampler:
         return None
     gaussian = cfg.buffer.init in ("gaussian", "gaussian_full")
     if gaussian and train_xy is None:
@@ -184,20 +255,18 @@ def build_training_sampler(
     return build_sampler(cfg, shape, n_classes, device, world_size=world_size, fit=fit)
 
 
-def build_objective(cfg: Config, sampler: ChainSampler | None, separate_passes: bool = False) -> HybridObjective:
-    """The hybrid loss of the config (cross-entropy alone for ``train.clf_only``); data and samples
-    in ``separate_passes`` for a net with BatchNorm (``utils.has_batch_norm``)."""
-    o, clf = cfg.objective, cfg.train.clf_only
-    if clf and o.pyx == 0:
-        raise ConfigError("config train.clf_only = true needs objective.pyx > 0")
+def build_objective(cfg: Config, sampler: ChainSampler | None, plan: TrainingPlan | None = None) -> HybridObjective:
+    """The hybrid loss with ``plan``'s weights (default: ``training_plan(cfg)``, one pass for data
+    and samples; cross-entropy alone for ``train.clf_only``)."""
+    plan = plan if plan is not None else training_plan(cfg)
     return HybridObjective(
-        None if clf else sampler,
-        pyx=o.pyx,
-        px=0.0 if clf else o.px,
-        pxy=0.0 if clf else o.pxy,
-        data_noise=o.data_noise,
-        energy_l2=0.0 if clf else o.energy_l2,
-        separate_passes=separate_passes,
+        sampler if plan.sampler else None,
+        pyx=plan.pyx,
+        px=plan.px,
+        pxy=plan.pxy,
+        data_noise=cfg.objective.data_noise,
+        energy_l2=plan.energy_l2,
+        separate_passes=plan.separate_passes,
     )
 
 

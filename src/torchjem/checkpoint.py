@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import random
@@ -108,9 +107,6 @@ def load_checkpoint(
     return state
 
 
-RUN_KEYS = ("model", "config", "data", "step", "epoch")  # what a run's checkpoint must hold
-
-
 def rng_state() -> dict[str, Any]:
     """Every RNG the training touches, in a weights_only-loadable form."""
     np_state = np.random.get_state()
@@ -149,75 +145,3 @@ def check_writable(folder: str | Path) -> Path:
     atomic_write_bytes(probe, b"")
     probe.unlink(missing_ok=True)
     return folder
-
-
-# -- the export format: safetensors + JSON, readable without torchjem ------------------------------
-EXPORT_META, EXPORT_WEIGHTS, EXPORT_BUFFER = "torchjem.json", "model.safetensors", "buffer.safetensors"
-EXPORT_FORMAT = "torchjem-export"
-
-
-def is_export(folder: str | Path) -> bool:
-    return (Path(folder) / EXPORT_META).is_file()
-
-
-def save_export(folder: str | Path, state: dict[str, Any], source: dict[str, Any], buffer: bool = False) -> Path:
-    """Write a run checkpoint's model as ``model.safetensors`` (tensor names as in the JEM's
-    state_dict) and ``torchjem.json`` (network, data, config, where it came from); with
-    ``buffer``, the replay buffer as ``buffer.safetensors``. Atomic, like every write here."""
-    from safetensors.torch import save
-
-    folder = Path(folder)
-    weights = {k: v.detach().cpu().contiguous() for k, v in state["model"].items()}
-    atomic_write_bytes(folder / EXPORT_WEIGHTS, save(weights, metadata={"format": EXPORT_FORMAT}))
-    cfg = state["config"]
-    meta: dict[str, Any] = {
-        "format": EXPORT_FORMAT,
-        "version": 1,
-        "net": cfg["net"],
-        "data": state["data"],
-        "step": int(state["step"]),
-        "epoch": int(state["epoch"]),
-        "source": source,
-        "config": cfg,
-    }
-    b = state.get("buffer")
-    if buffer and b is not None:
-        keep = [k for k in ("x", "mean", "std", "factor") if k in b and b[k].numel()]  # the fitted Gaussians too
-        tensors = {k: b[k].detach().cpu().contiguous() for k in keep}
-        atomic_write_bytes(folder / EXPORT_BUFFER, save(tensors))
-        meta["buffer"] = dict(b.get("_extra_state", {}))
-    atomic_write_text(folder / EXPORT_META, json.dumps(meta, indent=2))
-    return folder
-
-
-def load_export(folder: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """An export folder as a run checkpoint dict (model, buffer, config, data, step, epoch, net)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    try:
-        meta = json.loads((folder / EXPORT_META).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{str(folder / EXPORT_META)!r} is not a torchjem export description ({e})") from None
-    if meta.get("format") != EXPORT_FORMAT or not all(k in meta for k in ("net", "data", "config")):
-        raise CheckpointError(f"{str(folder / EXPORT_META)!r} is not a {EXPORT_FORMAT} description")
-
-    def tensors(name: str) -> dict[str, torch.Tensor]:
-        try:
-            return load_file(folder / name, device=str(map_location))
-        except (OSError, SafetensorError, ValueError) as e:
-            raise CheckpointError(f"{str(folder / name)!r} cannot be read as safetensors ({e})") from None
-
-    state: dict[str, Any] = {
-        "model": tensors(EXPORT_WEIGHTS),
-        "config": meta["config"],
-        "data": meta["data"],
-        "step": meta.get("step", 0),
-        "epoch": meta.get("epoch", 0),
-        "net": {"source": "export", "name": meta["net"].get("name", "")},
-        "buffer": None,
-    }
-    if (folder / EXPORT_BUFFER).is_file():
-        state["buffer"] = {**tensors(EXPORT_BUFFER), "_extra_state": meta.get("buffer", {})}
-    return state

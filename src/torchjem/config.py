@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 
 from .errors import ConfigError
 
+log = logging.getLogger("torchjem")
 CONFIG_DIR = Path(__file__).parent / "configs"  # the shipped recipes
 MAY_BE_INFINITE = {"divergence.max_loss", "divergence.max_energy", "divergence.max_gap"}  # inf: that check is off
 
@@ -123,7 +125,6 @@ class Config:
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    out: str = "runs/train"  # run directory
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -338,8 +339,13 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
         values = loaded
+    values = _drop_run_path(values, f"config file {str(path)!r}")
     if overrides:
         extra = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        if "out" in extra:
+            raise ConfigError(
+                "out is not a config key: the run directory is an argument (jem train --out DIR, Trainer(cfg, out=DIR))"
+            )
         values = merge(values, extra)
     cfg = from_dict(base.to_dict()) if base is not None else Config()
     _apply(cfg, values)
@@ -347,10 +353,19 @@ def load_config(
 
 
 def from_dict(values: dict[str, Any]) -> Config:
-    """Config from a plain dict (as saved in a run directory), validated."""
+    """Config from a plain dict (as saved in a run directory), validated. The ``out`` key that
+    runs saved before the run's path left the config is ignored."""
     cfg = Config()
-    _apply(cfg, values)
+    _apply(cfg, {k: v for k, v in values.items() if k != "out"})
     return cfg.validate()
+
+
+def _drop_run_path(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """A config file's values without ``out`` (the run directory, a config key in older files)."""
+    if "out" not in values:
+        return values
+    log.warning("%s: ignoring 'out: %s'; the run directory is an argument (jem train --out DIR)", where, values["out"])
+    return {k: v for k, v in values.items() if k != "out"}
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
@@ -380,5 +395,4 @@ def config_reference() -> str:
             lines.append(f"  {g.name}: {shown}{note}")
     lines.append("seed: 1  # seeds every RNG of the run")
     lines.append("device: auto  # auto | cpu | cuda | cuda:N")
-    lines.append("out: runs/train  # run directory")
     return "\n".join(lines)

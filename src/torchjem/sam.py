@@ -9,9 +9,13 @@ second gradient. The optimiser's state_dict is the base optimiser's, so checkpoi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
+
+from .utils import frozen_bn_stats
 
 
 class SAM:
@@ -52,6 +56,15 @@ class SAM:
             self._moved.append((p, e))
 
     @torch.no_grad()
+    def second_pass(self, model: nn.Module, loss: Callable[[], torch.Tensor]) -> None:
+        """After the first backward: the gradients of ``loss()`` at w + e (batch norms keep their
+        running statistics: the perturbed weights are not the model's), then back to w."""
+        self.perturb()
+        self.zero_grad(set_to_none=True)
+        with frozen_bn_stats(model):
+            loss().backward()
+        self.restore()
+
     def restore(self) -> None:
         """Back to w (the gradients are those taken at w + e)."""
         for p, e in self._moved:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,18 @@ class DivergenceGuard:
 
     def snapshot_due(self) -> bool:
         return self.state.progress.step - self._snapshot_step >= self.cfg.snapshot_every
+
+    def after_step(self, stats: dict[str, torch.Tensor], x: torch.Tensor, due: bool) -> str | None:
+        """The guard's work after an optimiser step: a check every ``check_every`` steps, or when
+        ``due`` (a snapshot or checkpoint follows: then the state after the update is checked too,
+        on ``x``), and a snapshot of a checked state when one is due. Returns the cause of a
+        divergence (the caller rewinds with ``recover``), or None."""
+        if self.state.progress.step % self.cfg.check_every and not due:
+            return None
+        cause = self.check(stats, x if due else None)
+        if cause is None and self.snapshot_due():
+            self.snapshot()
+        return cause
 
     def check(self, stats: dict[str, torch.Tensor], x: torch.Tensor | None = None) -> str | None:
         """The cause of a divergence on any rank (every rank gets the same answer, so all rewind
@@ -85,14 +98,20 @@ class DivergenceGuard:
                 return f"|energy gap| = |E(samples) - E(data)| = {abs(gap):.3g} > divergence.max_gap = {d.max_gap:.3g}"
         return None
 
-    def recover(self, cause: str) -> dict[str, Any]:
+    def recover(self, cause: str, last: Path | None = None) -> dict[str, Any]:
         """Rewind to the last good state, reseed and back off the lr; returns the event's fields.
-        Raises DivergenceError (fields in ``.event``) once ``max_retries`` rewinds are used up."""
+        Raises DivergenceError (fields in ``.event``) once ``max_retries`` rewinds are used up; its
+        message says how to go on from ``last``, the run's last checkpoint (None: not written yet)."""
         p = self.state.progress
         p.retries += 1
         if p.retries > self.cfg.max_retries or self._snapshot is None:
+            then = (
+                f"; then continue from {last} with `jem train --resume {last.parent.parent} optim.lr=...`"
+                if last is not None
+                else "; no checkpoint was written yet: start again (--overwrite) with the changes"
+            )
             err = DivergenceError(
-                f"training diverged at step {p.step} ({cause}) after {self.cfg.max_retries} recoveries. {ADVICE}"
+                f"training diverged at step {p.step} ({cause}) after {self.cfg.max_retries} recoveries. {ADVICE}{then}"
             )
             err.event = {"cause": cause}
             raise err

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..errors import WriteError
-from ..rundir import RunDir
+from ..runs import RunDir
 from . import distributed as ddp
 
 log = logging.getLogger("torchjem")

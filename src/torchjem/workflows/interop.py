@@ -20,20 +20,19 @@ the CCF model), and JEM++'s YOPO aliases ``f.layer_one`` / ``f.other_layers.*`` 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import re
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import build, sampling
-from ..checkpoint import load_checkpoint, save_checkpoint, save_export
-from ..config import CONFIG_DIR, Config, from_dict, load_config, save_config
+from ..checkpoint import load_checkpoint
+from ..config import CONFIG_DIR, Config, from_dict, load_config, merge, parse_overrides, save_config
 from ..errors import CheckpointError, InputError
-from ..rundir import RunDir, RunLock
-from ..training.state import VERSION, Progress, claim
+from ..runs import DataSpec, RunDir, RunLock, RunState, save_export
 from .runs import load_run
 
 log = logging.getLogger("torchjem")
@@ -49,12 +48,16 @@ FORMATS = {
 }
 # Sampling settings of each project, so that `jem sample` / `jem attack` on the import behave like it.
 SAMPLING = {
-    "jem": ["sgld.steps=20", "sgld.step_size=1.0", "sgld.noise=0.01", "objective.data_noise=0.03"],
+    "jem": {"sgld": {"steps": 20, "step_size": 1.0, "noise": 0.01}, "objective": {"data_noise": 0.03}},
     # JEM++ samples with PYLD (not in torchjem): the nearest plain SGLD, clamped as SADA-JEM's
-    "jempp": ["sgld.steps=10", "sgld.step_size=1.0", "sgld.noise=0.001", "sgld.clamp=true", "sgld.grad_clamp=1.0",
-              "objective.data_noise=0.03"],  # fmt: skip
-    "sadajem": ["sgld.steps=5", "sgld.step_size=1.0", "sgld.noise=0.0", "sgld.clamp=true", "sgld.grad_clamp=1.0",
-                "objective.data_noise=0.0"],  # fmt: skip
+    "jempp": {
+        "sgld": {"steps": 10, "step_size": 1.0, "noise": 0.001, "clamp": True, "grad_clamp": 1.0},
+        "objective": {"data_noise": 0.03},
+    },
+    "sadajem": {
+        "sgld": {"steps": 5, "step_size": 1.0, "noise": 0.0, "clamp": True, "grad_clamp": 1.0},
+        "objective": {"data_noise": 0.0},
+    },
 }
 BLOCK = re.compile(r"^f\.layer([123])\.(\d+)\.(bn1|conv1|bn2|conv2|shortcut\.0)\.(\w+)$")
 ALIAS = re.compile(r"^f\.(layer_one|other_layers\.(\d+))\.(.+)$")
@@ -124,17 +127,16 @@ def map_reference(sd: dict[str, torch.Tensor], n_blocks: int, uncond: bool = Fal
     return out
 
 
-def _config(kind: str, layout: dict[str, Any], data: str | None, data_root: str | None, uncond: bool,
-            out: Path, extra: list[str]) -> Config:  # fmt: skip
+def _config(
+    kind: str, layout: dict[str, Any], data: str | None, data_root: str | None, uncond: bool, extra: dict[str, Any]
+) -> Config:
     name = data or ("cifar100" if layout["n_classes"] == 100 else "cifar10")
     recipe = CONFIG_DIR / f"{name}_paper.yaml"
     kwargs = {k: layout[k] for k in ("depth", "width", "norm")} | {"bn_momentum": 0.9, "dropout": 0.0}
-    overrides = [f"data.name={name}", f"net.kwargs={kwargs}", f"net.energy_head={str(uncond).lower()}",
-                 f"out={out}", *SAMPLING[kind]]  # fmt: skip
+    values = merge({"data": {"name": name}, "net": {"kwargs": kwargs, "energy_head": uncond}}, SAMPLING[kind])
     if data_root is not None:
-        overrides.append(f"data.root={data_root}")
-    overrides += extra
-    return load_config(recipe if recipe.is_file() else CONFIG_DIR / "cifar10_paper.yaml", overrides)
+        values["data"]["root"] = data_root
+    return load_config(recipe if recipe.is_file() else CONFIG_DIR / "cifar10_paper.yaml", merge(values, extra))
 
 
 def import_checkpoint(
@@ -148,36 +150,33 @@ def import_checkpoint(
     uncond: bool = False,
     image_size: int = 32,
     overwrite: bool = False,
-    overrides: list[str] | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
 ) -> Path:
     """Write ``out``, an ordinary run directory (config.yaml, checkpoints/last.pt), from a published
     checkpoint of ``kind`` (jem, jempp, sadajem) or a ``jem export`` folder (torchjem). ``data``:
     the data set name (default cifar10, or cifar100 for 100 classes), ``data_root`` its files;
-    ``overrides``: KEY=VALUE config changes (the network's keys are the file's)."""
+    ``overrides``: config changes, a nested dict or KEY=VALUE strings (the network's keys are the file's)."""
     if kind not in FORMATS:
         raise InputError(f"unknown checkpoint format {kind!r}; expected one of {', '.join(FORMATS)}")
-    out = Path(out)
-    lock = RunLock(RunDir(out))
-    claim(RunDir(out), lock, overwrite, resuming=False)
-    try:
-        state = _imported_state(kind, Path(path), out, data, data_root, norm, uncond, image_size, overrides or [])
-        save_config(from_dict(state["config"]), RunDir(out).config)
-        save_checkpoint(RunDir(out).checkpoint("last"), state)
-    except BaseException:
-        lock.abandon()
-        raise
-    lock.release()
-    log.info("imported %s checkpoint %s into %s", kind, path, out)
-    return out
+    extra = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
+    run = RunDir(out)
+    with RunLock(run).claim(overwrite=overwrite):
+        state = _imported_state(kind, Path(path), data, data_root, norm, uncond, image_size, extra)
+        save_config(from_dict(state.config), run.config)
+        state.save(run.checkpoint("last"))
+    log.info("imported %s checkpoint %s into %s", kind, path, run.path)
+    return run.path
 
 
-def _imported_state(kind: str, path: Path, out: Path, data: str | None, data_root: str | None, norm: str | None,
-                    uncond: bool, image_size: int, extra: list[str]) -> dict[str, Any]:  # fmt: skip
-    """The run checkpoint (step 0, no optimiser state) of an imported model, checked by loading it."""
+def _imported_state(
+    kind: str, path: Path, data: str | None, data_root: str | None, norm: str | None, uncond: bool,
+    image_size: int, extra: dict[str, Any],
+) -> RunState:  # fmt: skip
+    """The run state (step 0, no optimiser state) of an imported model, checked by loading it."""
     if kind == "torchjem":
         run = load_run(path, device="cpu")
-        cfg = load_config(None, [f"out={out}", *extra], base=run.cfg)
-        meta, model, buffer = run.data_meta, run.jem.state_dict(), run.buffer
+        cfg = load_config(None, extra, base=run.cfg)
+        meta, model, buffer = run.state.data, run.jem.state_dict(), run.buffer
         buffer_state = buffer.state_dict() if buffer is not None else None
     else:
         try:
@@ -193,37 +192,33 @@ def _imported_state(kind: str, path: Path, out: Path, data: str | None, data_roo
             model = map_reference(sd, (layout["depth"] - 4) // 6, uncond)
         except CheckpointError as e:
             raise CheckpointError(f"{str(path)!r} is not a {kind} checkpoint: {e}; expected {FORMATS[kind]}") from None
-        cfg = _config(kind, layout, data, data_root, uncond, out, extra)
-        meta = {"name": cfg.data.name, "shape": [layout["in_channels"], image_size, image_size],
-                "n_classes": layout["n_classes"]}  # fmt: skip
+        cfg = _config(kind, layout, data, data_root, uncond, extra)
+        meta = DataSpec(cfg.data.name, (layout["in_channels"], image_size, image_size), layout["n_classes"])
         buffer_state = _buffer_state(ckpt.get("replay_buffer"), meta, path)
-    jem = build.build_jem(cfg, tuple(meta["shape"]), meta["n_classes"])
+    jem = build.build_jem(cfg, meta.shape, meta.n_classes)
     try:
         jem.load_state_dict(model)  # strict: every parameter and statistic of torchjem's model filled
     except RuntimeError as e:
         raise CheckpointError(f"{str(path)!r} does not fill torchjem's model: {str(e)[:400]}") from None
     if buffer_state is not None:
         cfg.buffer.size = len(buffer_state["x"])
-    return {
-        "version": VERSION,
-        "model": jem.state_dict(),
-        "optimizer": None,
-        "buffer": buffer_state,
-        **asdict(Progress()),  # a run at its start
-        "config": cfg.to_dict(),
-        "data": meta,
-        "net": {"source": "config", "name": cfg.net.name, "imported": {"format": kind, "file": str(path)}},
-    }
+    return RunState(  # a run at its start
+        model=jem.state_dict(),
+        config=cfg.to_dict(),
+        data=meta,
+        net={"source": "config", "name": cfg.net.name, "imported": {"format": kind, "file": str(path)}},
+        buffer=buffer_state,
+    )
 
 
-def _buffer_state(rb: Any, meta: dict[str, Any], path: Path) -> dict[str, Any] | None:
+def _buffer_state(rb: Any, meta: DataSpec, path: Path) -> dict[str, Any] | None:
     if rb is None or (isinstance(rb, (list, tuple)) and len(rb) == 0):
         return None
-    if not torch.is_tensor(rb) or rb.ndim != 4 or list(rb.shape[1:]) != list(meta["shape"]):
+    if not torch.is_tensor(rb) or rb.ndim != 4 or tuple(rb.shape[1:]) != meta.shape:
         shape = tuple(rb.shape) if torch.is_tensor(rb) else type(rb).__name__
-        want = ", ".join(map(str, meta["shape"]))
+        want = ", ".join(map(str, meta.shape))
         raise CheckpointError(f"{str(path)!r}: replay_buffer is {shape}, expected (N, {want})")
-    keep = len(rb) - len(rb) % meta["n_classes"]  # per-class blocks, as the reference's conditional sampling
+    keep = len(rb) - len(rb) % meta.n_classes  # per-class blocks, as the reference's conditional sampling
     return sampling.buffer_state(rb[:keep].float().clone(), init="uniform", reinit_freq=0.05)
 
 
@@ -231,7 +226,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, which: str = 
     """Write RUN_DIR/export (or ``out``): model.safetensors, torchjem.json and, with ``buffer``,
     buffer.safetensors. safetensors and plain torch read it; ``load_run`` and every command too."""
     run = load_run(run_dir, which, device="cpu")
-    state = {**run.state, "model": run.jem.state_dict(), "buffer": run.buffer.state_dict() if run.buffer else None}
-    out = Path(out) if out is not None else run.path / "export"
-    source = {"run_dir": str(run.path), "checkpoint": which, "step": int(state["step"])}
+    buffer_sd = run.buffer.state_dict() if run.buffer is not None else None
+    state = dataclasses.replace(run.state, model=run.jem.state_dict(), buffer=buffer_sd)
+    out = Path(out) if out is not None else RunDir(run.path).export
+    source = {"run_dir": str(run.path), "checkpoint": which, "step": state.progress.step}
     return save_export(out, state, source, buffer=buffer)

@@ -10,12 +10,11 @@ import torch
 from torch import nn
 
 from .. import build
-from ..checkpoint import RUN_KEYS, is_export, load_checkpoint, load_export
-from ..config import Config, from_dict, load_config
+from ..config import Config, from_dict
 from ..data import DataSplits
 from ..energy import JEM
-from ..errors import InputError, MissingError
-from ..rundir import RunDir
+from ..errors import InputError
+from ..runs import RunDir, RunState, read_state
 from ..sampling import SGLD, ChainSampler, ReplayBuffer
 from ..utils import resolve_device
 
@@ -23,12 +22,12 @@ from ..utils import resolve_device
 @dataclass
 class LoadedRun:
     """What ``load_run`` returns: the config, the model (eval mode), the chain sampler (its
-    replay buffer, or fresh chains for a run without one) and the raw checkpoint."""
+    replay buffer, or fresh chains for a run without one) and the run state it was read from."""
 
     cfg: Config
     jem: JEM
     sampler: ChainSampler
-    state: dict[str, Any]
+    state: RunState
     path: Path
 
     @property
@@ -41,15 +40,21 @@ class LoadedRun:
 
     @property
     def data_meta(self) -> dict[str, Any]:
-        return self.state["data"]
+        """What the run was trained on: {"name", "shape", "n_classes"}."""
+        return self.state.data.to_dict()
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.state["data"]["shape"])
+        return self.state.data.shape
 
     @property
     def n_classes(self) -> int:
-        return int(self.state["data"]["n_classes"])
+        return self.state.data.n_classes
+
+    @property
+    def dir(self) -> RunDir:
+        """The run directory's layout (where its report, attack and samples go by default)."""
+        return RunDir(self.path)
 
     @property
     def label(self) -> str:
@@ -75,30 +80,21 @@ def load_run(
     ``jem export`` (model.safetensors + torchjem.json). No code from the files runs; a run whose
     ``net.name`` is an import path imports that module. ``model``: the network of a run trained on
     a model object (any classifier, or a JEM)."""
-    run = RunDir(path)
-    if not run.path.is_dir():
-        raise MissingError(f"run directory {str(run.path)!r} does not exist")
     dev = resolve_device(device)
-    if is_export(run.path):
-        state = load_export(run.path, map_location=dev)
-    else:
-        ckpt = run.checkpoint(which)
-        if not ckpt.is_file():
-            raise MissingError(f"run {str(run.path)!r} has no checkpoint {which!r} (looked for {ckpt})")
-        state = load_checkpoint(ckpt, map_location=dev, required=RUN_KEYS)
-    cfg = from_dict(state["config"]) if "config" in state else load_config(run.config)
-    build.check_rebuildable(state.get("net"), model, run.path)
-    meta = state["data"]
-    shape, n_classes = tuple(meta["shape"]), int(meta["n_classes"])
+    state = read_state(path, which, map_location=dev)
+    run = RunDir(path)
+    cfg = from_dict(state.config)
+    build.check_rebuildable(state.net, model, run.path)
+    shape, n_classes = state.data.shape, state.data.n_classes
     jem = build.build_jem(cfg, shape, n_classes, model)
-    jem.load_state_dict(state["model"])
+    jem.load_state_dict(state.model)
     jem.to(dev).eval()
-    has_buffer = state.get("buffer") is not None
+    has_buffer = state.buffer is not None
     if has_buffer:  # the saved buffer's size (a data-parallel run saves every shard merged)
-        cfg.buffer.size = len(state["buffer"]["x"])
+        cfg.buffer.size = len(state.buffer["x"])
     sampler = build.build_sampler(cfg, shape, n_classes, dev, buffer=has_buffer)
     if has_buffer:
-        sampler.buffer.load_state_dict(state["buffer"])
+        sampler.buffer.load_state_dict(state.buffer)
     return LoadedRun(cfg, jem, sampler, state, run.path)
 
 

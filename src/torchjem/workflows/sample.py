@@ -33,5 +33,5 @@ def sample_run(
         sampler = sampler.fresh()
     elif sampler.buffer is None:
         log.warning("run has no replay buffer (a clf_only run?): sampling from fresh chains")
-    out = check_writable(Path(out) if out is not None else run.path / "samples")
+    out = check_writable(Path(out) if out is not None else run.dir.samples)
     return write_sample_grids(run.jem, sampler, run.n_classes, out, n, per_class, n_steps)

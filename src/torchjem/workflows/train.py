@@ -9,6 +9,7 @@ from typing import Any
 from ..config import CONFIG_DIR, ConfigError, load_config
 from ..training import Trainer
 from ..training.distributed import distributed_session
+from ..training.trainer import DEFAULT_OUT
 
 
 def resolve_recipe(name: str | None) -> str | None:
@@ -23,18 +24,20 @@ def resolve_recipe(name: str | None) -> str | None:
 
 def train_run(
     config: str | None = None,
-    overrides: list[str] | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
     *,
+    out: str | Path | None = None,
     resume: str | Path | None = None,
     progress: bool = True,
     overwrite: bool = False,
 ) -> tuple[Trainer, dict[str, Any]]:
-    """Train (or, with ``resume``, continue) a run; returns the trainer and its final figures.
-    An existing run in the output directory is refused unless ``overwrite``."""
+    """Train into ``out`` (default runs/train) (or, with ``resume``, continue that run directory); returns the trainer
+    and its final figures. ``overrides``: a nested dict or KEY=VALUE strings. An existing run in
+    ``out`` is refused unless ``overwrite``."""
     with distributed_session():
         if resume is not None:
             trainer = Trainer.resume(resume, progress=progress, overrides=overrides)
         else:
             cfg = load_config(resolve_recipe(config), overrides)
-            trainer = Trainer(cfg, progress=progress, overwrite=overwrite)
+            trainer = Trainer(cfg, progress=progress, out=out or DEFAULT_OUT, overwrite=overwrite)
         return trainer, trainer.fit()

@@ -1,0 +1,154 @@
+"""The typed state of a run: the only code that builds or reads a checkpoint dict.
+
+A checkpoint (RUN_DIR/checkpoints/*.pt) is a dict of tensors, numbers, strings, lists and dicts,
+loaded with ``torch.load(weights_only=True)`` so that no code runs:
+
+    version      2 (1: the replay buffer as a bare tensor; still read)
+    model        the JEM's state_dict
+    optimizer    the optimiser's state_dict (None for an imported run: it starts a fresh one)
+    buffer       the replay buffer's state_dict (None without one)
+    rng          every RNG the training touches (torch, numpy, python, cuda)
+    step, epoch, batch, lr_scale, retries, best_val, step_scale     the progress counters
+    config       the resolved config as a dict (no run path: older files' "out" is dropped)
+    data         {"name", "shape", "n_classes"} of the data it was trained on
+    net          how to rebuild the network ({"source": "config" | "object" | "export", ...})
+    distributed  {"world_size", "rng": per-rank RNG states} when written by several processes
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..errors import CheckpointError
+
+VERSION = 2  # 2: the buffer is an nn.Module state_dict; "net" records how to rebuild the network
+REQUIRED = ("model", "config", "data", "step", "epoch")  # what a run's checkpoint must hold
+
+
+@dataclass
+class Progress:
+    """The counters of a run."""
+
+    step: int = 0  # optimiser steps taken
+    epoch: int = 0  # completed epochs
+    batch: int = 0  # batches done in the current epoch (a mid-epoch checkpoint resumes there)
+    lr_scale: float = 1.0  # divergence back-off
+    retries: int = 0  # divergence recoveries so far
+    best_val: float = -1.0  # best validation accuracy
+    step_scale: float = 1.0  # divergence back-off of the SGLD step size (divergence.step_factor)
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any]) -> Progress:
+        """The counters of a checkpoint dict (counters older files lack take their defaults)."""
+        kinds = {f.name: type(f.default) for f in fields(cls)}
+        return cls(**{k: kinds[k](state[k]) for k in kinds if k in state})
+
+
+@dataclass
+class DataSpec:
+    """What a run was trained on: the data set's name, one input's shape and the class count."""
+
+    name: str
+    shape: tuple[int, ...]
+    n_classes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "n_classes": self.n_classes}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataSpec:
+        return cls(str(d["name"]), tuple(int(s) for s in d["shape"]), int(d["n_classes"]))
+
+
+@dataclass
+class RunState:
+    """Everything a run's checkpoint holds (see the module docstring for the file format)."""
+
+    model: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    data: DataSpec
+    net: dict[str, Any] | None = None
+    optimizer: dict[str, Any] | None = None
+    buffer: dict[str, Any] | None = None
+    rng: dict[str, Any] | None = None
+    progress: Progress = field(default_factory=Progress)
+    distributed: dict[str, Any] | None = None
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """The checkpoint dict (version 2)."""
+        state: dict[str, Any] = {
+            "version": VERSION,
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "buffer": self.buffer,
+            "rng": self.rng,
+            **asdict(self.progress),
+            "config": self.config,
+            "data": self.data.to_dict(),
+            "net": self.net,
+        }
+        if self.rng is None:
+            del state["rng"]
+        if self.distributed is not None:
+            state["distributed"] = self.distributed
+        return state
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any], where: str = "checkpoint") -> RunState:
+        """Read a checkpoint dict (version 1 or 2); CheckpointError naming ``where`` if it is not a run's."""
+        missing = [k for k in REQUIRED if k not in state]
+        if missing:
+            raise CheckpointError(f"{where} lacks {', '.join(missing)}: it is not a torchjem run checkpoint")
+        config = {k: v for k, v in state["config"].items() if k != "out"}  # the run's path is no longer config
+        try:
+            data = DataSpec.from_dict(state["data"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{where}: its data description {state['data']!r} is malformed ({e})") from None
+        return cls(
+            model=state["model"],
+            config=config,
+            data=data,
+            net=state.get("net"),
+            optimizer=state.get("optimizer"),
+            buffer=state.get("buffer"),
+            rng=state.get("rng"),
+            progress=Progress.from_checkpoint(state),
+            distributed=state.get("distributed"),
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Write the checkpoint atomically."""
+        save_checkpoint(path, self.to_checkpoint())
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> RunState:
+        """Load a checkpoint without running code (MissingError / CheckpointError naming the file)."""
+        return cls.from_checkpoint(load_checkpoint(path, map_location=map_location), f"checkpoint {str(path)!r}")
+
+    @property
+    def world_size(self) -> int:
+        """How many processes wrote it."""
+        return int((self.distributed or {}).get("world_size", 1))
+
+
+def read_state(run_dir: str | Path, which: str = "last", map_location: str | torch.device = "cpu") -> RunState:
+    """The state of a run directory's checkpoint ``which`` (last, best, epoch_NNNN or a .pt file),
+    or of a `jem export` folder. MissingError when the folder or the checkpoint does not exist."""
+    from ..errors import MissingError
+    from .export import load_export
+    from .layout import RunDir
+
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise MissingError(f"run directory {str(run.path)!r} does not exist")
+    if run.is_export():
+        return load_export(run.path, map_location=map_location)
+    ckpt = run.checkpoint(which)
+    if not ckpt.is_file():
+        raise MissingError(f"run {str(run.path)!r} has no checkpoint {which!r} (looked for {ckpt})")
+    return RunState.load(ckpt, map_location)
