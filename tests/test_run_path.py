@@ -8,8 +8,8 @@ import logging
 
 import pytest
 import yaml
-from conftest import TINY, tiny_config
 
+from conftest import TINY, tiny_config
 from torchjem import Trainer, load_config
 from torchjem.cli import main
 from torchjem.config import ConfigError, from_dict

@@ -128,7 +128,10 @@ class History:
         best = self.summary().best_val_acc
         if final_val_acc is None or best is None or final_val_acc >= COLLAPSE * best:
             return None
-        return f"collapsed: final val acc {final_val_acc:.3f} < {COLLAPSE} x its best {best:.3f}, no divergence check tripped"
+        return (
+            f"collapsed: final val acc {final_val_acc:.3f} < {COLLAPSE} x its best {best:.3f}, "
+            "no divergence check tripped"
+        )
 
 
 def dynamics_summary(records: list[dict]) -> DynamicsSummary:
