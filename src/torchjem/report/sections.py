@@ -41,7 +41,9 @@ def _figures(page: Page, report: EvaluationReport, rows: Sequence[Row], roles: S
     page.table([page.th("", "l"), *(page.th(_label(report, r)) for r in roles)], body)
 
 
-def _images(page: Page, report: EvaluationReport, figure: str, alt: str, cls: str = "", roles=None) -> None:
+def _images(
+    page: Page, report: EvaluationReport, figure: str, alt: str, cls: str = "", roles: Sequence[str] | None = None
+) -> None:
     """Each model's PNG of ``figure`` (report.json's "png" entry), side by side."""
     cols = []
     for r in roles or report.models:
@@ -61,15 +63,21 @@ def _ood_sets(m: ModelReport) -> list[str]:
     return list(m.evaluation.ood.sets) if m.evaluation and m.evaluation.ood else []
 
 
+def _ood_scores(m: ModelReport, ood_set: str) -> list[str]:
+    return [k for k in m.evaluation.ood.sets.get(ood_set, {}) if k != "n"] if _ood_sets(m) else []
+
+
+def _generation(m: ModelReport) -> bool:
+    return m.evaluation is not None and m.evaluation.generation is not None
+
+
 # -- sections -----------------------------------------------------------------------------------
 def header(page: Page, report: EvaluationReport) -> None:
     """When, on which data, with which settings; the run directories."""
     data, settings = report.data, report.settings.to_dict()
-    what = (
-        f"data <code>{esc(data.name)}</code> (inputs {esc(data.shape)}, {esc(data.n_classes)} classes)"
-        if data is not None
-        else "data <code></code> (inputs , classes)"
-    )
+    what = "data: not recorded"
+    if data is not None:
+        what = f"data <code>{esc(data.name)}</code> (inputs {esc(data.shape)}, {esc(data.n_classes)} classes)"
     shown = " · ".join(f"{esc(k)}: <code>{esc(v)}</code>" for k, v in settings.items() if k != "ood_descriptions")
     page.note(f"Created {esc(report.created)} · {what} · {shown}")
     rows = [
@@ -153,24 +161,17 @@ def ood(page: Page, report: EvaluationReport) -> None:
         "fraction of OOD inputs accepted at the threshold that keeps 95% of in-distribution inputs "
         "(lower is better)."
     )
+    span = f"colspan={len(OOD_METRICS)}"
     for s in _union(report, _ood_sets):
         page.h3(s, report.settings.ood_descriptions.get(s))
-        head = [page.th("score", "l", "rowspan=2"), *(page.th(_label(report, r), span=f"colspan={len(OOD_METRICS)}")
-                                                     for r in roles)]  # fmt: skip
+        head = [page.th("score", "l", "rowspan=2"), *(page.th(_label(report, r), span=span) for r in roles)]
         sub = [page.th(name) for _ in roles for name in OOD_METRICS.values()]
-        scores = _union(report, lambda m, s=s: [k for k in m.evaluation.ood.sets.get(s, {}) if k != "n"]
-                        if _ood_sets(m) else [])  # fmt: skip
-        rows = [
-            [page.td(score, "l"), *(page.cell(["models", r, "ood", "sets", s, score, k]) for r in roles
-                                    for k in OOD_METRICS)]
-            for score in scores
-        ]  # fmt: skip
+        rows = []
+        for score in _union(report, lambda m, s=s: _ood_scores(m, s)):
+            cells = [page.cell(["models", r, "ood", "sets", s, score, k]) for r in roles for k in OOD_METRICS]
+            rows.append([page.td(score, "l"), *cells])
         page.table([head, sub], rows)
     _images(page, report, "ood_histograms", "OOD score histograms")
-
-
-def _generation(m: ModelReport) -> bool:
-    return m.evaluation is not None and m.evaluation.generation is not None
 
 
 def generation(page: Page, report: EvaluationReport) -> None:
@@ -238,8 +239,9 @@ def robustness(page: Page, report: EvaluationReport) -> None:
         part = Page("", page.out, page.doc)  # the column's own parts, same document
         part.note(f"norm {esc(rob.norm or '?')}, {esc(rob.n if rob.n is not None else '?')} test inputs")
         head = [page.th("setting \\ eps", "l"), *(page.th(f"{e:g}") for e in rob.eps)]
-        part.table(head, [[page.td(name, "l"), *(part.cell([*base, "curves", name, i]) for i in range(len(rob.eps)))]
-                          for name in rob.curves])  # fmt: skip
+        rows = [[page.td(name, "l"), *(part.cell([*base, "curves", name, i]) for i in range(len(rob.eps)))]
+                for name in rob.curves]  # fmt: skip
+        part.table(head, rows)
         flat = _flatten(rob.distal) if isinstance(rob.distal, dict) else []
         if flat:
             rows = [[page.td(" / ".join(map(str, p)), "l"), part.cell([*base, "distal", *p])] for p, _ in flat]
