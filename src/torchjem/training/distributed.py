@@ -238,11 +238,6 @@ def run_on_main(fn: Callable[[], T]) -> T:
     return value
 
 
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
-
-
 # -- the model -------------------------------------------------------------------------------
 class _JointOutputs(nn.Module):
     """What DDP wraps: a JEM whose forward returns ``(logits, log p(x))``, so the objective's
