@@ -214,3 +214,21 @@ def test_bad_arguments_fail_before_any_work(runs, kwargs, match):
 def test_missing_run_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         evaluate_run(tmp_path / "nope", write=False)
+
+
+def test_page_builder_prints_figures_from_the_document_by_path(tmp_path):
+    from torchjem.report.page import Page, clean_json, write_json, write_page
+
+    doc = clean_json({"title": "t", "rows": [{"acc": 0.91234, "lr": 2e-4, "bad": float("nan")}],
+                      "arrays": [1, 2], "t": torch.tensor([1.5]), "p": tmp_path})  # fmt: skip
+    assert doc == {"title": "t", "rows": [{"acc": 0.91234, "lr": 2e-4, "bad": None}], "t": [1.5], "p": str(tmp_path)}
+    assert json.loads(write_json(tmp_path / "d.json", {"x": float("inf")}).read_text()) == {"x": None}
+    page = Page("a <title>", tmp_path, doc)
+    cells = [page.cell(["rows", 0, k]) for k in ("acc", "lr", "bad")]
+    page.table(["run", "acc", "lr", "bad"], [[page.td("a", "l"), *cells]])
+    page.add(page.img("missing.png", "plot"))
+    html = write_page(tmp_path / "p.html", page).read_text()
+    key = json.dumps(["rows", 0, "acc"]).replace('"', "&quot;")
+    assert f'<td data-key="{key}">0.9123</td>' in html and ">0.0002</td>" in html and ">n/a</td>" in html
+    assert "<title>a &lt;title&gt;</title>" in html and "(plot: no image)" in html
+    assert fmt(None, missing="—") == "—" and fmt(3.14159, ".1f") == "3.1" and fmt(1234.5) == "1234.5"
