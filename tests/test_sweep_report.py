@@ -337,3 +337,18 @@ def test_a_record_written_before_the_type_reads_back_in_the_same_json_shape():
             TrialRecord.from_dict(bad)
     with pytest.raises(InputError, match="expected a TrialRecord"):
         summarize([saved], ["optim.lr"])
+
+
+def test_every_figure_on_the_page_is_printed_from_sweep_json_at_the_path_its_cell_names(tmp_path):
+    paths = write_sweep_report(grid(), KEYS, tmp_path, title="t")
+    doc, page = json.loads(paths["json"].read_text()), paths["html"].read_text()
+    found = re.findall(r'<td data-key="([^"]+)">([^<]*)</td>', page)
+    cells = [(json.loads(html.unescape(k)), text) for k, text in found]
+    assert len(cells) == 9 * 5 + 18 * 11  # per setting: n, recoveries, ECE, NLL, seconds; per trial: 11 figures
+    for path, text in cells:
+        value = doc
+        for p in path:
+            value = value[p]
+        assert (text == "n/a") == (value is None), (path, text)
+        if value is not None:
+            assert float(text) == pytest.approx(value, rel=1e-3, abs=5e-5), (path, text)

@@ -11,12 +11,13 @@ have diverged without recovery. ``stable_region(..., without_recovery=True)`` us
 - axes.py      the swept keys as axes (binned when a random search gave many values); record checks
 - tables.py    ``summarize`` (per setting), ``best_setting``, ``stable_region``
 - heatmaps.py  ``plot_heatmaps``: divergence rate and mean validation accuracy per pair of keys
-- page.py      ``write_sweep_report``: sweep.json and the self-contained sweep.html
+- page.py      ``write_sweep_report``: sweep.json and the self-contained sweep.html (one function per
+               section, on the reports' one page builder, ``torchjem.report.page``)
 """
 
 from .axes import MAX_EXACT_VALUES, MAX_REGIONS, N_BINS
 from .heatmaps import plot_heatmaps
-from .page import render_html, write_sweep_report
+from .page import render_html, sweep_page, write_sweep_report
 from .record import TrialRecord
 from .tables import best_setting, stable_region, summarize
 
@@ -30,5 +31,6 @@ __all__ = [
     "render_html",
     "stable_region",
     "summarize",
+    "sweep_page",
     "write_sweep_report",
 ]

@@ -1,118 +1,103 @@
 """The sweep report's files: sweep.json (everything the page shows, JSON-safe) and sweep.html (one
-self-contained page, the heat maps embedded)."""
+self-contained page, the heat maps embedded), built with the report's page builder (``report.page``:
+its CSS, number format and JSON cleaning). One function per section of the page; every figure a cell
+shows is printed from sweep.json's content and tagged with its JSON path."""
 
 from __future__ import annotations
 
-import html
-import json
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from ..checkpoint import atomic_write_text
-from ..figures import png_img
+from ..report.page import Page, clean_json, esc, fmt, write_json, write_page
 from .axes import Axis, check, value_text
 from .heatmaps import plot_heatmaps
 from .record import TrialRecord
 from .tables import best_setting, stable_region, summarize
 
 
-def _plain(obj: Any) -> Any:
-    """JSON-safe: tuples as lists, numpy scalars as numbers, NaN/inf as None, paths as strings."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-CSS = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1300px;color:#222;padding:0 1em}
-h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.2em .5em;
-text-align:right}th{background:#f3f3f3}td.l,th.l{text-align:left}tr.bad td{background:#fdecea}
-tr.warn td{background:#fff8e1}img{max-width:100%;display:block;margin:.5em 0}.note{color:#555;font-size:.9em}
-"""
-
-
-def _cell(v: Any, spec: str = ".4f") -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "<td>—</td>"
-    if isinstance(v, float):
-        return f"<td>{v:{spec}}</td>"
-    return f"<td>{html.escape(str(v))}</td>"
-
-
 def _pm(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "<td>—</td>"
-    return f"<td>{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "") + "</td>"
+    """A mean with its sample std ("0.9110 ± 0.0012"; the std left out when there is none)."""
+    return fmt(mean) + (f" ± {fmt(std)}" if mean is not None and std is not None else "")
+
+
+def _regions(page: Page, doc: dict) -> None:
+    regions = doc["stable_region"]
+    page.h2("Stable region")
+    page.add(f"<p><b>With recovery</b> (the divergence guard rewinds): {esc(regions['with_recovery']['text'])}</p>")
+    page.add(
+        "<p><b>Without recovery</b> (a trial that needed a rewind counts as diverged: up to its first trouble "
+        f"it is identical to a run without the guard): {esc(regions['without_recovery']['text'])}</p>"
+    )
+
+
+def _best(page: Page, doc: dict) -> None:
+    page.h2("Best setting")
+    page.add(f"<p>{esc(doc['best']['text'])}</p>" if doc["best"] else "<p>no setting without a diverged seed</p>")
+
+
+def _heatmaps(page: Page, doc: dict) -> None:
+    if doc["heatmaps"]:
+        page.h2("Heat maps")
+        for name in doc["heatmaps"]:
+            page.add(page.img(name, name, "wide"))
+
+
+def _per_setting(page: Page, doc: dict) -> None:
+    keys = doc["keys"]
+    page.h2("Per setting")
+    header = [*map(esc, keys), "seeds", "diverged", "troubled", "recoveries", "val acc", "test acc", "ECE", "NLL"]
+    rows = []
+    for i, r in enumerate(doc["summary"]):
+        at = ["summary", i]
+        cells = [page.td(value_text(r["params"][k])) for k in keys] + [page.cell([*at, "n"])]
+        cells += [page.td(f"{r['diverged']}/{r['n']}"), page.td(f"{r['troubled']}/{r['n']}")]
+        cells += [page.cell([*at, "recoveries"]), page.td(_pm(r["val_acc_mean"], r["val_acc_std"]))]
+        cells += [page.td(_pm(r["test_acc_mean"], r["test_acc_std"])), page.cell([*at, "ece_mean"])]
+        cells += [page.cell([*at, "nll_mean"]), page.cell([*at, "seconds_mean"], ".1f")]
+        rows.append(page.row(cells, "bad" if r["diverged"] else ("warn" if r["troubled"] else "")))
+    page.table([*header, "seconds"], rows)
+
+
+def _all_trials(page: Page, doc: dict) -> None:
+    keys = doc["keys"]
+    page.h2("All trials")
+    header = [page.th("run", "l"), "#", *map(esc, keys), "seed", page.th("status", "l"), "recoveries"]
+    header += ["first trouble step", "steps", "val acc", "test acc", "ECE", "NLL", "energy gap", "seconds"]
+    records = [TrialRecord.from_dict(r) for r in doc["records"]]
+    order = sorted(
+        range(len(records)), key=lambda i: (records[i].number is None, records[i].number or 0, records[i].run)
+    )
+    rows = []
+    for i in order:
+        r, at = records[i], ["records", i]
+        cells = [page.td(r.run, "l"), page.cell([*at, "number"])]
+        cells += [page.td(value_text(r.params[k])) for k in keys]
+        cells += [page.cell([*at, "seed"]), page.td(r.status, "l")]
+        cells += [page.cell([*at, k]) for k in ("recoveries", "first_trouble_step", "steps")]
+        cells += [page.cell([*at, k]) for k in ("val_acc", "test_acc", "ece", "nll")]
+        cells += [page.cell([*at, "energy_gap"], ".3g"), page.cell([*at, "seconds"], ".1f")]
+        cells.append(page.td(r.cause or "", "l"))
+        rows.append(page.row(cells, "bad" if r.diverged else ("warn" if r.troubled else "")))
+    page.table([*header, page.th("cause", "l")], rows)
+
+
+SECTIONS: list[Callable[[Page, dict], None]] = [_regions, _best, _heatmaps, _per_setting, _all_trials]
+
+
+def sweep_page(doc: dict, out_dir: str | Path) -> Page:
+    """sweep.json's content ``doc`` as one self-contained page (the PNGs it names in ``out_dir`` embedded)."""
+    page = Page(doc["title"], out_dir, doc)
+    page.note(f"{doc['n_trials']} trials over {', '.join(f'<code>{esc(k)}</code>' for k in doc['keys'])}")
+    for n in doc["notes"]:
+        page.note(esc(n))
+    for section in SECTIONS:
+        section(page, doc)
+    return page
 
 
 def render_html(doc: dict, out_dir: str | Path) -> str:
-    """sweep.json's content as one self-contained page (the PNGs in ``out_dir`` embedded)."""
-    out, keys = Path(out_dir), doc["keys"]
-    title = html.escape(doc["title"])
-    e = html.escape
-    p = [f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{CSS}</style></head><body>"]
-    p.append(f"<h1>{title}</h1>")
-    p.append(f"<p class=note>{doc['n_trials']} trials over {', '.join(f'<code>{e(k)}</code>' for k in keys)}</p>")
-    p += [f"<p class=note>{e(str(n))}</p>" for n in doc["notes"]]
-    regions = doc["stable_region"]
-    p.append("<h2>Stable region</h2>")
-    p.append(f"<p><b>With recovery</b> (the divergence guard rewinds): {e(regions['with_recovery']['text'])}</p>")
-    p.append(
-        "<p><b>Without recovery</b> (a trial that needed a rewind counts as diverged: up to its first trouble "
-        f"it is identical to a run without the guard): {e(regions['without_recovery']['text'])}</p>"
-    )
-    best = doc["best"]
-    p.append("<h2>Best setting</h2>")
-    p.append(f"<p>{e(best['text'])}</p>" if best else "<p>no setting without a diverged seed</p>")
-    if doc["heatmaps"]:
-        p.append("<h2>Heat maps</h2>")
-        for name in doc["heatmaps"]:
-            p.append(png_img(out / name, name))
-    p.append("<h2>Per setting</h2><table><tr>")
-    p.append("".join(f"<th>{e(k)}</th>" for k in keys))
-    p.append(
-        "<th>seeds</th><th>diverged</th><th>troubled</th><th>recoveries</th><th>val acc</th><th>test acc</th>"
-        "<th>ECE</th><th>NLL</th><th>seconds</th></tr>"
-    )
-    for r in doc["summary"]:
-        cls = " class=bad" if r["diverged"] else (" class=warn" if r["troubled"] else "")
-        p.append(f"<tr{cls}>" + "".join(f"<td>{e(value_text(r['params'][k]))}</td>" for k in keys))
-        p.append(f"<td>{r['n']}</td><td>{r['diverged']}/{r['n']}</td><td>{r['troubled']}/{r['n']}</td>")
-        p.append(_cell(r["recoveries"]) + _pm(r["val_acc_mean"], r["val_acc_std"]))
-        p.append(_pm(r["test_acc_mean"], r["test_acc_std"]) + _cell(r["ece_mean"]) + _cell(r["nll_mean"]))
-        p.append(_cell(r["seconds_mean"], ".1f") + "</tr>")
-    p.append("</table><h2>All trials</h2><table><tr><th class=l>run</th><th>#</th>")
-    p.append("".join(f"<th>{e(k)}</th>" for k in keys))
-    p.append(
-        "<th>seed</th><th class=l>status</th><th>recoveries</th><th>first trouble step</th><th>steps</th>"
-        "<th>val acc</th><th>test acc</th><th>ECE</th><th>NLL</th><th>energy gap</th><th>seconds</th>"
-        "<th class=l>cause</th></tr>"
-    )
-    trials = sorted(map(TrialRecord.from_dict, doc["records"]), key=lambda r: (r.number is None, r.number or 0, r.run))
-    for r in trials:
-        cls = " class=bad" if r.diverged else (" class=warn" if r.troubled else "")
-        p.append(f"<tr{cls}><td class=l>{e(str(r.run))}</td>{_cell(r.number)}")
-        p.append("".join(f"<td>{e(value_text(r.params[k]))}</td>" for k in keys))
-        p.append(_cell(r.seed) + f"<td class=l>{e(str(r.status))}</td>")
-        p.append(_cell(r.recoveries) + _cell(r.first_trouble_step) + _cell(r.steps))
-        p.append("".join(_cell(getattr(r, m)) for m in ("val_acc", "test_acc", "ece", "nll")))
-        p.append(_cell(r.energy_gap, ".3g") + _cell(r.seconds, ".1f"))
-        p.append(f"<td class=l>{e(str(r.cause or ''))}</td></tr>")
-    p.append("</table></body></html>")
-    return "\n".join(p)
+    """sweep.json's content as the HTML of one self-contained page (``sweep_page``)."""
+    return sweep_page(doc, out_dir).render()
 
 
 def write_sweep_report(
@@ -155,9 +140,8 @@ def write_sweep_report(
         "heatmaps": [p.name for p in pngs],
         "records": [r.to_dict() for r in records],
     }
-    doc = _plain(doc)
-    atomic_write_text(out / "sweep.json", json.dumps(doc, indent=2, allow_nan=False))
-    atomic_write_text(out / "sweep.html", render_html(doc, out))
-    paths = {"html": out / "sweep.html", "json": out / "sweep.json"}
+    doc = clean_json(doc, drop=())
+    paths = {"html": out / "sweep.html", "json": write_json(out / "sweep.json", doc)}
+    write_page(paths["html"], sweep_page(doc, out))
     paths.update({"png_" + p.stem.removeprefix("heatmap_"): p for p in pngs})
     return paths
