@@ -315,3 +315,32 @@ def test_the_optuna_checker_catches_private_access(tmp_path):
     ]
     assert private_optuna_access(tmp_path / "workers.py") == ["2: sweep.study.optuna._study_id"]
     assert imports_optuna(tmp_path / "study.py") and not imports_optuna(tmp_path / "workers.py")
+
+
+def _is_minus_one(node: ast.AST) -> bool:
+    return (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant)
+            and node.operand.value == 1) or (isinstance(node, ast.Constant) and node.value == -1)  # fmt: skip
+
+
+def spelled_data_ranges(path: Path) -> list[int]:
+    """Lines of ``path`` that spell the data range [-1, 1] as numbers: a tuple (-1, 1) or a call
+    with the arguments -1, 1 (``clamp(-1, 1)``, ``np.clip(a, -1.0, 1.0)``)."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        pairs = []
+        if isinstance(node, ast.Tuple) and len(node.elts) == 2:
+            pairs.append(node.elts)
+        if isinstance(node, ast.Call):
+            pairs += [node.args[i : i + 2] for i in range(len(node.args) - 1)]
+        for a, b in pairs:
+            if _is_minus_one(a) and isinstance(b, ast.Constant) and b.value == 1:
+                lines.append(node.lineno)
+    return sorted(set(lines))
+
+
+def test_the_data_range_is_spelled_once(tmp_path):
+    bad = {str(p.relative_to(SRC)): ls for p in modules() if (ls := spelled_data_ranges(p)) and p.name != "utils.py"}
+    assert not bad, f"use torchjem.utils.DATA_RANGE: {bad}"
+    planted = tmp_path / "x.py"  # the checker itself must be able to fail
+    planted.write_text("a = x.clamp(-1, 1)\nb = (-1.0, 1.0)\nc = np.clip(a, lo, -1, 1.0)\nd = (0, 1)\n")
+    assert spelled_data_ranges(planted) == [1, 2, 3]

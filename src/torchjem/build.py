@@ -31,7 +31,7 @@ from .objective import IGNORE, HybridObjective
 from .sam import SAM
 from .sampling import PYLD, SGLD, ChainSampler, ReplayBuffer, shard_size
 from .speed import fused_optimizer_kwargs
-from .utils import has_batch_norm
+from .utils import DATA_RANGE, has_batch_norm
 
 
 # -- the network -------------------------------------------------------------------------------
@@ -192,7 +192,7 @@ def build_sgld(cfg: Config) -> SGLD | PYLD:
     """The chains' sampler: SGLD (``sgld.kind = sgld``) or JEM++'s proximal Langevin (``pyld``;
     ``sgld.grad_clamp`` null means 0.01 there, ``sgld.step_size`` is not used)."""
     s = cfg.sgld
-    clamp = (-1.0, 1.0) if s.clamp else None
+    clamp = DATA_RANGE if s.clamp else None
     if s.kind == "pyld":
         grad_clamp = 0.01 if s.grad_clamp is None else s.grad_clamp
         return PYLD(s.steps, s.inner_steps, s.inner_step_size, s.noise, clamp, grad_clamp, s.first_layer,

@@ -17,11 +17,13 @@ from torch import nn
 from .errors import InputError
 from .figures import save_image, save_png
 from .sampling import ChainSampler
+from .utils import DATA_RANGE
 
 
 def grid_image(x: torch.Tensor, nrow: int | None = None, pad: int = 1) -> np.ndarray:
     """Images (N, C, H, W) in [-1, 1] -> one (H', W') or (H', W', 3) array in [0, 1]."""
-    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2).numpy()
+    lo, hi = DATA_RANGE
+    x = ((x.detach().float().cpu().clamp(lo, hi) - lo) / (hi - lo)).numpy()
     n, c, h, w = x.shape
     nrow = nrow or math.ceil(math.sqrt(n))
     rows = math.ceil(n / nrow)

@@ -14,6 +14,10 @@ from torch import nn
 from .energy import as_jem
 from .errors import InputError
 
+# Every input torchjem sees (data, chains, attacks, OOD sets) is scaled to this range (the reference
+# code's transform: Normalize((.5,), (.5,))).
+DATA_RANGE = (-1.0, 1.0)
+
 
 @contextlib.contextmanager
 def frozen_eval(model: nn.Module) -> Iterator[None]:

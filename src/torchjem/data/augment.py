@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
+from ..utils import DATA_RANGE
 from .readers import to_float
 
 # The paper's per-data-set choices: 4-pixel reflect pad + crop for 32x32 images, horizontal flip
@@ -131,7 +132,7 @@ def resize_to(x: torch.Tensor, shape: tuple[int, ...] | torch.Size, chunk: int =
                 part = F.interpolate(part, size=shape[1:], mode="bilinear", align_corners=False, antialias=True)
             else:
                 part = F.interpolate(part, size=shape[1:], mode="linear", align_corners=False)
-        outs.append(part.clamp(-1.0, 1.0).contiguous())
+        outs.append(part.clamp(*DATA_RANGE).contiguous())
     if not outs:
         return x.new_zeros((0, *shape), dtype=torch.float32)
     return torch.cat(outs)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, MissingError
+from ..utils import DATA_RANGE
 from .datasets import DataSplits, register_dataset, split_train_val
 from .readers import (
     RawData,
@@ -237,7 +238,7 @@ def load_mnist1d(root: str | None = None, val_size: float = 0.1, split_seed: int
     x, y, x_te, y_te = _mnist1d_arrays()
 
     def prep(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.clip(a / MNIST1D_SCALE, -1.0, 1.0).astype(np.float32))[:, None]
+        return torch.from_numpy(np.clip(a / MNIST1D_SCALE, *DATA_RANGE).astype(np.float32))[:, None]
 
     raw = RawData(prep(x), torch.from_numpy(y.astype(np.int64)), prep(x_te), torch.from_numpy(y_te.astype(np.int64)))
     raw.class_names = [str(i) for i in range(10)]

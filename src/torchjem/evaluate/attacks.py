@@ -19,9 +19,8 @@ from torch import nn
 from ..energy import as_jem
 from ..errors import InputError
 from ..sampling import SGLD
-from ..utils import frozen_eval, model_device
+from ..utils import DATA_RANGE, frozen_eval, model_device
 
-DATA_RANGE = (-1.0, 1.0)
 NORMS = ("linf", "l2")
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..utils import DATA_RANGE
 
 
 class FeatureNet(nn.Module):
@@ -127,7 +128,8 @@ class InceptionFeatures(FeatureNet):
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise InputError(f"Inception features need (N, 1 or 3, H, W) images, got shape {tuple(x.shape)}")
         x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        lo, hi = DATA_RANGE
+        return ((x.clamp(lo, hi) - lo) * (255 / (hi - lo))).round().to(torch.uint8)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self._rgb_uint8(x), return_features=True).flatten(1)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..sampling import ChainSampler
-from ..utils import frozen_eval, model_device, predict_logits
+from ..utils import DATA_RANGE, frozen_eval, model_device, predict_logits
 from .features import FeatureNet, feature_label
 from .results import ConditionalAccuracy, GenerationResult, SampleQuality
 
@@ -248,8 +248,8 @@ def generation(
     if not (torch.isfinite(x_u).all() and torch.isfinite(x_c).all()):
         raise InputError("generation: the sampler produced NaN or infinite samples (the model may have diverged)")
     # Unclamped SGLD can leave the data range; scored as shown: clipped to [-1, 1].
-    out_of_range = float((x_u.abs() > 1).float().mean())
-    x_u, x_c = x_u.clamp(-1, 1), x_c.clamp(-1, 1)
+    out_of_range = float(((x_u < DATA_RANGE[0]) | (x_u > DATA_RANGE[1])).float().mean())
+    x_u, x_c = x_u.clamp(*DATA_RANGE), x_c.clamp(*DATA_RANGE)
     quality = sample_quality(x_real, x_u, feature_net, x_reference, batch_size, progress)
     cond = conditional_accuracy(feature_net, x_c, y, batch_size)
     buffer = sampler.buffer is not None

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..energy import as_jem
 from ..errors import InputError
-from ..utils import frozen_eval, model_device
+from ..utils import DATA_RANGE, frozen_eval, model_device
 from .results import OODResult
 
 SCORES: dict[str, str] = {
@@ -122,13 +122,14 @@ def builtin_ood_set(name: str, x_in: torch.Tensor, n: int | None = None, seed: i
     x_in = x_in.detach().float().cpu()
     shape = (n, *x_in.shape[1:])
     if name == "uniform":
-        return torch.rand(shape, generator=g) * 2 - 1
+        lo, hi = DATA_RANGE
+        return lo + (hi - lo) * torch.rand(shape, generator=g)
     if name == "gaussian":
         mean, std = float(x_in.mean()), float(x_in.std())
-        return (mean + std * torch.randn(shape, generator=g)).clamp(-1, 1)
+        return (mean + std * torch.randn(shape, generator=g)).clamp(*DATA_RANGE)
     idx = torch.randint(0, len(x_in), (n,), generator=g)
     a, b = x_in[idx], x_in[(idx - 1) % len(x_in)]
-    return ((a + b) / 2 + 0.03 * torch.randn(shape, generator=g)).clamp(-1, 1)
+    return ((a + b) / 2 + 0.03 * torch.randn(shape, generator=g)).clamp(*DATA_RANGE)
 
 
 def fit_to_shape(x: torch.Tensor, shape: Sequence[int], name: str) -> torch.Tensor:

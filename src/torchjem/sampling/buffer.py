@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..utils import DATA_RANGE
 
 INITS = ("uniform", "gaussian", "gaussian_full")
 JITTER = 1e-4  # added to the fitted variances (the covariance's diagonal), as JEM++ does
@@ -39,7 +40,7 @@ class ReplayBuffer(nn.Module):
         init: str = "uniform",
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
-        data_range: tuple[float, float] = (-1.0, 1.0),
+        data_range: tuple[float, float] = DATA_RANGE,
     ) -> None:
         super().__init__()
         if n_classes < 1 or size < n_classes or size % n_classes:

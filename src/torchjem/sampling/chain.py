@@ -7,7 +7,7 @@ from torch import nn
 
 from ..energy import as_jem
 from ..errors import InputError
-from ..utils import model_device
+from ..utils import DATA_RANGE, model_device
 from .base import LangevinSampler
 from .buffer import ReplayBuffer
 
@@ -26,7 +26,7 @@ class ChainSampler(nn.Module):
         sgld: LangevinSampler,
         buffer: ReplayBuffer | None = None,
         shape: tuple[int, ...] | None = None,
-        data_range: tuple[float, float] = (-1.0, 1.0),
+        data_range: tuple[float, float] = DATA_RANGE,
     ) -> None:
         super().__init__()
         if buffer is None and shape is None:

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..energy import JEM, as_jem
 from ..errors import ConfigError, InputError
+from ..utils import DATA_RANGE
 from .base import LangevinSampler, Step, add_noise, langevin_update
 
 
@@ -67,7 +68,7 @@ class PYLD(LangevinSampler):
         clamp: tuple[float, float] | None = None,
         grad_clamp: float = 0.01,
         first_layer: str | None = None,
-        data_range: tuple[float, float] = (-1.0, 1.0),
+        data_range: tuple[float, float] = DATA_RANGE,
         mode: str = "eval",
     ) -> None:
         if mode not in ("eval", "train"):
