@@ -55,7 +55,6 @@ class SAM:
             p.add_(e)
             self._moved.append((p, e))
 
-    @torch.no_grad()
     def second_pass(self, model: nn.Module, loss: Callable[[], torch.Tensor]) -> None:
         """After the first backward: the gradients of ``loss()`` at w + e (batch norms keep their
         running statistics: the perturbed weights are not the model's), then back to w."""
@@ -65,6 +64,7 @@ class SAM:
             loss().backward()
         self.restore()
 
+    @torch.no_grad()
     def restore(self) -> None:
         """Back to w (the gradients are those taken at w + e)."""
         for p, e in self._moved:
