@@ -139,7 +139,7 @@ class Trainer:
         ``model`` and ``data``: as given to the first Trainer when they did not come from the config."""
         cfg, state = read_resume(run_dir, overrides, model)
         trainer = cls(cfg, data=data, model=model, progress=progress, val=val, out=run_dir, resuming=True)
-        trainer._resume_note = trainer.state.load_state_dict(state)
+        trainer.resume_note = trainer.state.load_state_dict(state)
         reset_backoff(trainer.state.progress, cfg, state.config)
         trainer.scale_sampler_step()
         log.info("resumed %s at epoch %d, step %d", trainer.run.path, trainer.epoch, trainer.step)
