@@ -11,15 +11,23 @@ import logging
 import os
 import sys
 
-from .config import CONFIG_DIR, config_reference
+from .config import CONFIG_DIR, config_reference, merge, parse_overrides
 from .errors import ConfigError, InputError, UserError
 
 log = logging.getLogger("torchjem")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, help="auto (CUDA when available), cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, default=None, help="seed for every RNG of the command")
+    p.add_argument(
+        "--device", default=None, help="where the command runs: auto (CUDA when available), cpu, cuda or cuda:N"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="the command's seed: a new run's (train, sweep, demo; default the config's), or that of the chains, "
+        "noise and attacks on a run (sample, eval, attack; default the run's own, so a command repeats its figures)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "--threads",
@@ -31,16 +39,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _seed(args: argparse.Namespace) -> None:
-    if getattr(args, "seed", None) is not None:
-        from .utils import seed_everything
-
-        seed_everything(args.seed)
+def _as_config(args: argparse.Namespace, *keys: str) -> dict[str, object]:
+    """Options that are also config keys (--device, --seed) as a config dict (values as typed)."""
+    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 
 def _as_overrides(args: argparse.Namespace, *keys: str) -> list[str]:
-    """Options that are also config keys (--device, --seed, --out), as KEY=VALUE overrides."""
-    return [f"{k}={getattr(args, k)}" for k in keys if getattr(args, k) is not None]
+    """The same as KEY=VALUE strings, for a sweep's spec (saved as the command line gave it)."""
+    return [f"{k}={v}" for k, v in _as_config(args, *keys).items()]
 
 
 # -- jem train --------------------------------------------------------------------------------
@@ -66,10 +72,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .workflows.train import train_run
 
-    extra = list(args.overrides)
-    extra += _as_overrides(args, "device", "seed")
+    extra = merge(parse_overrides(list(args.overrides)), _as_config(args, "device", "seed"))
     if args.clf_only:
-        extra.append("train.clf_only=true")
+        extra = merge(extra, {"train": {"clf_only": True}})
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces one: use one of them")
     trainer, result = train_run(
@@ -102,10 +107,9 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
 def cmd_sample(args: argparse.Namespace) -> int:
     from .workflows.sample import sample_run
 
-    _seed(args)
     res = sample_run(
         args.run_dir, args.out, checkpoint=args.checkpoint, n=args.n, per_class=args.per_class, n_steps=args.steps,
-        fresh=args.fresh, device=args.device or "auto",
+        fresh=args.fresh, device=args.device or "auto", seed=args.seed,
     )  # fmt: skip
     print(f"wrote {res['unconditional']} and {res['conditional']}")
     return 0
@@ -179,7 +183,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     summary = run_demo(
         args.out,
         device=args.device or "auto",
-        seed=1 if args.seed is None else args.seed,
+        seed=args.seed,
         quick=args.quick,
         progress=not args.quiet,
     )
@@ -226,32 +230,26 @@ def add_attack(sub: argparse._SubParsersAction) -> None:
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from .evaluate.robustness import PGDSettings
-    from .workflows.attack import AttackOptions, attack_run, defence_settings, evaluate_saved
-    from .workflows.runs import load_run
+    from .workflows.attack import AttackOptions, attack_run, evaluate_saved_run
 
-    _seed(args)
-    device = args.device or "auto"
-    if args.evaluate_saved:
-        model_dir = args.model or args.run_dir
-        if model_dir is None:
-            raise InputError("--evaluate-saved FILE needs --model RUN_DIR (the run to evaluate)")
-        run = load_run(model_dir, args.checkpoint, device)
-        models = defence_settings(run, args.refine_steps or [0], args.chains, args.init_noise, args.gradient)
-        res = {name: evaluate_saved(args.evaluate_saved, m, args.batch_size) for name, m in models.items()}
-        print(json.dumps(res, indent=2))
-        return 0
-    if args.run_dir is None:
-        raise InputError("jem attack needs RUN_DIR (or --evaluate-saved FILE --model RUN_DIR)")
     pgd = PGDSettings(
         norm=args.norm, steps=args.steps, step_size=args.step_size, random_start=not args.no_random_start,
         restarts=args.restarts, targeted=args.targeted, eot=args.eot,
     )  # fmt: skip
     options = AttackOptions(
-        pgd=pgd, eps=args.eps, refine_steps=args.refine_steps or [0, 1, 10], limit=args.limit,
-        checkpoint=args.checkpoint, n_chains=args.chains, init_noise=args.init_noise, gradient=args.gradient,
-        transfer=not args.no_transfer, distal=args.distal, batch_size=args.batch_size, device=device,
-        progress=not args.quiet,
+        pgd=pgd, eps=args.eps, refine_steps=args.refine_steps or ([0] if args.evaluate_saved else [0, 1, 10]),
+        limit=args.limit, checkpoint=args.checkpoint, n_chains=args.chains, init_noise=args.init_noise,
+        gradient=args.gradient, transfer=not args.no_transfer, distal=args.distal, batch_size=args.batch_size,
+        device=args.device or "auto", seed=args.seed, progress=not args.quiet,
     )  # fmt: skip
+    if args.evaluate_saved:
+        model_dir = args.model or args.run_dir
+        if model_dir is None:
+            raise InputError("--evaluate-saved FILE needs --model RUN_DIR (the run to evaluate)")
+        print(json.dumps(evaluate_saved_run(args.evaluate_saved, model_dir, options), indent=2))
+        return 0
+    if args.run_dir is None:
+        raise InputError("jem attack needs RUN_DIR (or --evaluate-saved FILE --model RUN_DIR)")
     res = attack_run(args.run_dir, options, baseline=args.baseline, out=args.out)
     print(f"{'eps':>12}" + "".join(f"{name:>11}" for name in res.curves))
     for k, e in enumerate(res.eps):
@@ -312,13 +310,12 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .workflows.evaluate import EvalOptions, evaluate_run, headline
 
-    _seed(args)
     options = EvalOptions(
         ood=args.ood, limit=args.limit, checkpoint=args.checkpoint, device=args.device or "auto",
         refine_steps=args.refine_steps, feature_net=args.feature_net, scores=args.scores, n_bins=args.bins,
         generate=not args.no_generation, per_class=args.per_class, sample_steps=args.sample_steps,
         input_noise=args.input_noise,
-        seed=0 if args.seed is None else args.seed, progress=not args.quiet,
+        seed=args.seed, progress=not args.quiet,
     )  # fmt: skip
     report = evaluate_run(args.run_dir, options, baseline=args.baseline, out=args.out)
     for role, m in report.models.items():

@@ -287,8 +287,9 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """['train.epochs=5', 'net.kwargs.width=32'] -> nested dict (values parsed as YAML)."""
-    nested: dict[str, Any] = {}
+    """['train.epochs=5', 'net.kwargs.width=32'] -> nested dict (values parsed as YAML). Only the
+    command line's KEY=VALUE strings come through here; code passes values as dicts (``nest``)."""
+    flat: list[tuple[str, Any]] = []
     for item in items:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
@@ -297,12 +298,21 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
+        flat.append((key.strip(), value))
+    return nest(flat)
+
+
+def nest(values: dict[str, Any] | list[tuple[str, Any]]) -> dict[str, Any]:
+    """Dotted keys and typed values as the nested dict ``load_config`` takes:
+    ``{"optim.lr": 0.1, "seed": 2}`` -> ``{"optim": {"lr": 0.1}, "seed": 2}`` (later pairs win)."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items() if isinstance(values, dict) else values:
         node = nested
-        parts = key.strip().split(".")
+        parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r} conflicts with an earlier override")
+                raise ConfigError(f"override {key}={value!r} conflicts with an earlier override")
         node[parts[-1]] = value
     return nested
 

@@ -28,6 +28,7 @@ from ..evaluate.robustness import (
 from ..report import plot_curves
 from ..runs import write_attack
 from ..runs.layout import ATTACK_PNG
+from ..utils import seed_everything
 from .runs import LoadedRun, check_same_data, load_run
 
 log = logging.getLogger("torchjem")
@@ -49,6 +50,7 @@ class AttackOptions:
     distal: int = 100  # distal adversarials to make (0: none)
     batch_size: int = 100
     device: str = "auto"
+    seed: int | None = None  # of random starts, targets, EOT draws and chains (None: the run's own seed)
     progress: bool = True
 
     def check(self) -> AttackOptions:
@@ -116,6 +118,16 @@ def evaluate_saved(path: str | Path, model: nn.Module, batch_size: int = 256) ->
     }
 
 
+def evaluate_saved_run(path: str | Path, run_dir: str | Path, options: AttackOptions) -> dict[str, dict[str, Any]]:
+    """``evaluate_saved`` on each JEM-n of ``options.refine_steps`` of the run in ``run_dir`` (its
+    chains seeded by ``options.seed``, default the run's own); {setting: result}."""
+    o = options.check()
+    run = load_run(run_dir, o.checkpoint, o.device)
+    seed_everything(run.cfg.seed if o.seed is None else o.seed)
+    models = defence_settings(run, o.refine_steps, o.n_chains, o.init_noise, o.gradient)
+    return {name: evaluate_saved(path, m, o.batch_size) for name, m in models.items()}
+
+
 def attack_run(
     run_dir: str | Path,
     options: AttackOptions | None = None,
@@ -144,6 +156,8 @@ def attack_run(
     o = replace(options or AttackOptions(), **overrides).check()
     t0 = time.perf_counter()
     run = load_run(run_dir, o.checkpoint, o.device)
+    seed = run.cfg.seed if o.seed is None else o.seed
+    seed_everything(seed)  # the same command attacks alike, whatever ran before it in the process
     out = check_writable(Path(out) if out is not None else run.dir.attack)
     base = load_run(baseline, o.checkpoint, o.device) if baseline is not None else None
     if base is not None:
@@ -198,6 +212,7 @@ def attack_run(
             "gradient": o.gradient,
             "transfer_from_jem0": o.transfer,
             "checkpoint": o.checkpoint,
+            "seed": seed,
         },
         adversarials=files,
         distal=distal,

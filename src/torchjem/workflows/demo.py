@@ -50,7 +50,12 @@ def clear_outputs(out: Path) -> None:
 
 
 def run_demo(
-    out: str | Path = "runs/demo", device: str = "auto", seed: int = 1, *, quick: bool = False, progress: bool = True
+    out: str | Path = "runs/demo",
+    device: str = "auto",
+    seed: int | None = None,
+    *,
+    quick: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train, attack, evaluate and compare; writes ``out/summary.json`` last (atomically) and
     returns it. Re-running into the same ``out`` replaces every output of the earlier run.
@@ -58,14 +63,14 @@ def run_demo(
     Args:
         out: the demo folder: runs jem/, baseline/, held_out/{jem,baseline}/, report/, summary.json.
         device: where to train and evaluate (auto, cpu, cuda, ...).
-        seed: the runs' seed (and the evaluations').
+        seed: the runs' seed (default the recipe's); the attack and the evaluations use the runs' seed.
         quick: a smoke test of the whole pipeline (fewer epochs, steps and examples), not the figures.
         progress: show progress bars.
     """
     t0 = time.perf_counter()
     out = Path(out)
     clear_outputs(out)
-    common = merge({"device": device, "seed": seed}, QUICK if quick else {})
+    common = merge({"device": device, **({"seed": seed} if seed is not None else {})}, QUICK if quick else {})
     clf_only = {"train": {"clf_only": True}}
     jem_cfg = load_config(RECIPE, common)
     base_cfg = load_config(RECIPE, merge(common, clf_only))
@@ -100,7 +105,6 @@ def run_demo(
         out=out / REPORT,
         limit=100 if quick else None,
         data=data,
-        seed=seed,
         progress=progress,
     )
     for name, role in (("jem", "model"), ("baseline", "baseline")):
@@ -127,7 +131,6 @@ def run_demo(
         ood=["held_out"],
         generate=False,
         out=out / HELD_OUT / REPORT,
-        seed=seed,
         progress=progress,
     )
     for name, role in (("jem", "model"), ("baseline", "baseline")):

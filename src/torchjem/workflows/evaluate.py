@@ -47,7 +47,7 @@ class EvalOptions:
     per_class: int = 20  # class-conditional samples per class
     sample_steps: int | None = None  # SGLD steps per sample (None: as `jem sample`)
     input_noise: float = 0.0  # Gaussian noise sigma on the test and OOD inputs (the reference eval script's 0.03)
-    seed: int = 0
+    seed: int | None = None  # of OOD sets, input noise, chains and samples (None: the run's own seed)
     progress: bool = True
 
     def check(self) -> EvalOptions:
@@ -105,6 +105,7 @@ def evaluate_run(
         loaded["baseline"] = load_run(baseline, o.checkpoint, o.device)
         check_same_data(loaded["model"], loaded["baseline"])
     main = loaded["model"]
+    seed = main.cfg.seed if o.seed is None else o.seed  # the docs' commands reproduce the run's own figures
     held = None
     if data is None:  # (a caller-provided DataSplits has no held-out classes to offer)
         data, held = main.data(), build.held_out_data(main.cfg)
@@ -115,9 +116,9 @@ def evaluate_run(
     x_test, y_test = data.x_test[: o.limit], data.y_test[: o.limit]
     n_classes = data.n_classes
     per_class = max(1, min(o.per_class, o.limit // n_classes)) if o.limit is not None else o.per_class
-    ood_sets, ood_desc = build_ood_sets(ood, x_test, held, o.seed)
+    ood_sets, ood_desc = build_ood_sets(ood, x_test, held, seed)
     if o.input_noise > 0:  # as the reference evaluation: noise on the in-distribution and the OOD inputs
-        g = torch.Generator().manual_seed(o.seed + 1)
+        g = torch.Generator().manual_seed(seed + 1)
         x_test = x_test + o.input_noise * torch.randn(x_test.shape, generator=g)
         ood_sets = {k: v + o.input_noise * torch.randn(v.shape, generator=g) for k, v in ood_sets.items()}
     fnet = None
@@ -127,7 +128,7 @@ def evaluate_run(
 
     models: dict[str, ModelReport] = {}
     for role, run in loaded.items():
-        torch.manual_seed(o.seed)
+        torch.manual_seed(seed)
         log.info("evaluating %s (%s)", role, run.path)
         evaluation = evaluate_model(
             run.jem, x_test, y_test, n_classes=n_classes, ood_sets=ood_sets, scores=o.scores, n_bins=o.n_bins,
@@ -157,7 +158,7 @@ def evaluate_run(
         data=DataInfo(name=data.name, shape=list(data.shape), n_classes=n_classes, n_test=len(x_test)),
         settings=ReportSettings(
             limit=o.limit, ood_sets=list(ood), scores=o.scores, n_bins=o.n_bins, refine_steps=o.refine_steps,
-            input_noise=o.input_noise, feature_net=fnet.name if fnet is not None else None, seed=o.seed,
+            input_noise=o.input_noise, feature_net=fnet.name if fnet is not None else None, seed=seed,
             ood_descriptions=ood_desc,
         ),
         models=models,

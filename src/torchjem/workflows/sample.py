@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..checkpoint import check_writable
 from ..samples import check_grid_options, write_sample_grids
+from ..utils import seed_everything
 from .runs import load_run
 
 log = logging.getLogger("torchjem")
@@ -22,12 +23,15 @@ def sample_run(
     n_steps: int | None = None,
     fresh: bool = False,
     device: str = "auto",
+    seed: int | None = None,
 ) -> dict[str, object]:
     """Write RUN_DIR/samples (or ``out``)/unconditional.png and conditional.png; returns the paths
     and samples. Chains start from the run's replay buffer (left unchanged) or, with ``fresh`` or
-    for a run without a buffer, from U(-1, 1) noise."""
+    for a run without a buffer, from U(-1, 1) noise. ``seed``: of the chains' noise (default the
+    run's own seed, so that the same command draws the same samples)."""
     check_grid_options(n, per_class, n_steps)  # before anything is loaded or written
     run = load_run(run_dir, checkpoint, device)
+    seed_everything(run.cfg.seed if seed is None else seed)
     sampler = run.sampler
     if fresh:
         sampler = sampler.fresh()

@@ -4,11 +4,10 @@ checked against the config before any trial starts (``plan_sweep``)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...config import ConfigError, get_value, load_config
+from ...config import ConfigError, get_value, load_config, merge, nest, parse_overrides
 from ...errors import InputError
 from ..train import resolve_recipe
 
@@ -45,9 +44,9 @@ class SweepSpec:
     def n_runs(self) -> int:
         return (self.trials if self.trials is not None else len(self.settings())) * len(self.seeds)
 
-    def trial_overrides(self, params: dict[str, Any], seed: int) -> list[str]:
-        """The config overrides of one trial: the fixed ones, then its setting and seed."""
-        return [*self.overrides, *(as_override(k, v) for k, v in params.items()), f"seed={seed}"]
+    def trial_overrides(self, params: dict[str, Any], seed: int) -> dict[str, Any]:
+        """The config overrides of one trial (a nested dict): the fixed ones, then its setting and seed."""
+        return merge(parse_overrides(self.overrides), nest({**params, "seed": seed}))
 
     def describe(self) -> str:
         """The sweep in one line: config, swept values, seeds and trials."""
@@ -62,11 +61,6 @@ class SweepSpec:
     def from_dict(cls, data: dict[str, Any]) -> SweepSpec:
         """The spec saved in SWEEP_DIR/spec.json (``to_dict``'s shape)."""
         return cls(**data)
-
-
-def as_override(key: str, value: Any) -> str:
-    """``key=value`` as the config parser reads it back (strings and booleans quoted as JSON)."""
-    return f"{key}={json.dumps(value) if isinstance(value, (bool, str)) else repr(value)}"
 
 
 def _split_assignment(item: str, what: str) -> tuple[str, str]:
@@ -149,6 +143,6 @@ def plan_sweep(
     if not spec.keys:
         raise InputError("nothing to sweep: give --grid KEY=V1,V2,... (or --range KEY=LOW:HIGH with --trials)")
     for setting in spec.settings() if trials is None else []:  # cross-field checks of every combination
-        load_config(recipe, [*overrides, *(as_override(k, v) for k, v in setting.items())])
+        load_config(recipe, merge(parse_overrides(overrides), nest(setting)))
     spec.seeds = [base.seed + i for i in range(seeds)]
     return spec
