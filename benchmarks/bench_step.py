@@ -297,7 +297,7 @@ def bench(p: Preset, opt: Options) -> dict[str, Any]:
         jem.train_step(*batch())
 
     def sgld_step() -> None:
-        chain["x"] = jem.sampler.sgld.step(jem.jem, chain["x"])
+        chain["x"] = jem.sampler.langevin.step(jem.jem, chain["x"])
 
     def sgld_block(timer: Callable[[Callable[[], Any]], None] | None, n: int) -> None:
         # Entered once per block, as SGLD.run enters it once per chain.

@@ -28,7 +28,7 @@ LAYERS = {
     "sam": 4,
     "evaluate": 4,
     "runs": 4,
-    "samples": 4,
+    "grids": 4,
     "build": 5,
     "training": 6,
     "report": 5,  # below sweep_report, whose page report/page.py builds

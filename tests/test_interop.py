@@ -18,7 +18,7 @@ from conftest import TINY
 from test_data_readers import write_cifar10
 from torchjem import load_run
 from torchjem.cli import main
-from torchjem.workflows.evaluate import evaluate_run
+from torchjem.workflows.eval import evaluate_run
 
 DEPTH, WIDTH = 10, 1  # one block a stage: WRN-10-1
 

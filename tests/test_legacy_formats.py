@@ -31,5 +31,5 @@ def test_legacy_run_loads_and_evaluates_unchanged(folder, tmp_path):
     assert c.accuracy == pytest.approx(ACCURACY, abs=1e-7) and c.nll == pytest.approx(NLL, rel=1e-6)
     assert run.buffer is not None and tuple(run.buffer.x.shape) == (20, 1, 8, 8)
     assert float(run.buffer.x.sum()) == pytest.approx(BUFFER_SUM, rel=1e-6)
-    assert run.sgld.n_steps == 5 and run.cfg.net.kwargs["width"] == 4
+    assert run.langevin.n_steps == 5 and run.cfg.net.kwargs["width"] == 4
     assert torch.isfinite(run.jem.log_px(data.x_test[:4])).all()

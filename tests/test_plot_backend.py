@@ -40,7 +40,7 @@ def spy(name, globals=None, locals=None, fromlist=(), level=0):
 
 builtins.__import__ = spy
 out = {}
-import torchjem.samples, torchjem.report
+import torchjem.grids, torchjem.report
 out["backend_after_plot_modules"] = matplotlib.get_backend()
 out["pyplot_after_plot_modules"] = "matplotlib.pyplot" in sys.modules
 import torchjem.workflows.demo, torchjem.workflows.attack

@@ -352,7 +352,7 @@ def test_pyld_from_the_config_drives_the_chain_sampler_and_training(tmp_path):
     cfg = tiny_config("train.max_steps=3", "sgld.kind=pyld", "sgld.steps=2", "sgld.inner_steps=2",
                       "buffer.init=gaussian_full")  # fmt: skip
     t = Trainer(cfg, progress=False, out=tmp_path / "r")
-    assert isinstance(t.sampler.sgld, PYLD) and t.buffer.factor.shape == (10, 64, 64)
+    assert isinstance(t.sampler.langevin, PYLD) and t.buffer.factor.shape == (10, 64, 64)
     t.fit()
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in t.run.read_metrics() if "loss" in r)
 

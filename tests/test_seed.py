@@ -13,7 +13,7 @@ from conftest import tiny_config
 from torchjem import train
 from torchjem.cli import main
 from torchjem.workflows.attack import AttackOptions, attack_run
-from torchjem.workflows.evaluate import evaluate_run
+from torchjem.workflows.eval import evaluate_run
 
 
 @pytest.fixture(scope="module")

@@ -100,12 +100,12 @@ def test_step_factor_backs_off_the_sgld_step_at_each_rewind_and_a_resume_keeps_i
     t.fit()
     events = [r for r in t.run.read_metrics() if r.get("event") == "recovery"]
     assert [e["step_scale"] for e in events] == [0.5, 0.25]
-    assert t.sampler.sgld.step_size == 0.5 and t.cfg.sgld.step_size == 2.0  # 2 x 0.5 x 0.5; the config keeps 2
+    assert t.sampler.langevin.step_size == 0.5 and t.cfg.sgld.step_size == 2.0  # 2 x 0.5 x 0.5; the config keeps 2
     resumed = Trainer.resume(tmp_path / "r", progress=False, overrides=["train.max_steps=31"])
-    assert resumed.state.progress.step_scale == 0.25 and resumed.sampler.sgld.step_size == 0.5
+    assert resumed.state.progress.step_scale == 0.25 and resumed.sampler.langevin.step_size == 0.5
     resumed.lock.release()
     fresh = Trainer.resume(tmp_path / "r", progress=False, overrides=["sgld.step_size=1.0"])  # a new step: no back-off
-    assert fresh.state.progress.step_scale == 1.0 and fresh.sampler.sgld.step_size == 1.0
+    assert fresh.state.progress.step_scale == 1.0 and fresh.sampler.langevin.step_size == 1.0
     fresh.lock.release()
 
 

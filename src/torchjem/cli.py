@@ -308,7 +308,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .workflows.evaluate import EvalOptions, evaluate_run, headline
+    from .workflows.eval import EvalOptions, evaluate_run, headline
 
     options = EvalOptions(
         ood=args.ood, limit=args.limit, checkpoint=args.checkpoint, device=args.device or "auto",

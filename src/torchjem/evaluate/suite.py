@@ -1,6 +1,6 @@
 """Every evaluation of one model on tensors: ``evaluate_model`` (classification, calibration, OOD
 detection, generation). Run directories, baselines and the report are the workflow's
-(torchjem.workflows.evaluate); the OOD sets and the feature network it is given too
+(torchjem.workflows.eval); the OOD sets and the feature network it is given too
 (torchjem.workflows.inputs)."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def evaluate_model(
     clf, refined = classification(model, x_test, y_test, batch_size), None
     if refine_steps:
         log.info("evaluate: classification after %d SGLD refinement steps", refine_steps)
-        sgld = sampler.sgld if sampler is not None else None
+        sgld = sampler.langevin if sampler is not None else None
         refined = classification(
             model, x_test, y_test, batch_size, refine_steps=refine_steps, sampler=sgld, progress=progress
         )

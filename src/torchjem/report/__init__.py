@@ -2,7 +2,7 @@
 embedded) and the PNGs themselves, with one column per model (the run and its baseline).
 
 ``write_report(report, out_dir)`` takes the typed ``EvaluationReport`` that
-``torchjem.workflows.evaluate.evaluate_run`` builds and leaves it as it is. Modules:
+``torchjem.workflows.eval.evaluate_run`` builds and leaves it as it is. Modules:
 
 - ``schema``: the typed report (``EvaluationReport``, ``ModelReport``, ``DataInfo``, ``ReportSettings``);
 - ``plots``: every PNG (reliability, OOD histograms, sample grids, robustness curves, dynamics);

@@ -20,8 +20,8 @@ from matplotlib.ticker import MaxNLocator
 
 from ..evaluate.results import CalibrationResult, OODResult
 from ..figures import save_png
+from ..grids import save_samples
 from ..runs.history import History, is_window, number, record_step
-from ..samples import save_samples
 from .schema import ModelReport
 
 

@@ -1,4 +1,4 @@
-"""The evaluation report as typed results: what ``torchjem.workflows.evaluate.evaluate_run``
+"""The evaluation report as typed results: what ``torchjem.workflows.eval.evaluate_run``
 produces and ``write_report`` turns into report.json, the PNGs and report.html.
 
 ``to_dict()`` gives report.json's shape: {"version", "title", "created", "data", "settings",

@@ -23,7 +23,7 @@ class ChainSampler(nn.Module):
 
     def __init__(
         self,
-        sgld: LangevinSampler,
+        langevin: LangevinSampler,
         buffer: ReplayBuffer | None = None,
         shape: tuple[int, ...] | None = None,
         data_range: tuple[float, float] = DATA_RANGE,
@@ -31,14 +31,14 @@ class ChainSampler(nn.Module):
         super().__init__()
         if buffer is None and shape is None:
             raise InputError("ChainSampler without a replay buffer needs the sample shape")
-        self.sgld = sgld
+        self.langevin = langevin
         self.buffer = buffer
         self.shape = tuple(buffer.shape if buffer is not None else shape)
         self.data_range = buffer.data_range if buffer is not None else data_range
 
     @property
     def n_steps(self) -> int:
-        return self.sgld.n_steps
+        return self.langevin.n_steps
 
     def sample(
         self,
@@ -66,7 +66,7 @@ class ChainSampler(nn.Module):
         else:
             lo, hi = self.data_range
             x0 = torch.rand((n, *self.shape), device=device) * (hi - lo) + lo
-        x = self.sgld.run(model, x0, y, n_steps)
+        x = self.langevin.run(model, x0, y, n_steps)
         if idx is not None and update:
             self.buffer.put(idx, x)
         return x
@@ -78,9 +78,9 @@ class ChainSampler(nn.Module):
         samples are its entries after ``n_steps`` more steps (default 0) and conditional ones the
         class's block after K steps; fresh chains run K steps (``n_steps`` overrides both)."""
         if n_steps is None:
-            n_steps = 0 if self.buffer is not None and y is None else self.sgld.n_steps
+            n_steps = 0 if self.buffer is not None and y is None else self.langevin.n_steps
         return self.sample(model, n, y, n_steps=n_steps, update=False, reinit=False)
 
     def fresh(self) -> ChainSampler:
         """The same SGLD from fresh U(data_range) noise, without the buffer."""
-        return ChainSampler(self.sgld, shape=self.shape, data_range=self.data_range)
+        return ChainSampler(self.langevin, shape=self.shape, data_range=self.data_range)

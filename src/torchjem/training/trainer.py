@@ -193,7 +193,7 @@ class Trainer:
     def scale_sampler_step(self) -> None:
         """The chains' step size: the configured one (the sampler's own) times the divergence back-off."""
         if self.sampler is not None:
-            self.sampler.sgld.scale_step(self.state.progress.step_scale)
+            self.sampler.langevin.scale_step(self.state.progress.step_scale)
 
 
 def log_start(trainer: Trainer) -> None:

@@ -78,7 +78,7 @@ def defence_settings(
     with the run's SGLD settings (``init_noise`` default: the run's data noise)."""
     init = run.cfg.objective.data_noise if init_noise is None else init_noise
     return {
-        f"JEM-{n}": run.jem if n == 0 else JEMDefence.from_sampler(run.jem, run.sgld, n, n_chains, init, gradient)
+        f"JEM-{n}": run.jem if n == 0 else JEMDefence.from_sampler(run.jem, run.langevin, n, n_chains, init, gradient)
         for n in sorted(refine_steps)
     }
 
@@ -207,8 +207,8 @@ def attack_run(
             **{k: v for k, v in o.pgd.to_dict().items() if k != "norm"},
             "n_chains": o.n_chains,
             "init_noise": init,
-            "sgld_step_size": run.sgld.step_size,
-            "sgld_noise": run.sgld.noise,
+            "sgld_step_size": run.langevin.step_size,
+            "sgld_noise": run.langevin.noise,
             "gradient": o.gradient,
             "transfer_from_jem0": o.transfer,
             "checkpoint": o.checkpoint,

@@ -16,7 +16,7 @@ from ..evaluate.robustness import PGDSettings, eps_key
 from ..runs.layout import ATTACK_PNG
 from ..training import train
 from .attack import AttackOptions, attack_run
-from .evaluate import evaluate_run, headline
+from .eval import evaluate_run, headline
 
 log = logging.getLogger("torchjem")
 RECIPE = CONFIG_DIR / "digits_demo.yaml"

@@ -15,7 +15,7 @@ from ..data import DataSplits
 from ..energy import JEM
 from ..errors import InputError
 from ..runs import RunDir, RunState, read_state
-from ..sampling import SGLD, ChainSampler, ReplayBuffer
+from ..sampling import ChainSampler, LangevinSampler, ReplayBuffer
 from ..utils import resolve_device
 
 
@@ -35,8 +35,8 @@ class LoadedRun:
         return self.sampler.buffer
 
     @property
-    def sgld(self) -> SGLD:
-        return self.sampler.sgld
+    def langevin(self) -> LangevinSampler:
+        return self.sampler.langevin
 
     @property
     def data_meta(self) -> dict[str, Any]:

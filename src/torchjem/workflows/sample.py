@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from ..checkpoint import check_writable
-from ..samples import check_grid_options, write_sample_grids
+from ..grids import check_grid_options, write_sample_grids
 from ..utils import seed_everything
 from .runs import load_run
 
