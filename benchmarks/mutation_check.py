@@ -98,7 +98,7 @@ MUTANTS = [
     Mutant("snapshot_aliases_live_state", "the guard's snapshot is not a copy (it aliases the live tensors)",
            r"copy\.deepcopy\(", "dict(", REWIND, "test_rewind_restores_the_snapshot_exactly",
            anchors=["def snapshot"], kind="extra"),
-]  # fmt: skip
+]
 
 
 class PatternError(RuntimeError):

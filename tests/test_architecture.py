@@ -129,7 +129,7 @@ def test_config_objects_are_built_in_one_place(pattern):
 NOT_IN_EVALUATE = (
     "torchjem.data", "torchjem.checkpoint", "torchjem.rundir", "torchjem.runs", "torchjem.build", "torchjem.training",
     "torchjem.workflows",  # workflows.runs: load_run
-)  # fmt: skip
+)
 # data/augment.py's resize_to is tensor -> tensor (fit_to_shape uses it); importing it loads no data set
 PURE_DATA_HELPERS = {"torchjem.data.resize_to", "torchjem.data.augment.resize_to"}
 FILE_DATA_OR_TRAINING_CALLS = re.compile(
@@ -201,7 +201,7 @@ def test_the_checker_catches_file_and_data_access_in_evaluate(tmp_path):
 # either set, counts; docstrings and prose messages do not.
 RUN_FILES = {"config.yaml", "metrics.jsonl", "train.log", "last.pt", "best.pt", "attack.json", "report.json",
              "report.html", "trial.json", ".lock", "torchjem.json", "model.safetensors", "buffer.safetensors",
-             "robust_accuracy.png"}  # fmt: skip
+             "robust_accuracy.png"}
 RUN_DIRS = {"checkpoints", "samples", "report", "attack", "feature_net", "export"}
 # where such a name is not a run directory's (with the reason)
 NOT_A_RUN_DIR = {"workflows/sweep/layout.py": "a sweep folder's own report/ (a sweep is not a run directory)"}
@@ -319,7 +319,7 @@ def test_the_optuna_checker_catches_private_access(tmp_path):
 
 def _is_minus_one(node: ast.AST) -> bool:
     return (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant)
-            and node.operand.value == 1) or (isinstance(node, ast.Constant) and node.value == -1)  # fmt: skip
+            and node.operand.value == 1) or (isinstance(node, ast.Constant) and node.value == -1)
 
 
 def spelled_data_ranges(path: Path) -> list[int]:

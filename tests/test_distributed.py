@@ -274,7 +274,7 @@ def test_torchrun_cli_trains_and_exits_cleanly(tmp_path):
     cmd = [
         torchrun, "--nproc_per_node=2", "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", "-m", "torchjem.cli",
         "train", *TINY, "data.limit=96", "train.max_steps=4", "--device=cpu", f"--out={out}", "--quiet",
-    ]  # fmt: skip
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -36,7 +36,7 @@ RECORDS = [
     window(15, 0.05, 1.1, 0.6, -3.0, -2.25, epoch=1),
     window(20, 0.05, 1.0, 0.75, -4.0, -3.5, epoch=1),
     {"event": "gave_up", "step": 23, "epoch": 1, "cause": "|loss| = 1e+05 > divergence.max_loss = 1e+04"},
-]  # fmt: skip
+]
 CLF_ONLY = [
     window(5, 0.1, 2.0, 0.25),
     window(10, 0.1, 1.0, 0.5),
@@ -55,7 +55,7 @@ def test_summary_of_a_run_that_recovered_once_then_gave_up():
         "best_val_acc": 0.4,
         "final": {"loss": 1.0, "acc": 0.75, "energy_data": -4.0, "energy_sample": -3.5, "energy_gap": 0.5,
                   "lr": 0.05},
-    }  # fmt: skip
+    }
 
 
 def test_summary_of_a_clean_classifier_only_run():
@@ -63,7 +63,7 @@ def test_summary_of_a_clean_classifier_only_run():
     assert s.steps == 12 and s.recoveries == 0 and s.gave_up is False and s.first_trouble_step is None
     assert s.cause is None and s.best_val_acc == 0.45  # validation records only (the "done" event repeats one)
     assert s.final == {"loss": 1.0, "acc": 0.5, "energy_data": None, "energy_sample": None, "energy_gap": None,
-                          "lr": 0.1}  # fmt: skip
+                          "lr": 0.1}
     assert dynamics_summary([]).steps is None
 
 

@@ -261,7 +261,7 @@ def test_generation_result_scores_its_own_samples_and_keeps_the_report_schema(di
         "feature_label", "n_real", "n_fake",
         "fid", "kid_mean", "kid_std", "is_mean", "is_std", "conditional_accuracy", "conditional_accuracy_per_class",
         "per_class", "out_of_range", "arrays",
-    ]  # fmt: skip
+    ]
     assert d["arrays"]["conditional"] is x_c and d["per_class"] == 3 and d["n_real"] == 20 and d["n_fake"] == 12
 
 

@@ -187,7 +187,7 @@ def test_an_imported_run_is_evaluated_with_the_reference_input_noise(tmp_path):
     ckpt = write_ckpt(tmp_path / "jem.pt", reference_state("jem", None))
     over = ["data.val_size=0.1"]
     assert main(["import", "jem", str(ckpt), "--out", str(tmp_path / "run"), "--data-root", str(tmp_path / "cifar"),
-                 *over, "--quiet"]) == 0  # fmt: skip
+                 *over, "--quiet"]) == 0
     kw = dict(ood=["uniform"], generate=False, limit=16, write=False, progress=False)
     clean = evaluate_run(tmp_path / "run", **kw)
     noisy = evaluate_run(tmp_path / "run", input_noise=0.5, **kw)

@@ -48,7 +48,7 @@ def test_kid_mean_over_subsets_estimates_the_full_set_unbiased_mmd():
     want = mmd2_unbiased(real, fake)
     rng = np.random.default_rng(4)
     spread = np.std([mmd2_unbiased(real[rng.permutation(40)[:20]], fake[rng.permutation(40)[:20]])
-                     for _ in range(4000)], ddof=1)  # fmt: skip
+                     for _ in range(4000)], ddof=1)
     mean, std = kernel_distance(torch.from_numpy(real), torch.from_numpy(fake), subsets=2000)
     assert want > 5 * spread / np.sqrt(2000)  # a shift the estimate resolves
     assert abs(mean - want) < 4 * spread / np.sqrt(2000)

@@ -27,7 +27,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def _train(out: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torchjem.cli", "train", *extra]
     return subprocess.Popen(cmd + ([] if "--resume" in extra else [*ARGS, f"--out={out}"]), env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def _flat(state: dict) -> dict[str, torch.Tensor]:

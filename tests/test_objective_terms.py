@@ -60,7 +60,7 @@ def make_model(kind: str) -> tuple[JEM, dict[str, torch.Tensor]]:
         backbone.num_features = 5
         jem = JEM(backbone, energy_head=True, n_classes=C).double()
         p = {"w1": backbone[1].weight, "b1": backbone[1].bias, "wc": jem.class_head.weight, "bc": jem.class_head.bias,
-             "we": jem.energy_head.weight, "be": jem.energy_head.bias}  # fmt: skip
+             "we": jem.energy_head.weight, "be": jem.energy_head.bias}
     with torch.no_grad():  # larger weights than the default init: logits spread, terms far apart
         for t in p.values():
             t.mul_(3.0)
@@ -114,7 +114,7 @@ def hand_loss(p, x, y, x_px, x_q, xy_q, w) -> tuple[torch.Tensor, dict[str, floa
             loss = loss + w["energy_l2"] * (mean([v**2 for v in lpx_data]) + mean([v**2 for v in lpx_q]))  # E^2
         norms = [math.sqrt(float((s**2).sum())) for s in x_q]
         stats.update(loss_px=f(loss_px), energy_data=f(e_data), energy_sample=f(e_sample),
-                     energy_gap=f(e_sample - e_data), sample_norm=mean(norms))  # fmt: skip
+                     energy_gap=f(e_sample - e_data), sample_norm=mean(norms))
     if w["pxy"] > 0:  # p(x|y): -(mean f(x_i)[y_i] over labelled data - mean f(x'_j)[y_j] over the samples)
         if labelled:
             q_logits, _ = hand_forward(p, xy_q)
@@ -134,7 +134,7 @@ def library_objective(sampler, **w) -> HybridObjective:
     cfg = load_config(None, [f"objective.{k}={v}" for k, v in w.items()] + ["objective.data_noise=0"])
     obj = build_objective(cfg, sampler)
     assert (obj.pyx, obj.px, obj.pxy, obj.energy_l2, obj.data_noise) == (
-        w.get("pyx", 1.0), w.get("px", 1.0), w.get("pxy", 0.0), w.get("energy_l2", 0.0), 0.0)  # fmt: skip
+        w.get("pyx", 1.0), w.get("px", 1.0), w.get("pxy", 0.0), w.get("energy_l2", 0.0), 0.0)
     return obj
 
 
@@ -148,7 +148,7 @@ def compare(kind: str, y: torch.Tensor, x_px, separate: bool, w: dict[str, float
 
     want_loss, want = hand_loss(p, X, y, x_px, X_Q, XY_Q, {"pyx": 1.0, "px": 1.0, "pxy": 0.0, "energy_l2": 0.0, **w})
     want_grads = (torch.autograd.grad(want_loss, list(p.values()), allow_unused=True)  # (unused: zero)
-                  if want_loss.requires_grad else [None] * len(p))  # fmt: skip
+                  if want_loss.requires_grad else [None] * len(p))
 
     # the sampler was asked for one p(x) sample per example and one conditional sample per labelled one
     labelled = y[y != -100]

@@ -17,7 +17,7 @@ from matplotlib import rcParams
 from matplotlib.image import imread
 
 import torchjem
-from torchjem import report, samples
+from torchjem import grids, report
 from torchjem.evaluate.results import CalibrationResult
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -78,7 +78,7 @@ def _png(path: Path) -> np.ndarray:
 def test_save_grid_writes_a_png_of_the_laid_out_size(tmp_path: Path) -> None:
     # 8 greyscale 8x8 images, 4 per row, 1-pixel padding: a 19 x 37 grid, upscaled by 256 // 37 = 6
     x = torch.linspace(-1, 1, 8 * 64).reshape(8, 1, 8, 8)
-    img = _png(samples.save_grid(x, tmp_path / "grid.png", nrow=4))
+    img = _png(grids.save_grid(x, tmp_path / "grid.png", nrow=4))
     grid_h, grid_w, scale, dpi = 2 * 9 + 1, 4 * 9 + 1, 256 // 37, 96
     fig_w, fig_h = grid_w * scale / 64, grid_h * scale / 64  # inches, as save_grid sizes the figure
     # the axes box (matplotlib's default subplot margins) shrinks to the grid's aspect ratio; the
@@ -91,7 +91,7 @@ def test_save_grid_writes_a_png_of_the_laid_out_size(tmp_path: Path) -> None:
     assert img.shape[0] == pytest.approx((h_in + pad) * dpi, abs=2)
     assert img.shape[1] == pytest.approx((w_in + pad) * dpi, abs=2)
     assert img.shape[1] > img.shape[0]  # the grid is wider than tall
-    assert _png(samples.save_grid(torch.zeros(3, 2, 40), tmp_path / "signals.png")).ndim == 3  # 1-D signals
+    assert _png(grids.save_grid(torch.zeros(3, 2, 40), tmp_path / "signals.png")).ndim == 3  # 1-D signals
 
 
 def test_report_pngs_have_the_figure_size(tmp_path: Path) -> None:

@@ -138,14 +138,14 @@ def test_robustness_section_is_skipped_without_attack_json_and_taken_from_a_dict
     evaluate_run(
         runs / "base", ood=["uniform"], generate=False, limit=20, out=tmp_path / "b", progress=False,
         robustness={"model": given},
-    )  # fmt: skip
+    )
     html = (tmp_path / "b" / "report.html").read_text()
     assert "<h2>Robustness</h2>" in html and ">baseline</td>" in html
     with pytest.raises(ValueError, match="curve 'x' has 1 values for 3 eps"):
         evaluate_run(
             runs / "base", ood=["uniform"], generate=False, limit=20, write=False, progress=False,
             robustness={"model": {**ATTACK, "curves": {"x": [0.5]}}},
-        )  # fmt: skip
+        )
 
 
 def test_a_run_without_metrics_has_no_dynamics(runs, tmp_path):
@@ -167,7 +167,7 @@ def test_headline_and_limit(report):
 def test_cli_eval_writes_a_report_and_rejects_bad_input(runs, tmp_path, capsys):
     out = tmp_path / "cli"
     code = main(["eval", str(runs / "jem"), "--limit", "20", "--no-generation", "--ood", "uniform", "held_out",
-                 "--out", str(out), "--refine-steps", "2", "--quiet"])  # fmt: skip
+                 "--out", str(out), "--refine-steps", "2", "--quiet"])
     assert code == 0 and (out / "report.json").is_file() and (out / "report.html").is_file()
     data = json.loads((out / "report.json").read_text())
     assert data["models"]["model"]["classification_refined"]["refine_steps"] == 2
@@ -189,7 +189,7 @@ def test_model_evaluation_holds_the_parts_asked_for_and_gives_the_report_dict():
     d = res.to_dict()
     assert list(d) == ["classification", "calibration", "ood"]  # the parts not asked for are left out
     assert d["classification"] == {"accuracy": pytest.approx(hits.mean()), "nll": res.classification.nll, "n": 60,
-                                   "refine_steps": 0}  # fmt: skip
+                                   "refine_steps": 0}
     assert d["calibration"]["n_bins"] == 5 and sum(d["calibration"]["bins"]["count"]) == 60
     assert d["calibration"]["accuracy"] == pytest.approx(hits.mean())
     assert set(d["ood"]["sets"]["uniform"]) == {"n", *SCORES}
@@ -220,7 +220,7 @@ def test_page_builder_prints_figures_from_the_document_by_path(tmp_path):
     from torchjem.report.page import Page, clean_json, write_json, write_page
 
     doc = clean_json({"title": "t", "rows": [{"acc": 0.91234, "lr": 2e-4, "bad": float("nan")}],
-                      "arrays": [1, 2], "t": torch.tensor([1.5]), "p": tmp_path})  # fmt: skip
+                      "arrays": [1, 2], "t": torch.tensor([1.5]), "p": tmp_path})
     assert doc == {"title": "t", "rows": [{"acc": 0.91234, "lr": 2e-4, "bad": None}], "t": [1.5], "p": str(tmp_path)}
     assert json.loads(write_json(tmp_path / "d.json", {"x": float("inf")}).read_text()) == {"x": None}
     page = Page("a <title>", tmp_path, doc)

@@ -26,7 +26,7 @@ def clf(digits):
     net = nn.Sequential(
         nn.Conv2d(1, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.SiLU(),
         nn.Flatten(), nn.Linear(16 * 16, 10),
-    )  # fmt: skip
+    )
     opt = torch.optim.Adam(net.parameters(), 3e-3)
     for _ in range(300):
         idx = torch.randint(0, len(digits.x_train), (64,))

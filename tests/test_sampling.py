@@ -126,7 +126,7 @@ def test_sample_writes_back_and_draw_leaves_the_buffer_alone():
 def test_buffer_loads_the_pre_module_checkpoint_layout():
     buf = ReplayBuffer(40, (1, 2, 2), n_classes=2)
     old = {"x": torch.zeros(40, 1, 2, 2), "init": "gaussian", "reinit_freq": 0.1,
-           "mean": torch.ones(2, 1, 2, 2), "std": torch.ones(2, 1, 2, 2)}  # fmt: skip
+           "mean": torch.ones(2, 1, 2, 2), "std": torch.ones(2, 1, 2, 2)}
     buf.load_state_dict(old)
     assert buf.init == "gaussian" and buf.reinit_freq == 0.1 and torch.equal(buf.mean, old["mean"])
     assert torch.equal(buf.x, old["x"])
@@ -232,11 +232,11 @@ def test_gaussian_full_memory_stays_within_the_stated_bounds():
 def test_gaussian_full_from_the_config():
     x, y = _correlated_classes(n=40)
     cfg = load_config(None, ["buffer.init=gaussian_full", "buffer.size=20", "buffer.init_full_max_dim=4",
-                             "buffer.init_rank=2"])  # fmt: skip
+                             "buffer.init_rank=2"])
     sampler = build_sampler(cfg, (6,), 2, fit=(torch.from_numpy(x), torch.from_numpy(y)))
     assert sampler.buffer.init == "gaussian_full" and sampler.buffer.factor.shape == (2, 6, 2)
     for bad, key in [("buffer.init=gauss", "buffer.init"), ("buffer.init_rank=0", "buffer.init_rank"),
-                     ("buffer.init_full_max_dim=0", "buffer.init_full_max_dim")]:  # fmt: skip
+                     ("buffer.init_full_max_dim=0", "buffer.init_full_max_dim")]:
         with pytest.raises(ConfigError, match=key):
             load_config(None, [bad])
 
@@ -245,7 +245,7 @@ def test_gaussian_full_from_the_config():
 def _pyld_net():
     torch.manual_seed(0)  # an in-place ReLU right after the first layer, as many nets have
     return nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.ReLU(inplace=True), nn.Linear(8, 8), nn.Tanh(),
-                         nn.Linear(8, 3))  # fmt: skip
+                         nn.Linear(8, 3))
 
 
 @pytest.mark.parametrize("conditional", [False, True])
@@ -350,7 +350,7 @@ def test_pyld_from_the_config_drives_the_chain_sampler_and_training(tmp_path):
     x = sampler.sample(JEM(_net()), 6)
     assert x.shape == (6, 1, 4, 4) and not torch.equal(sampler.buffer.x, before)  # written back
     cfg = tiny_config("train.max_steps=3", "sgld.kind=pyld", "sgld.steps=2", "sgld.inner_steps=2",
-                      "buffer.init=gaussian_full")  # fmt: skip
+                      "buffer.init=gaussian_full")
     t = Trainer(cfg, progress=False, out=tmp_path / "r")
     assert isinstance(t.sampler.langevin, PYLD) and t.buffer.factor.shape == (10, 64, 64)
     t.fit()

@@ -25,7 +25,7 @@ def run(tmp_path_factory):
 
 def _eval(run, **kw):
     return evaluate_run(run, ood=["uniform"], limit=20, per_class=1, generate=True, write=False, progress=False,
-                        feature_net=None, **kw)  # fmt: skip
+                        feature_net=None, **kw)
 
 
 def test_eval_defaults_to_the_runs_own_seed(run):

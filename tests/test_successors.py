@@ -74,7 +74,7 @@ def test_separate_passes_keep_samples_out_of_the_batch_norm_statistics():
         net = BNNet()
         ref = copy.deepcopy(net)
         obj = HybridObjective(ChainSampler(SGLD(0), ReplayBuffer(20, (1, 8, 8), 10)), data_noise=0.0,
-                              separate_passes=separate)  # fmt: skip
+                              separate_passes=separate)
         obj.sampler.sample = lambda *a, **k: samples  # fixed samples
         net.train()
         obj(JEM(net), x, y)
@@ -99,7 +99,7 @@ def test_the_px_term_sees_the_unaugmented_batch_when_asked():
 
 def test_augment_px_false_reaches_the_objective(tmp_path):
     t = Trainer(tiny_config("data.augment=true", "data.augment_px=false", "train.max_steps=1"),
-                progress=False, out=tmp_path / "r")  # fmt: skip
+                progress=False, out=tmp_path / "r")
     seen = {}
     real = t.objective.draw
     t.objective.draw = lambda m, x, y, x_px=None: seen.update(x=x, x_px=x_px) or real(m, x, y, x_px)
@@ -112,7 +112,7 @@ def test_sam_leaves_batch_norm_statistics_as_a_plain_step_does(tmp_path):
     stats = []
     for rho in (0.0, 0.05):
         t = Trainer(tiny_config(f"optim.sam_rho={rho}", "train.max_steps=1"),
-                    model=copy.deepcopy(net), progress=False, out=tmp_path / f"r{rho}")  # fmt: skip
+                    model=copy.deepcopy(net), progress=False, out=tmp_path / f"r{rho}")
         assert t.objective.separate_passes  # a net with batch norm: one pass for data, one for samples
         t.fit()
         stats.append(t.jem.net.bn.running_mean.clone())

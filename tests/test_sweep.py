@@ -27,7 +27,7 @@ BASE = [*TINY, "data.limit=256", "train.max_steps=6", "device=cpu"]
 GRID = ["optim.lr=0.001,0.002", "divergence.max_loss=1e8,1e-6"]
 # RUN_DIR/trial.json's keys (the study's user attributes add the trial's number and point)
 TRIAL_KEYS = {"run", "params", "seed", "recoveries", "first_trouble_step", "cause", "energy_gap", "diverged", "status",
-              "steps", "resumed", "val_acc", "test_acc", "ece", "nll", "seconds", "best_val_acc"}  # fmt: skip
+              "steps", "resumed", "val_acc", "test_acc", "ece", "nll", "seconds", "best_val_acc"}
 
 
 def trials_in(out: Path) -> list[optuna.trial.FrozenTrial]:
@@ -96,7 +96,7 @@ def test_two_worker_processes_never_run_a_trial_twice(tmp_path):
 def test_a_killed_workers_trial_is_continued_from_its_checkpoint(tmp_path):
     out = tmp_path / "sw"
     args = ["sweep", "--grid", "optim.lr=0.001,0.002", "--out", str(out), "--heartbeat", "1", "--quiet",
-            *BASE, "train.max_steps=150", "train.checkpoint_every=5", "train.log_every=5"]  # fmt: skip
+            *BASE, "train.max_steps=150", "train.checkpoint_every=5", "train.log_every=5"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     code = f"import sys; from torchjem.cli import main; sys.exit(main({args!r}))"
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, start_new_session=True)
@@ -110,7 +110,7 @@ def test_a_killed_workers_trial_is_continued_from_its_checkpoint(tmp_path):
     steps_before = [json.loads(x)["step"] for x in (last.parent.parent / "metrics.jsonl").read_text().splitlines()]
 
     spec = plan_sweep(None, [*BASE, "train.max_steps=150", "train.checkpoint_every=5", "train.log_every=5"],
-                      ["optim.lr=0.001,0.002"], seeds=1)  # fmt: skip
+                      ["optim.lr=0.001,0.002"], seeds=1)
     result = run_sweep(spec, out, heartbeat=1)
     recs = {r.run: r for r in result["records"]}
     assert set(recs) == {"p000-s1", "p001-s1"}
@@ -186,7 +186,7 @@ def test_cli_report_of_a_finished_sweep(tmp_path, capsys):
 
 def test_a_run_that_finished_far_below_its_best_collapsed():
     metrics = [{"step": 20, "epoch": 1, "val_acc": 0.60}, {"step": 40, "epoch": 2, "val_acc": 0.95},
-               {"event": "done", "step": 60, "val_acc": 0.14}, {"step": 60, "epoch": 3, "val_acc": 0.14}]  # fmt: skip
+               {"event": "done", "step": 60, "val_acc": 0.14}, {"step": 60, "epoch": 3, "val_acc": 0.14}]
     metrics = History(metrics)
     rec = mark_collapse(TrialRecord("r", diverged=False, status="done", cause=None, val_acc=0.14), metrics)
     assert rec.diverged and rec.status == "collapsed" and rec.best_val_acc == 0.95

@@ -94,7 +94,7 @@ def test_divergence_is_recovered_and_logged(tmp_path):
 
 def test_step_factor_backs_off_the_sgld_step_at_each_rewind_and_a_resume_keeps_it(tmp_path):
     cfg = tiny_config("train.max_steps=30", "divergence.snapshot_every=5", "divergence.check_every=1",
-                      "divergence.step_factor=0.5", "sgld.step_size=2.0")  # fmt: skip
+                      "divergence.step_factor=0.5", "sgld.step_size=2.0")
     t = Trainer(cfg, progress=False, out=tmp_path / "r")
     t.objective = Faulty(t.objective, nan_at={12, 20})
     t.fit()

@@ -196,7 +196,7 @@ def build_sgld(cfg: Config) -> SGLD | PYLD:
     if s.kind == "pyld":
         grad_clamp = 0.01 if s.grad_clamp is None else s.grad_clamp
         return PYLD(s.steps, s.inner_steps, s.inner_step_size, s.noise, clamp, grad_clamp, s.first_layer,
-                    mode=s.model_mode)  # fmt: skip
+                    mode=s.model_mode)
     return SGLD(s.steps, s.step_size, s.noise, clamp, s.grad_clamp, mode=s.model_mode)
 
 

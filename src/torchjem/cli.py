@@ -110,7 +110,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     res = sample_run(
         args.run_dir, args.out, checkpoint=args.checkpoint, n=args.n, per_class=args.per_class, n_steps=args.steps,
         fresh=args.fresh, device=args.device or "auto", seed=args.seed,
-    )  # fmt: skip
+    )
     print(f"wrote {res['unconditional']} and {res['conditional']}")
     return 0
 
@@ -128,19 +128,19 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="fixed config overrides for every trial")
     p.add_argument("--config", "-c", help="YAML config file, or the name of a shipped recipe")
     p.add_argument("--grid", nargs="+", action="extend", default=[], metavar="KEY=V1,V2,...",
-                   help="values of a config key to sweep (every combination is run)")  # fmt: skip
+                   help="values of a config key to sweep (every combination is run)")
     p.add_argument("--range", nargs="+", action="extend", default=[], metavar="KEY=LOW:HIGH[:log]",
-                   dest="ranges", help="a numeric range for the sampler (with --trials)")  # fmt: skip
+                   dest="ranges", help="a numeric range for the sampler (with --trials)")
     p.add_argument("--trials", type=int, default=None, help="settings drawn by the sampler instead of the grid")
     p.add_argument("--sampler", default="tpe", choices=["tpe", "random"], help="Optuna sampler for --trials")
     p.add_argument("--seeds", type=int, default=1, help="seeds per setting, counted from the config's seed")
     p.add_argument("--out", help="sweep directory (required unless --report)")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///SWEEP_DIR/study.db); "
-                   "e.g. postgresql://user:pass@host/db for workers on several machines")  # fmt: skip
+                   "e.g. postgresql://user:pass@host/db for workers on several machines")
     p.add_argument("--study", help="study name in the storage (default: from the sweep directory's name)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (each --threads threads)")
     p.add_argument("--heartbeat", type=float, default=60.0,
-                   help="seconds between a running trial's heartbeats; silent for 3: re-run")  # fmt: skip
+                   help="seconds between a running trial's heartbeats; silent for 3: re-run")
     p.add_argument("--report", metavar="SWEEP_DIR", help="only write the report of SWEEP_DIR from its finished trials")
     _common(p)
     p.set_defaults(func=cmd_sweep)
@@ -159,9 +159,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + [g for g in args.grid if "," not in g]  # one value: fixed, not swept
     overrides += _as_overrides(args, "device", "seed")
     spec = plan_sweep(args.config, overrides, [g for g in args.grid if "," in g], args.ranges, seeds=args.seeds,
-                      trials=args.trials, sampler=args.sampler)  # fmt: skip
+                      trials=args.trials, sampler=args.sampler)
     result = run_sweep(spec, args.out, storage=args.storage, study_name=args.study, workers=args.workers,
-                       threads=args.threads, heartbeat=args.heartbeat, progress=not args.quiet)  # fmt: skip
+                       threads=args.threads, heartbeat=args.heartbeat, progress=not args.quiet)
     records = result["records"]
     diverged = sum(r.diverged for r in records)
     print(f"{len(records)} trials, {diverged} diverged; report: {result['report']['html']}")
@@ -235,13 +235,13 @@ def cmd_attack(args: argparse.Namespace) -> int:
     pgd = PGDSettings(
         norm=args.norm, steps=args.steps, step_size=args.step_size, random_start=not args.no_random_start,
         restarts=args.restarts, targeted=args.targeted, eot=args.eot,
-    )  # fmt: skip
+    )
     options = AttackOptions(
         pgd=pgd, eps=args.eps, refine_steps=args.refine_steps or ([0] if args.evaluate_saved else [0, 1, 10]),
         limit=args.limit, checkpoint=args.checkpoint, n_chains=args.chains, init_noise=args.init_noise,
         gradient=args.gradient, transfer=not args.no_transfer, distal=args.distal, batch_size=args.batch_size,
         device=args.device or "auto", seed=args.seed, progress=not args.quiet,
-    )  # fmt: skip
+    )
     if args.evaluate_saved:
         model_dir = args.model or args.run_dir
         if model_dir is None:
@@ -316,7 +316,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         generate=not args.no_generation, per_class=args.per_class, sample_steps=args.sample_steps,
         input_noise=args.input_noise,
         seed=args.seed, progress=not args.quiet,
-    )  # fmt: skip
+    )
     report = evaluate_run(args.run_dir, options, baseline=args.baseline, out=args.out)
     for role, m in report.models.items():
         print(f"{m.label}: {json.dumps(headline(report, role))}")
@@ -342,7 +342,7 @@ def add_interop(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="data set name (default cifar10, cifar100 for 100 classes)")
     p.add_argument("--data-root", default=None, help="where its files are (config data.root)")
     p.add_argument("--norm", choices=["none", "batch", "instance", "layer"], default=None,
-                   help="the model's norm, when the file cannot tell (instance vs layer)")  # fmt: skip
+                   help="the model's norm, when the file cannot tell (instance vs layer)")
     p.add_argument("--uncond", action="store_true", help="the reference's --uncond model (F: its energy_output head)")
     p.add_argument("--image-size", type=int, default=32, help="input side in pixels (default 32)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -369,7 +369,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     out = import_checkpoint(
         args.format, args.ckpt, args.out, data=args.data, data_root=args.data_root, norm=args.norm,
         uncond=args.uncond, image_size=args.image_size, overwrite=args.overwrite, overrides=args.overrides,
-    )  # fmt: skip
+    )
     print(f"wrote run directory {out}: try `jem eval {out}`")
     return 0
 

@@ -57,7 +57,7 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
     trace in them: the SGLD samples' pass, SAM's second pass, chains run in train mode."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(m, m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
-             for m in norms]  # fmt: skip
+             for m in norms]
     for m in norms:
         m.momentum = 0.0
     try:

@@ -172,7 +172,7 @@ def plot_dynamics(records: list[dict], path: str | Path, label: str = "") -> Pat
         ax["gap"].set_ylabel("E(samples) -\nE(data)")
     else:
         ax["energy"].text(0.5, 0.5, "no p(x) term (classifier-only run): no energies", transform=ax["energy"].transAxes,
-                          ha="center", va="center", fontsize=8, color="#555")  # fmt: skip
+                          ha="center", va="center", fontsize=8, color="#555")
         ax["energy"].set_yticks([])
     ax["energy"].set_ylabel("energy\n-log p(x)")
     s_lr, v_lr, gone_lr = History(windows).series("lr")
@@ -203,9 +203,9 @@ def plot_dynamics(records: list[dict], path: str | Path, label: str = "") -> Pat
         if at is None or back is None:
             continue
         top.annotate("", xy=(back, 0.88), xytext=(at, 0.88), xycoords=top.get_xaxis_transform(),
-                     arrowprops={"arrowstyle": "->", "color": TROUBLE, "lw": 1})  # fmt: skip
+                     arrowprops={"arrowstyle": "->", "color": TROUBLE, "lw": 1})
         top.text(at, 1.01, f"#{e.get('retry', '?')}", transform=top.get_xaxis_transform(), color=TROUBLE,
-                 fontsize=6, ha="center", va="bottom")  # fmt: skip
+                 fontsize=6, ha="center", va="bottom")
 
     handles: list[Any] = []
     if any(History(windows).series("loss")[2]):

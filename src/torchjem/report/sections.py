@@ -84,7 +84,7 @@ def header(page: Page, report: EvaluationReport) -> None:
         [f"<td class=l>{_label(report, r)}</td>", f"<td class=l><code>{esc(m.run_dir or '')}</code></td>",
          f"<td class=l>{esc(m.checkpoint or '')}</td>"]
         for r, m in report.models.items()
-    ]  # fmt: skip
+    ]
     page.table([page.th("model", "l"), page.th("run directory", "l"), page.th("checkpoint", "l")], rows)
 
 
@@ -117,7 +117,7 @@ def classification(page: Page, report: EvaluationReport) -> None:
         ("refinement steps", ["classification_refined", "refine_steps"]),
         ("accuracy after refinement", ["classification_refined", "accuracy"]),
         ("NLL after refinement", ["classification_refined", "nll"]),
-    ])  # fmt: skip
+    ])
     page.note(
         "Refinement: the test inputs first take n SGLD steps up log p(x) under the model "
         "(the paper's test-time refinement), then are classified."
@@ -138,7 +138,7 @@ def calibration(page: Page, report: EvaluationReport) -> None:
         ("mean confidence", ["calibration", "confidence"]),
         ("bins", ["calibration", "n_bins"]),
         ("examples", ["calibration", "n"]),
-    ])  # fmt: skip
+    ])
     page.note(
         f"Max-softmax confidence in {n_bins} equal-width bins. ECE: the count-weighted mean gap "
         "between accuracy and confidence per bin; MCE: the largest gap. Blue bars: accuracy per bin; "
@@ -198,7 +198,7 @@ def generation(page: Page, report: EvaluationReport) -> None:
         ("conditional accuracy", [g, "conditional_accuracy"]),
         ("conditional samples per class", [g, "per_class"]),
         ("sample values outside [-1, 1] (clipped)", [g, "out_of_range"]),
-    ])  # fmt: skip
+    ])
     page.note(
         "FID, KID and the Inception-style score use the feature network named above, not the "
         "Inception network of the literature (unless named so): compare them only with figures from the same "
@@ -240,7 +240,7 @@ def robustness(page: Page, report: EvaluationReport) -> None:
         part.note(f"norm {esc(rob.norm or '?')}, {esc(rob.n if rob.n is not None else '?')} test inputs")
         head = [page.th("setting \\ eps", "l"), *(page.th(f"{e:g}") for e in rob.eps)]
         rows = [[page.td(name, "l"), *(part.cell([*base, "curves", name, i]) for i in range(len(rob.eps)))]
-                for name in rob.curves]  # fmt: skip
+                for name in rob.curves]
         part.table(head, rows)
         flat = _flatten(rob.distal) if isinstance(rob.distal, dict) else []
         if flat:
@@ -269,7 +269,7 @@ def dynamics(page: Page, report: EvaluationReport) -> None:
         ("final energy of samples", [d, "final", "energy_sample"]),
         ("final energy gap (samples - data)", [d, "final", "energy_gap"]),
         ("final learning rate", [d, "final", "lr"]),
-    ], roles)  # fmt: skip
+    ], roles)
     page.note(
         "From each run's <code>metrics.jsonl</code>, over training steps: the loss, the training "
         "accuracy (window means) and the validation accuracy, the energy -log p(x) (up to a constant) of data "
@@ -285,4 +285,4 @@ def dynamics(page: Page, report: EvaluationReport) -> None:
 
 SECTIONS: tuple[Callable[[Page, EvaluationReport], None], ...] = (
     header, summary, classification, calibration, ood, generation, robustness, dynamics,
-)  # fmt: skip
+)

@@ -151,7 +151,7 @@ def val_batches(data: Any, val: Dataset | None, rank: int, world: int, batch_siz
 def make_batches(
     cfg: Config, data: Any, train_xy: tuple[torch.Tensor, torch.Tensor] | None, n_classes: int, rank: int, world: int,
     device: torch.device,
-) -> TensorBatches | LoaderBatches:  # fmt: skip
+) -> TensorBatches | LoaderBatches:
     """The batch source of a run: in memory (labels thinned out by ``data.labels_per_class``) or a
     DataLoader over a Dataset; checks that the global batch splits over the ranks and fills."""
     batch = cfg.train.batch_size

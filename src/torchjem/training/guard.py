@@ -124,6 +124,6 @@ class DivergenceGuard:
         log.warning(
             "divergence at step %d (%s): rewound to step %d, reseeded, lr scale now %.3g%s (recovery %d/%d)",
             bad_step, cause, p.step, p.lr_scale, step, p.retries, self.cfg.max_retries,
-        )  # fmt: skip
+        )
         return {"cause": cause, "at_step": bad_step, "rewound_to": p.step, "lr_scale": p.lr_scale,
-                "step_scale": p.step_scale, "retry": p.retries}  # fmt: skip
+                "step_scale": p.step_scale, "retry": p.retries}

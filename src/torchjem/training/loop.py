@@ -36,7 +36,7 @@ class TrainingLoop:
         tr.guard.snapshot()
         total = t.max_steps if t.max_steps is not None else t.epochs * tr.steps_per_epoch
         self.bar = tqdm(total=total, initial=min(p.step, total), disable=not (tr.progress and tr.is_main),
-                        desc="train", unit="it")  # fmt: skip
+                        desc="train", unit="it")
         last_val: dict[str, float] = {}
         while not self.done():
             if self.epoch() and p.batch >= tr.steps_per_epoch:

@@ -185,7 +185,7 @@ def reset_backoff(progress: Progress, cfg: Config, saved: dict[str, Any]) -> Non
     up), a new SGLD step size no step back-off."""
     if cfg.optim.lr != saved["optim"]["lr"]:
         log.info("new optim.lr %g: divergence retries (%d) and lr back-off (%g) reset", cfg.optim.lr,
-                 progress.retries, progress.lr_scale)  # fmt: skip
+                 progress.retries, progress.lr_scale)
         progress.retries, progress.lr_scale = 0, 1.0
     old = (saved["sgld"]["step_size"], saved["sgld"].get("inner_step_size"))
     if (cfg.sgld.step_size, cfg.sgld.inner_step_size) != old:

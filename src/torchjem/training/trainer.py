@@ -70,20 +70,20 @@ class Trainer:
         self.shape, self.n_classes, train_xy = describe(self.data)
         if train_xy is not None:  # semi-supervised: the hidden labels become -100 before anything sees them
             labels = build.semi_supervised_labels(train_xy[1], cfg.data.labels_per_class, self.n_classes,
-                                                  cfg.data.split_seed)  # fmt: skip
+                                                  cfg.data.split_seed)
             train_xy = (train_xy[0], labels)
         seed_everything(cfg.seed)
         self.jem = build.build_jem(cfg, self.shape, self.n_classes, model).to(self.device)
         check_model_input(self.jem, self.shape, self.n_classes, f"data set {self.data_name!r}")
         self.plan = build.training_plan(cfg, self.jem, self.shape, world_size=self.world_size,
-                                        data_flip=getattr(self.data, "flip", False))  # fmt: skip
+                                        data_flip=getattr(self.data, "flip", False))
         self.jem = configure_speed(self.jem, cfg.train, self.device)  # amp hook, channels_last, compile
         self.model: nn.Module = self.jem  # what the loss runs through (DDP wraps it here)
         if self.world_size > 1:
             self.model = ddp.wrap_ddp(self.jem, self.device, find_unused_parameters=self.plan.ddp_unused_parameters)
             seed_everything(ddp.rank_seed(cfg.seed, self.rank))  # from here each rank draws its own noise
         self.sampler = build.build_training_sampler(cfg, self.plan, self.shape, self.n_classes, self.device,
-                                                    world_size=self.world_size, train_xy=train_xy)  # fmt: skip
+                                                    world_size=self.world_size, train_xy=train_xy)
         self.objective = build.build_objective(cfg, self.sampler, self.plan)
         self.optimizer = build.build_optimizer(cfg, self.jem.parameters(), self.device)
         self.batches = make_batches(cfg, self.data, train_xy, self.n_classes, self.rank, self.world_size, self.device)
@@ -201,7 +201,7 @@ def log_start(trainer: Trainer) -> None:
     t = trainer
     mode = "classifier (clf_only)" if t.cfg.train.clf_only else "JEM"
     log.info("training %s on %s (%d images, %s) on %s into %s", mode, t.data_name, t.batches.n,
-             "x".join(map(str, t.shape)), t.device, t.run.path)  # fmt: skip
+             "x".join(map(str, t.shape)), t.device, t.run.path)
     if t.world_size > 1:
         size = t.buffer.size if t.buffer is not None else "-"
         msg = "data-parallel on %d processes: global batch %d = %d x %d per rank, buffer shard %s per rank"

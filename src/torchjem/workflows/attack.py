@@ -73,7 +73,7 @@ class AttackOptions:
 def defence_settings(
     run: LoadedRun, refine_steps: Sequence[int], n_chains: int = 5, init_noise: float | None = None,
     gradient: str = "exact",
-) -> dict[str, nn.Module]:  # fmt: skip
+) -> dict[str, nn.Module]:
     """{"JEM-n": model} for a loaded run: JEM-0 is the run's model itself, JEM-n its ``JEMDefence``
     with the run's SGLD settings (``init_noise`` default: the run's data noise)."""
     init = run.cfg.objective.data_noise if init_noise is None else init_noise

@@ -35,7 +35,7 @@ def demo_attack(quick: bool = False, device: str = "auto", progress: bool = True
     return AttackOptions(
         pgd=PGDSettings(norm="linf", steps=10 if quick else 20), eps=[0.0, 0.05, 0.1, 0.2, 0.3], refine_steps=[0, 3],
         n_chains=2, limit=50 if quick else 100, distal=0, device=device, progress=progress,
-    )  # fmt: skip
+    )
 
 
 def clear_outputs(out: Path) -> None:

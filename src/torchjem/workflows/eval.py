@@ -135,7 +135,7 @@ def evaluate_run(
             refine_steps=o.refine_steps, sampler=run.sampler if o.generate or o.refine_steps else None,
             feature_net=fnet, x_reference=x_ref, per_class=per_class, sample_steps=o.sample_steps,
             progress=o.progress,
-        )  # fmt: skip
+        )
         given = (robustness or {}).get(role)
         given = given.to_dict() if isinstance(given, RobustnessResult) else given
         rob = check_attack(given, run.path) if given is not None else read_attack(run.path)
@@ -185,7 +185,7 @@ def headline(report: EvaluationReport, role: str) -> dict[str, Any]:
     if ev.ood is not None:
         # sets: {set: {"n": size, score: {"auroc", ...}}}
         out["ood"] = {s: {k: {"auroc": v["auroc"]} for k, v in res.items() if isinstance(v, dict)}
-                      for s, res in ev.ood.sets.items()}  # fmt: skip
+                      for s, res in ev.ood.sets.items()}
     g = ev.generation
     if g is not None:
         out.update(fid=g.fid, feature_net=g.feature_net, conditional_accuracy=g.conditional_accuracy)

@@ -188,7 +188,7 @@ def default_feature_net(
     settings = {
         "format": FEATURE_NET_FORMAT, "net": "ClassifierFeatures(width=32, feature_dim=128)", "max_epochs": epochs,
         "batch_size": batch_size, "seed": seed, "patience": patience, "min_gain": min_gain,
-    }  # fmt: skip
+    }
     key = hashlib.sha256(json.dumps([dkey, settings], sort_keys=True).encode()).hexdigest()
     meta = {"data": data.name, "shape": list(shape), "n_classes": n_classes, "classes": classes, "data_key": dkey}
     pinned = Path(cache_dir) / f"classifier_{_file_name(data.name)}.pt" if cache_dir is not None else None
@@ -209,7 +209,7 @@ def default_feature_net(
         "%s: none cached for this data yet; training it (at most %d epochs, until the validation accuracy "
         "plateaus)%s",
         name, epochs, f", then cached in {where}" if where else "",
-    )  # fmt: skip
+    )
     net = ClassifierFeatures(shape, n_classes, name=name)
     desc = f"FID feature net for {data.name} ({why})"
     net = _train_classifier(net, data, device, epochs, batch_size, seed, progress, patience, min_gain, desc)
@@ -329,12 +329,12 @@ def _train_classifier(
     net.history = {
         "epochs": trained, "max_epochs": epochs, "best_epoch": best_epoch or epochs, "stopped_early": trained < epochs,
         "val_accuracy": val_acc,
-    }  # fmt: skip
+    }
     log.info(
         "feature net: %d of at most %d epochs (best: epoch %d%s), test accuracy %.4f",
         trained, epochs, net.history["best_epoch"], f", validation accuracy {best:.4f}" if val_acc else "",
         net.test_accuracy,
-    )  # fmt: skip
+    )
     return net
 
 

@@ -118,7 +118,7 @@ def map_reference(sd: dict[str, torch.Tensor], n_blocks: int, uncond: bool = Fal
         m = ALIAS.match(key)
         idx, rest = m.group(2), m.group(3)
         primary = "f.conv1." + rest if m.group(1) == "layer_one" else (
-            f"f.layer{int(idx) + 1}.{rest}" if int(idx) < 3 else f"f.bn1.{rest}")  # fmt: skip
+            f"f.layer{int(idx) + 1}.{rest}" if int(idx) < 3 else f"f.bn1.{rest}")
         if primary not in sd or not torch.equal(sd[primary], value):
             unknown.append(f"{key} (not an alias of {primary})")
     if unknown:
@@ -171,7 +171,7 @@ def import_checkpoint(
 def _imported_state(
     kind: str, path: Path, data: str | None, data_root: str | None, norm: str | None, uncond: bool,
     image_size: int, extra: dict[str, Any],
-) -> RunState:  # fmt: skip
+) -> RunState:
     """The run state (step 0, no optimiser state) of an imported model, checked by loading it."""
     if kind == "torchjem":
         run = load_run(path, device="cpu")
