@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch first, pinned: the local CPU build; a bare `pip install torch` would pull CUDA packages.
 TORCH := torch==2.13.0
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test test-fast bench lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
+
+# the tests that take seconds, for the edit-test loop (CI runs `make test`: all of them)
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_step.py
