@@ -12,7 +12,7 @@ import os
 import sys
 
 from .config import CONFIG_DIR, config_reference, merge, parse_overrides
-from .errors import ConfigError, InputError, UserError
+from .errors import ConfigError, InputError, Interrupted, UserError
 
 log = logging.getLogger("torchjem")
 
@@ -460,6 +460,13 @@ def main(argv: list[str] | None = None) -> int:
         message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
         print(f"jem {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # the run saved its checkpoint: one line with the command that continues it
+        if rank == "0":
+            print(f"jem {args.command}: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside training: nothing to save
+        print(f"jem {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

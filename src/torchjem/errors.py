@@ -40,3 +40,18 @@ class RunDirError(UserError):
 
 class WriteError(UserError, OSError):
     """A file that cannot be written (disk full, read-only, not a directory); names the path."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal (SIGINT: Ctrl-C; SIGTERM: a cluster's pre-emption) after saving
+    what it needs to continue. ``message`` says where it stopped and how to continue; ``jem`` prints
+    it as one line and exits with ``exit_code`` (128 + the signal: 130, 143). A KeyboardInterrupt, so
+    that code catching Ctrl-C keeps working."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum, self.message = signum, message
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

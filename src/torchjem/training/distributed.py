@@ -178,6 +178,16 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_max_int(value: int) -> int:
+    """The largest ``value`` over ranks (a CPU tensor: gloo, also beside NCCL); ``value`` alone
+    in a single process. The ranks' agreement on a stop signal (training/interrupt.py)."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def flagged_ranks(flag: bool, device: torch.device | str = "cpu") -> list[int]:
     """The ranks on which ``flag`` is true (every rank gets the same list)."""
     if not is_distributed():

@@ -6,12 +6,14 @@ and takes one optimiser step; this module decides when everything else happens."
 from __future__ import annotations
 
 import logging
+import shlex
 from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
 from .guard import DivergenceError
+from .interrupt import StopRequest, interrupted
 
 if TYPE_CHECKING:  # (the trainer imports this module)
     from .trainer import Trainer
@@ -25,22 +27,33 @@ class TrainingLoop:
     def __init__(self, trainer: Trainer) -> None:
         self.t = trainer
         self.cfg, self.p = trainer.cfg, trainer.state.progress
+        self.stop = StopRequest()  # SIGINT / SIGTERM while run() trains: finish the step, save, stop
+        self.stopping: int | None = None  # the signal agreed on after the last step
 
     def done(self) -> bool:
         t, p = self.cfg.train, self.p
         return p.step >= t.max_steps if t.max_steps is not None else p.epoch >= t.epochs
 
     def run(self) -> dict[str, Any]:
-        """Train to the end; returns {"step", "epoch", "retries", and the last validation figures}."""
+        """Train to the end; returns {"step", "epoch", "retries", and the last validation figures}.
+        A SIGINT or SIGTERM meanwhile ends the current step, writes last.pt and raises
+        ``errors.Interrupted`` (training/interrupt.py)."""
+        with self.stop:
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         t, p, tr = self.cfg.train, self.p, self.t
         tr.guard.snapshot()
-        total = t.max_steps if t.max_steps is not None else t.epochs * tr.steps_per_epoch
-        self.bar = tqdm(total=total, initial=min(p.step, total), disable=not (tr.progress and tr.is_main),
-                        desc="train", unit="it")
+        self.total = t.max_steps if t.max_steps is not None else t.epochs * tr.steps_per_epoch
+        self.bar = tqdm(total=self.total, initial=min(p.step, self.total),
+                        disable=not (tr.progress and tr.is_main), desc="train", unit="it")
         last_val: dict[str, float] = {}
         while not self.done():
             if self.epoch() and p.batch >= tr.steps_per_epoch:
                 last_val = self.end_epoch() or last_val
+            signum = self.stop.agreed()  # a step's signal, or one during validation and saving
+            if signum is not None:
+                self.interrupt(signum)
         self.log_window()
         self.bar.close()
         if t.max_steps is not None:
@@ -56,7 +69,7 @@ class TrainingLoop:
         for x, y in self.t.batches.epoch(self.p.epoch, start=self.p.batch):
             if not self.step(x, y):
                 return False
-            if self.done():
+            if self.done() or self.stopping is not None:
                 break
         return True
 
@@ -68,8 +81,10 @@ class TrainingLoop:
         tr.metrics.window.add(stats)
         self.bar.update(1)
         save_now = t.checkpoint_every is not None and p.step % t.checkpoint_every == 0
+        self.stopping = self.stop.agreed()  # every rank stops after the same step
         # before every snapshot and checkpoint the state after the update is checked too
-        due = p.batch == tr.steps_per_epoch or self.done() or save_now or tr.guard.snapshot_due()
+        due = (p.batch == tr.steps_per_epoch or self.done() or save_now or tr.guard.snapshot_due()
+               or self.stopping is not None)
         cause = tr.guard.after_step(stats, x, due)
         if cause:  # back to the last good state: its step, epoch and batch, redone from there
             self.recover(cause)
@@ -80,6 +95,15 @@ class TrainingLoop:
         if save_now and p.batch < tr.steps_per_epoch:
             tr.save("last")
         return True
+
+    def interrupt(self, signum: int) -> None:
+        """After a stop signal: the metrics so far, last.pt at the current batch, then Interrupted."""
+        p, tr = self.p, self.t
+        self.log_window()
+        tr.save("last")
+        self.event("interrupted", signal=signum)
+        self.bar.close()
+        raise interrupted(signum, p.step, self.total, f"jem train --resume {shlex.quote(str(tr.run.path))}")
 
     def recover(self, cause: str) -> None:
         """Rewind after a divergence (DivergenceError, logged as "gave_up", once retries run out)."""

@@ -4,22 +4,28 @@ trials that failed before, and writes the report at the end."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ...errors import InputError, UserError
+from ...errors import InputError, Interrupted, UserError
 from ...sweep_report import TrialRecord
+from ...training.interrupt import SIGNALS, signal_name
 from .open import Sweep, open_sweep
 from .records import report_sweep, sweep_records
 from .spec import SweepSpec
 from .trial import run_trial
 
 log = logging.getLogger("torchjem.sweep")
+AGAIN = "continue with the same jem sweep command (an interrupted trial continues from its checkpoint)"
 
 
 def _fmt(params: dict[str, Any]) -> str:
@@ -59,6 +65,10 @@ def run_worker(sweep: Sweep, worker: int = 0, progress: bool = False) -> int:
             study.tell(claim, None)
             study.stop(claim, f"trial {name} ({_fmt(params)}, seed {seed}): {e}")
             raise
+        except Interrupted as e:  # its last.pt is written: failed, so the next run queues it again and resumes it
+            _ignore_signals()
+            study.tell(claim, None)
+            raise Interrupted(e.signum, f"interrupted by {signal_name(e.signum)} in trial {name}; {AGAIN}") from None
         except BaseException:
             study.tell(claim, None)
             raise
@@ -78,18 +88,72 @@ def quiet_trials_on_console() -> None:
         handler.addFilter(lambda r: r.name != "torchjem" or r.levelno >= logging.WARNING)
 
 
+def _ignore_signals() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for s in SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """Between trials SIGINT and SIGTERM end the worker at once (nothing to save: Interrupted, and
+    later signals ignored); while a trial trains, its trainer's handlers save it first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        _ignore_signals()
+        raise Interrupted(signum, f"interrupted by {signal_name(signum)}; {AGAIN}")
+
+    previous = {s: signal.signal(s, handle) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def _child(out: str, worker: int, threads: int, heartbeat: float) -> None:
-    """Entry point of a worker process (--workers N)."""
+    """Entry point of a worker process (--workers N); exits 128 + the signal when interrupted."""
     import torch
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     quiet_trials_on_console()
     torch.set_num_threads(threads)
     try:
-        run_worker(open_sweep(out, heartbeat=heartbeat), worker)
+        with signals_interrupt():
+            run_worker(open_sweep(out, heartbeat=heartbeat), worker)
     except UserError as e:
         log.error("[worker %d] %s", worker, e)
         raise SystemExit(2) from None
+    except Interrupted as e:
+        log.warning("[worker %d] %s", worker, e.message)
+        raise SystemExit(e.exit_code) from None
+
+
+def _join(procs: list[Any]) -> int | None:
+    """Wait for the worker processes; a SIGINT or SIGTERM meanwhile is passed on to them (each saves
+    its trial and stops). Returns the signal that stopped them, or None."""
+    got: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        got.append(signum)
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signum)
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, forward) for s in SIGNALS} if main else {}
+    try:
+        for p in procs:
+            p.join()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    codes = [p.exitcode - 128 for p in procs if p.exitcode in (128 + signal.SIGINT, 128 + signal.SIGTERM)]
+    return got[0] if got else (codes[0] if codes else None)
 
 
 def run_sweep(
@@ -127,15 +191,17 @@ def run_sweep(
         log.info("trial %s failed before: queued again", run)
     log.info("sweep %s: %d trials (%s), study %r", sweep.path, spec.n_runs(), spec.describe(), sweep.study.name)
     if workers == 1:
-        run_worker(sweep, 0, progress)
+        with signals_interrupt():
+            run_worker(sweep, 0, progress)
     else:
         per = threads or max(1, (os.cpu_count() or 1) // workers)
         ctx = mp.get_context("spawn")
         procs = [ctx.Process(target=_child, args=(str(sweep.path), i, per, heartbeat)) for i in range(workers)]
         for p in procs:
             p.start()
-        for p in procs:
-            p.join()
+        signum = _join(procs)
+        if signum is not None:
+            raise Interrupted(signum, f"interrupted by {signal_name(signum)}; {AGAIN}")
         stopped = sweep.study.stopped()
         if stopped:
             raise UserError(f"the sweep stopped: {stopped}")
