@@ -129,7 +129,9 @@ class TrainingPlan:
     ``pyx``, ``px``, ``pxy``, ``energy_l2``: the objective's weights (p(x), p(x|y) and the energy
     penalty off for a plain classifier, ``train.clf_only``); ``sampler``: whether the run needs
     chains (a p(x) or p(x|y) term); ``separate_passes``: data and samples through separate forward
-    passes (a net with batch norm, so the samples do not enter the data's batch statistics);
+    passes (a net with batch norm, so the samples do not enter the data's batch statistics; under
+    DDP both run in the wrapper's one forward); ``sync_bn``: batch norms convert to SyncBatchNorm
+    (``train.sync_bn`` on a batch-norm net under DDP);
     ``ddp_unused_parameters``: an energy head that gets no gradient (no p(x) term) under DDP;
     ``augment``: (pad, flip) of the training batches' augmentation, None without; ``augment_px``:
     whether the p(x) term sees the augmented batch (else the un-augmented one, as SADA-JEM);
@@ -145,6 +147,7 @@ class TrainingPlan:
     augment: tuple[int, bool] | None
     augment_px: bool
     labels_per_class: int | None
+    sync_bn: bool = False
 
 
 def training_plan(
@@ -158,18 +161,19 @@ def training_plan(
     """Resolve ``cfg`` for training ``jem`` on inputs of ``shape`` on ``world_size`` processes
     (``jem`` None: the objective's weights only, no batch-norm or DDP decision; ``shape`` None: no
     augmentation). ``data_flip``: the data set's own horizontal-flip default (``data.flip`` null).
-    Raises ConfigError for a combination that cannot train (clf_only without cross-entropy; batch
-    norm with a p(x) term under DDP)."""
+    Raises ConfigError for a combination that cannot train (clf_only without cross-entropy;
+    SyncBatchNorm with p(x|y) chains on semi-supervised data, whose ranks may sample unequally)."""
     o, clf = cfg.objective, cfg.train.clf_only
     if clf and o.pyx == 0:
         raise ConfigError("config train.clf_only = true needs objective.pyx > 0")
     px, pxy = (0.0, 0.0) if clf else (o.px, o.pxy)
     sampler = px != 0 or pxy != 0
-    separate = sampler and jem is not None and has_batch_norm(jem)
-    if separate and world_size > 1:  # two forwards before one backward: DDP marks parameters ready twice
+    separate = sampler and jem is not None and has_batch_norm(jem)  # (under DDP both passes are one forward)
+    sync_bn = cfg.train.sync_bn and world_size > 1 and jem is not None and has_batch_norm(jem)
+    if sync_bn and pxy != 0 and cfg.data.labels_per_class is not None:  # a rank without labels draws no chains
         raise ConfigError(
-            "a net with batch norm trains as a JEM in one process only (for now); use norm=none or "
-            "group/layer norm under torchrun, or train it as a classifier (--clf-only)"
+            "config train.sync_bn = true with objective.pxy > 0 and data.labels_per_class: ranks may sample "
+            "unequal p(x|y) chains, which synchronised batch norm cannot run; turn one of them off"
         )
     d = cfg.data
     flip = d.flip if d.flip is not None else data_flip
@@ -184,6 +188,7 @@ def training_plan(
         augment=(max(1, shape[-1] // 8), bool(flip)) if d.augment and shape is not None else None,
         augment_px=d.augment_px,
         labels_per_class=d.labels_per_class,
+        sync_bn=sync_bn,
     )
 
 

@@ -99,6 +99,7 @@ class TrainConfig:
     amp: str = "none"  # none | bf16: bf16 autocast for the network (log-sum-exp, energies and losses in fp32)
     channels_last: bool = False  # NHWC weights and activations (faster convolutions on CUDA tensor cores)
     compile: bool = False  # torch.compile the network (first steps are slow while it compiles)
+    sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch (every rank's slice)
 
 
 @dataclass

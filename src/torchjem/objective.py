@@ -29,6 +29,23 @@ class Batch:
     y_l: torch.Tensor | None
 
 
+def joint_passes(
+    jem: nn.Module, x: torch.Tensor, samples: torch.Tensor | None = None, separate: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, log p(x))`` of ``cat(x, samples)`` through ``jem`` (a JEM): one forward, or with
+    ``separate`` (nets with batch norm) one pass each, so that batch statistics are not mixed, the
+    samples' pass leaving the running statistics alone. Under DDP this runs inside the wrapper's
+    one forward (torchjem.training.distributed), so both passes count as one for its gradient hooks."""
+    if samples is None:
+        return jem.joint(x)
+    if not separate:
+        return jem.joint(torch.cat([x, samples]))
+    logits_d, lpx_d = jem.joint(x)
+    with frozen_bn_stats(jem):
+        logits_s, lpx_s = jem.joint(samples)
+    return torch.cat([logits_d, logits_s]), torch.cat([lpx_d, lpx_s])
+
+
 class HybridObjective:
     """log p(y|x) + log p(x) (+ log p(x|y)), the negative samples drawn by ``sampler``.
 
@@ -99,19 +116,17 @@ class HybridObjective:
         fastest without batch norm); with ``separate_passes`` (nets with BatchNorm) through one
         pass each, so that batch statistics are not mixed, and the sample pass leaves the running
         statistics alone."""
-        # What the loss runs through: the DDP wrapper when there is one (it has `joint`), so the
-        # gradients are averaged.
-        joint = model.joint if hasattr(model, "joint") else as_jem(model).joint
         data = [b.x] + ([b.x_px] if b.x_px is not None else [])
         samples = [s for s in (b.x_q, b.xy_q) if s is not None]
-        if self.separate_passes and samples:
-            logits_d, lpx_d = joint(torch.cat(data) if len(data) > 1 else b.x)
-            with frozen_bn_stats(model):
-                logits_s, lpx_s = joint(torch.cat(samples) if len(samples) > 1 else samples[0])
-            logits_all, lpx_all = torch.cat([logits_d, logits_s]), torch.cat([lpx_d, lpx_s])
+        x_d = torch.cat(data) if len(data) > 1 else b.x
+        x_s = (torch.cat(samples) if len(samples) > 1 else samples[0]) if samples else None
+        # What the loss runs through: the DDP wrapper when there is one (it has `joint_passes`: both
+        # passes in one DDP forward, so the gradients are averaged once), else the JEM itself.
+        passes = getattr(model, "joint_passes", None)
+        if passes is not None:
+            logits_all, lpx_all = passes(x_d, x_s, self.separate_passes)
         else:
-            parts = data + samples
-            logits_all, lpx_all = joint(torch.cat(parts) if len(parts) > 1 else b.x)
+            logits_all, lpx_all = joint_passes(as_jem(model), x_d, x_s, self.separate_passes)
         n, y = len(b.x), b.y
         labelled = y != IGNORE
         logits = logits_all[:n]

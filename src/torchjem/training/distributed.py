@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..checkpoint import rng_state, set_rng_state
 from ..energy import JEM
 from ..errors import InputError
+from ..objective import joint_passes
 from ..utils import resolve_device
 
 log = logging.getLogger("torchjem")
@@ -250,27 +251,36 @@ def run_on_main(fn: Callable[[], T]) -> T:
 
 # -- the model -------------------------------------------------------------------------------
 class _JointOutputs(nn.Module):
-    """What DDP wraps: a JEM whose forward returns ``(logits, log p(x))``, so the objective's
-    single pass over data and samples goes through DDP's forward (and its gradient hooks)."""
+    """What DDP wraps: a JEM whose forward returns ``(logits, log p(x))`` of the data and the
+    samples, in one pass or (batch norm) two, so that the objective's passes are one DDP forward:
+    DDP's gradient hooks then fire once per parameter, and a batch-norm JEM trains data-parallel."""
 
     def __init__(self, jem: JEM) -> None:
         super().__init__()
         self.jem = jem
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.jem.joint(x)
+    def forward(
+        self, x: torch.Tensor, samples: torch.Tensor | None = None, separate: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return joint_passes(self.jem, x, samples, separate)
 
 
 class JEMDistributedDataParallel(DistributedDataParallel):
     """DistributedDataParallel over a JEM with the JEM methods the objective calls.
 
-    ``joint`` and ``logits`` run through DDP (gradients are averaged over ranks); ``jem`` is the
-    underlying model (``as_jem`` returns it), on which the SGLD chains run without any collective.
+    ``joint_passes``, ``joint`` and ``logits`` run through DDP (gradients are averaged over
+    ranks); ``jem`` is the underlying model (``as_jem`` returns it), on which the SGLD chains run
+    without DDP (with SyncBatchNorm in train-mode chains, the batch statistics are still shared).
     """
 
     @property
     def jem(self) -> JEM:
         return self.module.jem
+
+    def joint_passes(
+        self, x: torch.Tensor, samples: torch.Tensor | None, separate: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self(x, samples, separate)
 
     def joint(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self(x)
@@ -283,7 +293,8 @@ class JEMDistributedDataParallel(DistributedDataParallel):
 
 
 def wrap_ddp(jem: JEM, device: torch.device, find_unused_parameters: bool = False) -> JEMDistributedDataParallel:
-    """DDP over ``jem`` on this rank's device (parameters broadcast from rank 0 here)."""
+    """DDP over ``jem`` on this rank's device (parameters and buffers broadcast from rank 0 here,
+    buffers again at each forward)."""
     ids = [device.index] if device.type == "cuda" else None
     return JEMDistributedDataParallel(
         _JointOutputs(jem),
@@ -291,6 +302,77 @@ def wrap_ddp(jem: JEM, device: torch.device, find_unused_parameters: bool = Fals
         output_device=ids[0] if ids else None,
         find_unused_parameters=find_unused_parameters,
     )
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) with its gradient: the sum over ranks of the output's gradients (each
+    rank's input enters every rank's output)."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
+        t = t.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return _SumOverRanks.apply(grad)
+
+
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics are those of the global batch (every rank's slice),
+    as ``torch.nn.SyncBatchNorm``, which runs on CUDA only; this one runs on any backend (gloo
+    on the CPU, NCCL on GPUs) with one differentiable all-reduce of 2C + 1 numbers per call.
+    Outside a process group, and in eval mode, it is plain batch norm; its state_dict is batch
+    norm's (checkpoints load into the plain net). Every rank must run the same train-mode passes
+    (the trainer's steps and chains do)."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        self._check_input_dim(x)
+        c, dims = x.shape[1], [0, *range(2, x.dim())]
+        shape = [1, c] + [1] * (x.dim() - 2)
+        # sums around a shift every rank shares (the running mean) keep E[x^2] - E[x]^2 accurate
+        shift = self.running_mean.detach().float() if self.running_mean is not None else x.new_zeros(c).float()
+        d = x.float() - shift.view(shape)
+        count = d.new_full((1,), x.numel() // c)
+        total = _SumOverRanks.apply(torch.cat([d.sum(dims), d.pow(2).sum(dims), count]))
+        n = total[-1]
+        m1 = total[:c] / n
+        mean, var = shift + m1, (total[c : 2 * c] / n - m1.pow(2)).clamp_min(0)
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                f = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - f).add_(mean.detach(), alpha=f)
+                self.running_var.mul_(1 - f).add_(var.detach() * (n / (n - 1).clamp_min(1)), alpha=f)
+        y = (x.float() - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def convert_sync_batch_norm(module: nn.Module) -> nn.Module:
+    """``module`` with every batch norm replaced by :class:`SyncBatchNorm` in place (the same
+    parameter objects, so an optimiser built before or after sees the same tensors)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, SyncBatchNorm):
+            sync = SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                 child.track_running_stats)
+            if child.affine:
+                sync.weight, sync.bias = child.weight, child.bias
+            for key in ("running_mean", "running_var", "num_batches_tracked"):
+                setattr(sync, key, getattr(child, key))
+            sync.train(child.training)
+            setattr(module, name, sync)
+        else:
+            convert_sync_batch_norm(child)
+    return module
 
 
 # -- per-rank RNG state ------------------------------------------------------------------------

@@ -77,6 +77,8 @@ class Trainer:
         check_model_input(self.jem, self.shape, self.n_classes, f"data set {self.data_name!r}")
         self.plan = build.training_plan(cfg, self.jem, self.shape, world_size=self.world_size,
                                         data_flip=getattr(self.data, "flip", False))
+        if self.plan.sync_bn:  # batch statistics of the global batch (train.sync_bn)
+            ddp.convert_sync_batch_norm(self.jem)
         self.jem = configure_speed(self.jem, cfg.train, self.device)  # amp hook, channels_last, compile
         self.model: nn.Module = self.jem  # what the loss runs through (DDP wraps it here)
         if self.world_size > 1:
