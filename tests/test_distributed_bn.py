@@ -102,7 +102,8 @@ def _worker(rank: int, tmp: str) -> None:
         full.fit()
         out["full_params"], out["full_bn"], out["full_buffer"] = _params(full.jem), _bn_stats(full.jem), full.buffer.x
         killed = Trainer(cfg(*SYNC), progress=False, out=tmp_path / "killed")
-        killed.objective = Faulty(killed.objective, kill_at=2 * killed.steps_per_epoch + 3)  # 2 loss calls a step (ASAM)
+        # killed in step 6 (two loss calls a step with ASAM)
+        killed.objective = Faulty(killed.objective, kill_at=2 * killed.steps_per_epoch + 3)
         try:
             killed.fit()
         except KeyboardInterrupt:
