@@ -295,6 +295,24 @@ def test_optuna_sits_behind_one_module():
     assert not bad, "use Optuna's public API (or add the name to OPTUNA_PRIVATE_ALLOWED with why):\n" + "\n".join(bad)
 
 
+# -- ART (the adversarial-robustness-toolbox) sits behind one module (evaluate/art.py) ----------------
+ART_MODULE = "evaluate/art.py"
+
+
+def imports_art(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "art" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "art":
+            return True
+    return False
+
+
+def test_art_sits_behind_one_module():
+    rel = {p: str(p.relative_to(SRC)) for p in modules()}
+    assert {rel[p] for p in modules() if imports_art(p)} == {ART_MODULE}, "keep ART in " + ART_MODULE
+
+
 def test_the_optuna_checker_catches_private_access(tmp_path):
     (tmp_path / "study.py").write_text(
         "import optuna\n"

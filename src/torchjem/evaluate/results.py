@@ -176,6 +176,50 @@ class DistalResult(_Result):
 
 
 @dataclass(kw_only=True)
+class MaskingCheck(_Result):
+    """One gradient-masking check of a robustness audit (``evaluate.masking``): its ``name``, the
+    ``rule`` that passing means (in words), whether it ``passed`` (False: flagged), the ``figures``
+    behind it and the outcome in words (``note``)."""
+
+    name: str
+    rule: str
+    passed: bool
+    figures: dict[str, Any]
+    note: str
+
+
+@dataclass(kw_only=True)
+class RobustnessAudit(_Result):
+    """An attack suite's worst case and the checks on it for one model (``evaluate.masking.audit``).
+
+    ``worst`` (per eps): robust accuracy under the worst case per input over the suite's attacks
+    and the PGD adversarials it started from (``pgd``: their figure), cumulative over eps;
+    ``attacks``: {attack: {"accuracy_after": robust accuracy per eps once it has run (attacks run in
+    order, each on the inputs still robust), "broken": inputs it broke first, ...}}; ``checks``:
+    the gradient-masking checks; ``cost``: {attack: {"forward", "backward" (model calls per input,
+    summed), "seconds"}}; ``verdict``: how far the figure can be trusted, in one sentence.
+    """
+
+    suite: str
+    norm: str
+    eps: list[float]
+    n: int
+    randomised: bool
+    worst: list[float]
+    pgd: list[float] | None = _optional()
+    attacks: dict[str, dict[str, Any]]
+    checks: list[MaskingCheck] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    cost: dict[str, dict[str, float]] = field(default_factory=dict)
+    verdict: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["checks"] = [c.to_dict() for c in self.checks]
+        return out
+
+
+@dataclass(kw_only=True)
 class RobustnessResult(_Result):
     """Robust accuracy curves of one or more settings (JEM-0, JEM-n, a baseline): the content of
     attack.json (``jem attack``; docs/robustness.md), as the report shows it.
@@ -185,7 +229,8 @@ class RobustnessResult(_Result):
     (relative to the run directory when inside it); ``png_path``: that file resolved, or None when
     it is missing (set when read, in report.json, never in attack.json); ``attack``: the attack's
     settings; ``adversarials``: {setting: saved file}; ``distal``: {model: a ``DistalResult``'s
-    dict}; ``extra``: keys of a hand-written record this schema does not know (kept).
+    dict}; ``audit``: {setting: a ``RobustnessAudit``'s dict} (the attack suite and its gradient-masking
+    checks); ``extra``: keys of a hand-written record this schema does not know (kept).
     """
 
     norm: str | None = _optional()  # linf | l2
@@ -197,6 +242,7 @@ class RobustnessResult(_Result):
     attack: dict[str, Any] | None = _optional()
     adversarials: dict[str, str] | None = _optional()
     distal: dict[str, Any] | None = _optional()
+    audit: dict[str, Any] | None = _optional()  # {setting: a RobustnessAudit's dict} (jem attack --suite)
     seconds: float | None = _optional()
     png_path: str | None = _optional()
     extra: dict[str, Any] = field(default_factory=dict)
@@ -234,6 +280,8 @@ __all__ = [
     "GenerationResult",
     "ModelEvaluation",
     "DistalResult",
+    "MaskingCheck",
     "RobustAccuracy",
+    "RobustnessAudit",
     "RobustnessResult",
 ]
