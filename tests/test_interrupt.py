@@ -173,3 +173,38 @@ def test_a_sweep_worker_interrupted_saves_its_trial_and_the_same_command_continu
     metrics = [json.loads(x) for x in (trial / "metrics.jsonl").read_text().splitlines()]
     steps = [m["step"] for m in metrics if "loss" in m]
     assert steps == list(range(1, 41))  # continued from the interrupted step: none redone, none lost
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (Path(sys.executable).parent / "torchrun").is_file(), reason="no torchrun")
+def test_torchrun_sigterm_every_rank_stops_after_the_same_step_and_the_resume_is_exact(tmp_path):
+    """torchrun passes SIGTERM to both ranks; they agree on the step, write one checkpoint of both
+    shards, and a torchrun resume equals an uninterrupted 2-process run bit for bit."""
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2", "--rdzv-backend=c10d",
+                "--rdzv-endpoint=127.0.0.1:0", "-m", "torchjem.cli", "train"]
+    args = [*TINY, "data.limit=640", "train.epochs=1", "train.log_every=1", "--device=cpu", "--quiet"]
+
+    def launch(*extra: str) -> subprocess.Popen:
+        return subprocess.Popen([*torchrun, *extra], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    ref = launch(*args, f"--out={tmp_path / 'ref'}")
+    _, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err[-3000:]
+    want = load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt")
+
+    out = tmp_path / "cut"
+    proc = launch(*args, f"--out={out}")
+    _signal_at(proc, out / "metrics.jsonl", 4, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0  # torchrun reports its workers' exit (and its own SignalException)
+    assert err.count("jem train: interrupted by SIGTERM at step") == 1, err[-3000:]  # rank 0's line only
+    cut = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert cut["distributed"]["world_size"] == 2 and 4 < cut["step"] < want["step"]
+    events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"event"' in x]
+    assert [e["event"] for e in events] == ["interrupted"] and events[0]["step"] == cut["step"]
+
+    again = launch("--resume", str(out), "--quiet")
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-3000:]
+    assert not _same(want, load_checkpoint(out / "checkpoints" / "last.pt"))
