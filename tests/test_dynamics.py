@@ -45,6 +45,9 @@ CLF_ONLY = [
 ]
 
 
+NO_CHAIN_HEALTH = {"out_of_range": None, "norm_ratio": None, "class_balance": None, "buffer_age": None}
+
+
 def test_summary_of_a_run_that_recovered_once_then_gave_up():
     assert dynamics_summary(RECORDS).to_dict() == {
         "steps": 23,  # the last record's step
@@ -54,7 +57,10 @@ def test_summary_of_a_run_that_recovered_once_then_gave_up():
         "cause": "|loss| = 1e+05 > divergence.max_loss = 1e+04",  # the give-up's
         "best_val_acc": 0.4,
         "final": {"loss": 1.0, "acc": 0.75, "energy_data": -4.0, "energy_sample": -3.5, "energy_gap": 0.5,
-                  "lr": 0.05},
+                  "lr": 0.05, **NO_CHAIN_HEALTH},  # (records written before chain health was logged)
+        # the gap's least-squares slope over the kept windows (steps 5, 10, 15, 20; gaps 1.5, 1.5, 0.75,
+        # 0.5), per 100 steps: sum((s - 12.5)(g - 1.0625)) / sum((s - 12.5)^2) = -9.375 / 125
+        "gap_trend": pytest.approx(-0.075 * 100),
     }
 
 
@@ -63,7 +69,8 @@ def test_summary_of_a_clean_classifier_only_run():
     assert s.steps == 12 and s.recoveries == 0 and s.gave_up is False and s.first_trouble_step is None
     assert s.cause is None and s.best_val_acc == 0.45  # validation records only (the "done" event repeats one)
     assert s.final == {"loss": 1.0, "acc": 0.5, "energy_data": None, "energy_sample": None, "energy_gap": None,
-                          "lr": 0.1}
+                          "lr": 0.1, **NO_CHAIN_HEALTH}
+    assert s.gap_trend is None
     assert dynamics_summary([]).steps is None
 
 

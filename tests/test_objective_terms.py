@@ -113,8 +113,17 @@ def hand_loss(p, x, y, x_px, x_q, xy_q, w) -> tuple[torch.Tensor, dict[str, floa
         if w["energy_l2"] > 0:
             loss = loss + w["energy_l2"] * (mean([v**2 for v in lpx_data]) + mean([v**2 for v in lpx_q]))  # E^2
         norms = [math.sqrt(float((s**2).sum())) for s in x_q]
+        data_norms = [math.sqrt(float((s**2).sum())) for s in x]
         stats.update(loss_px=f(loss_px), energy_data=f(e_data), energy_sample=f(e_sample),
-                     energy_gap=f(e_sample - e_data), sample_norm=mean(norms))
+                     energy_gap=f(e_sample - e_data), sample_norm=mean(norms), data_norm=mean(data_norms),
+                     norm_ratio=mean(norms) / mean(data_norms))
+        # chain health: values beyond [-1, 1] by more than 0.1; the spread of the samples' predicted classes
+        values = [float(v) for v in x_q.flatten()]
+        stats["out_of_range"] = sum(abs(v) > 1.1 for v in values) / len(values)
+        q_logits_px, _ = hand_forward(p, x_q)
+        picked = [int(z.argmax()) for z in q_logits_px]
+        freq = [picked.count(c) / len(picked) for c in range(C)]
+        stats["class_balance"] = -sum(q * math.log(q) for q in freq if q > 0) / math.log(C)
     if w["pxy"] > 0:  # p(x|y): -(mean f(x_i)[y_i] over labelled data - mean f(x'_j)[y_j] over the samples)
         if labelled:
             q_logits, _ = hand_forward(p, xy_q)

@@ -96,7 +96,7 @@ def test_buffer_is_a_module_that_moves_and_saves_with_its_sampler():
     buf = ReplayBuffer(30, (1, 2, 2), n_classes=3, reinit_freq=0.25)
     sampler = ChainSampler(SGLD(n_steps=2), buf)
     state = sampler.state_dict()
-    assert set(state) == {"buffer.x", "buffer.mean", "buffer.std", "buffer.factor", "buffer._extra_state"}
+    assert set(state) == {"buffer.x", "buffer.age", "buffer.mean", "buffer.std", "buffer.factor", "buffer._extra_state"}
     assert state["buffer._extra_state"] == {"init": "uniform", "reinit_freq": 0.25}
     assert sampler.to(torch.float64).buffer.x.dtype == torch.float64  # .to() reaches the registered states
     # the buffer follows the model it samples for ("meta" stands in for a GPU on a CPU-only machine)

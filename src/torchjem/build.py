@@ -135,7 +135,10 @@ class TrainingPlan:
     ``ddp_unused_parameters``: an energy head that gets no gradient (no p(x) term) under DDP;
     ``augment``: (pad, flip) of the training batches' augmentation, None without; ``augment_px``:
     whether the p(x) term sees the augmented batch (else the un-augmented one, as SADA-JEM);
-    ``labels_per_class``: semi-supervised, the labels kept per class (the rest become -100)."""
+    ``labels_per_class``: semi-supervised, the labels kept per class (the rest become -100);
+    ``chain_mode``: the net's mode in the chains (``sgld.model_mode`` with ``auto`` resolved by
+    ``chain_mode``: train for a net with batch norm); ``chain_warning``: why that mode is a risk
+    (eval mode forced on a net with batch norm), logged at the start, or None."""
 
     pyx: float
     px: float
@@ -147,7 +150,20 @@ class TrainingPlan:
     augment: tuple[int, bool] | None
     augment_px: bool
     labels_per_class: int | None
+    chain_mode: str = "eval"
+    chain_warning: str | None = None
     sync_bn: bool = False
+
+
+def chain_mode(cfg: Config, jem: nn.Module | None) -> str:
+    """The net's mode in the chains: ``sgld.model_mode``, with ``auto`` resolved to ``train`` for a
+    net with batch norm (eval mode uses the running statistics of data, which samples far from the
+    data do not share: the chains run away, the reference code's best-known failure) and ``eval``
+    otherwise (or when ``jem`` is None)."""
+    mode = cfg.sgld.model_mode
+    if mode != "auto":
+        return mode
+    return "train" if jem is not None and has_batch_norm(jem) else "eval"
 
 
 def training_plan(
@@ -189,20 +205,29 @@ def training_plan(
         augment_px=d.augment_px,
         labels_per_class=d.labels_per_class,
         sync_bn=sync_bn,
+        chain_mode=chain_mode(cfg, jem),
+        chain_warning=(
+            "sgld.model_mode = eval on a net with batch norm: the chains use the running statistics of the data "
+            "and tend to run away (samples far outside the data range); sgld.model_mode=auto (the default) runs "
+            "them in train mode" if sampler and jem is not None and has_batch_norm(jem)
+            and cfg.sgld.model_mode == "eval" else None
+        ),
     )
 
 
 # -- sampling ----------------------------------------------------------------------------------
-def build_sgld(cfg: Config) -> SGLD | PYLD:
+def build_sgld(cfg: Config, mode: str | None = None) -> SGLD | PYLD:
     """The chains' sampler: SGLD (``sgld.kind = sgld``) or JEM++'s proximal Langevin (``pyld``;
-    ``sgld.grad_clamp`` null means 0.01 there, ``sgld.step_size`` is not used)."""
+    ``sgld.grad_clamp`` null means 0.01 there, ``sgld.step_size`` is not used). ``mode``: the
+    net's mode in the chains as resolved by ``chain_mode`` (None: ``sgld.model_mode``, auto = eval)."""
     s = cfg.sgld
+    mode = mode if mode is not None else chain_mode(cfg, None)
     clamp = DATA_RANGE if s.clamp else None
     if s.kind == "pyld":
         grad_clamp = 0.01 if s.grad_clamp is None else s.grad_clamp
         return PYLD(s.steps, s.inner_steps, s.inner_step_size, s.noise, clamp, grad_clamp, s.first_layer,
-                    mode=s.model_mode)
-    return SGLD(s.steps, s.step_size, s.noise, clamp, s.grad_clamp, mode=s.model_mode)
+                    mode=mode)
+    return SGLD(s.steps, s.step_size, s.noise, clamp, s.grad_clamp, mode=mode)
 
 
 def buffer_size(cfg: Config, n_classes: int, world_size: int = 1) -> int:
@@ -224,11 +249,13 @@ def build_sampler(
     world_size: int = 1,
     fit: tuple[torch.Tensor, torch.Tensor] | None = None,
     buffer: bool = True,
+    mode: str | None = None,
 ) -> ChainSampler:
     """The chain sampler: SGLD with a replay buffer (this rank's shard of ``buffer.size`` when
     ``world_size`` > 1), or fresh chains with ``buffer=False``. ``fit`` (x, y): the training data,
-    for ``buffer.init=gaussian`` or ``gaussian_full``."""
-    sgld = build_sgld(cfg)
+    for ``buffer.init=gaussian`` or ``gaussian_full``. ``mode``: the chains' resolved mode
+    (``chain_mode(cfg, jem)``; None: ``sgld.model_mode`` with auto = eval)."""
+    sgld = build_sgld(cfg, mode)
     if not buffer:
         return ChainSampler(sgld, shape=shape)
     size = buffer_size(cfg, n_classes, world_size)
@@ -257,7 +284,7 @@ def build_training_sampler(
     if gaussian and train_xy is None:
         raise ConfigError(f"config buffer.init = {cfg.buffer.init} needs in-memory training data (a DataSplits)")
     fit = train_xy if gaussian else None
-    return build_sampler(cfg, shape, n_classes, device, world_size=world_size, fit=fit)
+    return build_sampler(cfg, shape, n_classes, device, world_size=world_size, fit=fit, mode=plan.chain_mode)
 
 
 def build_objective(cfg: Config, sampler: ChainSampler | None, plan: TrainingPlan | None = None) -> HybridObjective:

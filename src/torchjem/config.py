@@ -16,7 +16,8 @@ from .errors import ConfigError
 
 log = logging.getLogger("torchjem")
 CONFIG_DIR = Path(__file__).parent / "configs"  # the shipped recipes
-MAY_BE_INFINITE = {"divergence.max_loss", "divergence.max_energy", "divergence.max_gap"}  # inf: that check is off
+MAY_BE_INFINITE = {"divergence.max_loss", "divergence.max_energy", "divergence.max_gap",
+                   "divergence.max_norm_ratio"}  # inf: that check is off
 
 
 @dataclass
@@ -51,7 +52,7 @@ class SGLDConfig:
     inner_steps: int = 5  # pyld: inner steps per outer step
     inner_step_size: float = 0.2  # pyld: step of the inner steps (JEM++'s pyld_lr)
     first_layer: str | None = None  # pyld: module path of the first layer (e.g. net.conv1); null: found by a probe
-    model_mode: str = "eval"  # eval | train: the net's mode in the chains (train: batch statistics, not updated)
+    model_mode: str = "auto"  # auto | eval | train: the net's mode in the chains (auto: train with batch norm)
 
 
 @dataclass
@@ -108,6 +109,9 @@ class DivergenceConfig:
     max_energy: float = 1e5  # |mean energy| of data or samples above this is divergence
     max_gap: float = 1e3  # |E(samples) - E(data)| above this is divergence: runaway chains (collapses max_loss misses)
     max_retries: int = 3  # rewinds before giving up
+    max_out_of_range: float = 0.5  # chain health: fraction of sample values beyond [-1.1, 1.1] above this ...
+    max_norm_ratio: float = 4.0  # ... or mean sample norm / mean data norm above this ...
+    health_checks: int = 3  # ... at this many checks in a row is divergence (runaway chains)
     lr_factor: float = 0.5  # multiply the learning rate by this at each rewind (1 = keep)
     step_factor: float = 0.5  # multiply the SGLD step size (pyld: inner step) by this at each rewind (1 = keep)
     check_every: int = 10  # iterations between checks; a check synchronises host and device
@@ -148,7 +152,7 @@ class Config:
                 self.sgld.first_layer is None or bool(self.sgld.first_layer.strip()),
                 "a module path such as net.conv1, or null",
             ),
-            ("sgld.model_mode", self.sgld.model_mode in ("eval", "train"), "eval or train"),
+            ("sgld.model_mode", self.sgld.model_mode in ("auto", "eval", "train"), "auto, eval or train"),
             ("buffer.size", self.buffer.size > 0, "> 0"),
             ("buffer.reinit_freq", 0 <= self.buffer.reinit_freq <= 1, "in [0, 1]"),
             (
@@ -185,6 +189,9 @@ class Config:
             ("divergence.max_energy", self.divergence.max_energy > 0, "> 0 (inf: no energy check)"),
             ("divergence.max_gap", self.divergence.max_gap > 0, "> 0 (inf: no energy-gap check)"),
             ("optim.weight_decay", self.optim.weight_decay >= 0, ">= 0"),
+            ("divergence.max_out_of_range", 0 < self.divergence.max_out_of_range <= 1, "in (0, 1] (1: no range check)"),
+            ("divergence.max_norm_ratio", self.divergence.max_norm_ratio > 0, "> 0 (inf: no norm-ratio check)"),
+            ("divergence.health_checks", self.divergence.health_checks >= 1, ">= 1"),
             ("optim.sam_rho", self.optim.sam_rho >= 0, ">= 0 (0: off)"),
             ("optim.momentum", 0 <= self.optim.momentum < 1, "in [0, 1)"),
             ("divergence.lr_factor", 0 < self.divergence.lr_factor <= 1, "in (0, 1]"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 from .energy import as_jem
 from .errors import InputError
 from .sampling import ChainSampler
-from .utils import frozen_bn_stats
+from .utils import DATA_RANGE, frozen_bn_stats
 
 IGNORE = -100  # the label of an unlabelled example (PyTorch's cross-entropy ignore_index)
 
@@ -27,6 +28,7 @@ class Batch:
     x_q: torch.Tensor | None
     xy_q: torch.Tensor | None
     y_l: torch.Tensor | None
+    age: torch.Tensor | None = None  # the mean age of the p(x) chains drawn from the buffer (chain health)
 
 
 def joint_passes(
@@ -103,13 +105,15 @@ class HybridObjective:
             x = x + self.data_noise * torch.randn_like(x)
             if x_px is not None:
                 x_px = x_px + self.data_noise * torch.randn_like(x_px)
-        x_q = xy_q = y_l = None
+        x_q = xy_q = y_l = age = None
         if self.px > 0:
             x_q = self.sampler.sample(jem, len(x))
+            buffer = getattr(self.sampler, "buffer", None)
+            age = buffer.drawn_age if buffer is not None else None
         if self.pxy > 0:
             y_l = y[y != IGNORE]  # (a boolean index synchronises with the device: only for this term)
             xy_q = self.sampler.sample(jem, y=y_l) if len(y_l) else None
-        return Batch(x, y, x_px, x_q, xy_q, y_l)
+        return Batch(x, y, x_px, x_q, xy_q, y_l, age)
 
     def loss(self, model: nn.Module, b: Batch) -> tuple[torch.Tensor, dict]:
         """The loss of a drawn Batch. Data and samples go through one forward pass (exact and
@@ -144,7 +148,7 @@ class HybridObjective:
 
         if b.x_q is not None:
             lpx_q = lpx_all[offset : offset + len(b.x_q)]
-            offset += len(b.x_q)
+            offset += len(b.x_q)  # (chain_health below reads the samples' logits just before offset)
             # Energies are -log p: E_data = -lpx_data, E_sample = -lpx_q.
             l_px = -(lpx_data.mean() - lpx_q.mean())
             loss = loss + self.px * l_px
@@ -154,7 +158,9 @@ class HybridObjective:
             stats["energy_data"] = -lpx_data.mean().detach()
             stats["energy_sample"] = -lpx_q.mean().detach()
             stats["energy_gap"] = stats["energy_sample"] - stats["energy_data"]
-            stats["sample_norm"] = b.x_q.flatten(1).norm(dim=1).mean()
+            stats.update(chain_health(b.x, b.x_q, logits_all[offset - len(b.x_q) : offset].detach()))
+            if b.age is not None:
+                stats["buffer_age"] = b.age.float()
         if b.xy_q is not None:
             f_data = logits[labelled].gather(1, b.y_l[:, None]).mean()
             f_q = logits_all[offset:].gather(1, b.y_l[:, None]).mean()
@@ -165,3 +171,33 @@ class HybridObjective:
             stats["loss_pxy"] = loss.new_zeros(()).detach()
         stats["loss"] = loss.detach()
         return loss, stats
+
+
+RANGE_MARGIN = 0.05  # chain health: a sample value counts as out of range beyond 5% of the range's width past it
+
+
+def chain_health(x: torch.Tensor, x_q: torch.Tensor, logits_q: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What a step's samples ``x_q`` say about the chains, against the data ``x`` (0-dim device
+    tensors, no host synchronisation):
+
+    - ``sample_norm``, ``data_norm``: mean L2 norm of one sample / one data input; ``norm_ratio``
+      their ratio (about 1 for healthy chains; runaway chains grow it without bound);
+    - ``out_of_range``: the fraction of sample values beyond the data range by more than
+      ``RANGE_MARGIN`` of its width (0 for clamped chains);
+    - ``class_balance``: the entropy of the classes the model predicts for the samples over
+      log(classes): 1 = every class equally often, 0 = all samples one class (1 for one class)."""
+    lo, hi = DATA_RANGE
+    m = RANGE_MARGIN * (hi - lo)
+    sample_norm = x_q.flatten(1).norm(dim=1).mean()
+    data_norm = x.flatten(1).norm(dim=1).mean()
+    n_classes = logits_q.shape[1]
+    freq = F.one_hot(logits_q.argmax(1), n_classes).to(logits_q.dtype).mean(0)
+    entropy = -(freq * freq.clamp_min(1e-12).log()).sum()
+    balance = entropy / math.log(n_classes) if n_classes > 1 else torch.ones_like(entropy)
+    return {
+        "sample_norm": sample_norm,
+        "data_norm": data_norm,
+        "norm_ratio": sample_norm / data_norm.clamp_min(1e-12),
+        "out_of_range": ((x_q < lo - m) | (x_q > hi + m)).to(x_q.dtype).mean(),
+        "class_balance": balance,
+    }

@@ -1,6 +1,6 @@
 """Every PNG of the evaluation report, through the one PNG writer (``torchjem.figures``):
-reliability diagrams, OOD score histograms, sample grids, robust-accuracy curves and training
-dynamics; ``model_plots`` writes those of one model's results.
+reliability diagrams, OOD score histograms, sample grids, robust-accuracy curves (PGD against the
+attack suite's worst case) and training dynamics; ``model_plots`` writes those of one model's results.
 
 Plots use matplotlib's object-oriented API (``Figure``; no pyplot), so importing this module leaves
 the user's matplotlib backend as it is.
@@ -103,6 +103,27 @@ def plot_curves(curves: dict[str, list[float]], eps: list[float], norm: str, pat
     return save_png(fig, path)
 
 
+def plot_audit(audit: dict[str, dict[str, Any]], path: str | Path, label: str = "") -> Path:
+    """Robust accuracy against eps per audited setting: PGD's figure (dashed) and the attack suite's
+    worst case (solid), from attack.json's "audit"."""
+    fig = Figure(figsize=(5, 3.6), dpi=110)
+    ax = fig.subplots()
+    for i, (name, a) in enumerate(audit.items()):
+        color = f"C{i}"
+        if a.get("pgd") is not None:
+            ax.plot(a["eps"], a["pgd"], ls="--", marker=".", color=color, label=f"{name}: PGD")
+        ax.plot(a["eps"], a["worst"], marker="o", color=color, label=f"{name}: suite worst case")
+    norm = next(iter(audit.values())).get("norm", "linf") if audit else "linf"
+    ax.set_xlabel(f"epsilon ({'L-inf' if norm == 'linf' else 'L2'}, data in [-1, 1])")
+    ax.set_ylabel("robust accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(f"{label}: PGD and the attack suite".strip(": "), fontsize=10)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
 # -- training dynamics ------------------------------------------------------------------------
 TROUBLE = "#c44e52"  # recoveries: line at the divergence, span back to the state rewound to
 
@@ -130,7 +151,8 @@ def _draw(ax: Any, series: tuple[np.ndarray, np.ndarray, np.ndarray], color: str
 
 def plot_dynamics(records: list[dict], path: str | Path, label: str = "") -> Path:
     """Training dynamics from a run's metrics.jsonl records (file order): loss; training and
-    validation accuracy; energy of data and of samples; their gap (sample - data); learning rate,
+    validation accuracy; energy of data and of samples; their gap (sample - data); the chains'
+    health (sample norm / data norm, fraction of sample values out of range); learning rate,
     over training steps. Every panel marks the divergence events: a recovery as a red dashed line
     at the step that diverged with the span back to the step it rewound to shaded (and an arrow on
     the top panel, with the retry number), a give-up as a black dotted line with an X. Records that
@@ -146,7 +168,9 @@ def plot_dynamics(records: list[dict], path: str | Path, label: str = "") -> Pat
     gave_up = [r for r in records if r.get("event") == "gave_up" and record_step(r) is not None]
     has_energy = any(number(r.get("energy_data")) is not None for r in windows)
 
-    panels = ["loss", "accuracy", "energy"] + (["gap"] if has_energy else []) + ["lr"]
+    has_health = any(number(r.get("norm_ratio")) is not None for r in windows)
+    panels = ["loss", "accuracy", "energy"] + (["gap"] if has_energy else []) + (["chains"] if has_health else [])
+    panels += ["lr"]
     fig = Figure(figsize=(6.4, 1.65 * len(panels) + 1.1), layout="constrained")
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     ax = dict(zip(panels, axes))
@@ -175,6 +199,17 @@ def plot_dynamics(records: list[dict], path: str | Path, label: str = "") -> Pat
                           ha="center", va="center", fontsize=8, color="#555")
         ax["energy"].set_yticks([])
     ax["energy"].set_ylabel("energy\n-log p(x)")
+    if has_health:  # chain health: norm ratio (log scale) and the fraction out of range (right axis)
+        _draw(ax["chains"], History(windows).series("norm_ratio"), "#c44e52", "sample / data norm")
+        ax["chains"].set_yscale("log")
+        ax["chains"].set_ylabel("sample norm /\ndata norm")
+        right = ax["chains"].twinx()
+        _draw(right, History(windows).series("out_of_range"), "#64b5cd", "out of range", ls=":")
+        right.set_ylim(-0.02, 1.02)
+        right.set_ylabel("fraction out\nof range", fontsize=7)
+        right.tick_params(labelsize=7)
+        lines = ax["chains"].get_lines()[:1] + right.get_lines()[:1]
+        ax["chains"].legend(lines, [ln.get_label() for ln in lines], fontsize=6, loc="upper left")
     s_lr, v_lr, gone_lr = History(windows).series("lr")
     _draw(ax["lr"], (s_lr, v_lr, gone_lr), "#937860", "lr")
     if len(v_lr) and v_lr.min() > 0 and v_lr.max() >= 10 * v_lr.min():
@@ -250,9 +285,14 @@ def model_plots(m: ModelReport, role: str, out: Path) -> dict[str, str]:
         if Path(rob.png_path).resolve() != dst.resolve():
             shutil.copyfile(rob.png_path, dst)
         png["robust_accuracy"] = dst.name
+    if rob is not None and rob.audit:
+        png["robust_audit"] = plot_audit(rob.audit, path("robust_audit"), label).name
     if m.history is not None and m.history.records:
         png["dynamics"] = plot_dynamics(m.history.records, path("dynamics"), label).name
     return png
 
 
-__all__ = ["model_plots", "plot_curves", "plot_dynamics", "plot_ood_histograms", "plot_reliability", "save_samples"]
+__all__ = [
+    "model_plots", "plot_audit", "plot_curves", "plot_dynamics", "plot_ood_histograms", "plot_reliability",
+    "save_samples",
+]

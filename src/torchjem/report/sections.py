@@ -1,5 +1,6 @@
 """The sections of report.html, one function each, in page order: ``header``, ``summary``,
-``classification``, ``calibration``, ``ood``, ``generation``, ``robustness``, ``dynamics``.
+``classification``, ``calibration``, ``ood``, ``generation``, ``robustness``, ``robustness_audit``,
+``dynamics``.
 
 Each takes the ``Page`` (its document is report.json's content) and the typed ``EvaluationReport``:
 the report says what there is to show (which models, OOD sets, scores, curves), and every figure
@@ -251,6 +252,65 @@ def robustness(page: Page, report: EvaluationReport) -> None:
     page.columns(cols)
 
 
+def _audits(m: ModelReport) -> dict[str, Any]:
+    return (m.robustness.audit or {}) if m.robustness is not None else {}
+
+
+def robustness_audit(page: Page, report: EvaluationReport) -> None:
+    """Per model and setting audited (``jem attack --suite``): the verdict, robust accuracy per eps
+    from PGD through each attack of the suite to the worst case, the gradient-masking checks, the
+    attacks' settings and cost; the plot of PGD against the worst case."""
+    roles = _roles(report, _audits)
+    if not roles:
+        return
+    page.h2("Robustness audit")
+    page.note(
+        "An AutoAttack-style suite after PGD (<code>jem attack --suite</code>; docs/robustness.md): APGD with the "
+        "cross-entropy, targeted APGD with the DLR loss (the top wrong classes), and the black-box Square attack, "
+        "each on the inputs still robust; per input the worst case over PGD and the suite counts, cumulative over "
+        "eps. JEM-n is attacked through its SGLD refinement (EOT and exact gradient or BPDA as for PGD); Square "
+        "only queries it. The checks (Carlini et al. 2019; Athalye et al. 2018) test whether the figure could be "
+        "gradient masking: a flagged check means the worst case is an upper bound, not a robust accuracy."
+    )
+
+    def text(path: list[Any]) -> str:
+        return page.cell(path).replace("<td ", "<td class=l ", 1)
+
+    for r in roles:
+        for name, a in _audits(report.models[r]).items():
+            base = ["models", r, "robustness", "audit", name]
+            eps = a.get("eps", [])
+            page.h3(f"{report.models[r].label or r}: {name}", f"suite {a.get('suite')}, {a.get('norm')}, "
+                    f"{a.get('n')} inputs{', randomised' if a.get('randomised') else ''}")
+            page.table([page.th("verdict", "l")], [[text([*base, "verdict"])]])
+            head = [page.th("robust accuracy \\ eps", "l"), *(page.th(f"{e:g}") for e in eps)]
+            rows = [[page.td("PGD (the figure before the audit)", "l"),
+                     *(page.cell([*base, "pgd", i]) for i in range(len(eps)))]]
+            for att in a.get("attacks", {}):
+                rows.append([page.td(f"after {att}", "l"),
+                             *(page.cell([*base, "attacks", att, "accuracy_after", i]) for i in range(len(eps)))])
+            rows.append(page.row([page.td("<b>worst case</b>", "l"),
+                                  *(page.cell([*base, "worst", i]) for i in range(len(eps)))]))
+            page.table(head, rows)
+            rows = [page.row([page.td(c["name"], "l"), page.td("pass" if c["passed"] else "FLAG"),
+                              text([*base, "checks", j, "note"]), text([*base, "checks", j, "rule"])],
+                             "" if c["passed"] else "bad")
+                    for j, c in enumerate(a.get("checks", []))]
+            if rows:
+                page.table([page.th("check", "l"), page.th("result"), page.th("measured", "l"),
+                            page.th("passes when", "l")], rows)
+            cost = a.get("cost", {})
+            rows = [[page.td(k, "l"), *(page.cell([*base, "cost", k, f]) for f in ("forward", "backward", "seconds"))]
+                    for k in cost]
+            page.table([page.th("attack", "l"), page.th("forward calls"), page.th("backward calls"),
+                        page.th("seconds")], rows)
+            st = a.get("settings", {})
+            page.note("Settings: " + " · ".join(f"{esc(k)} <code>{esc(st[k])}</code>" for k in (
+                "steps", "n_targets", "queries", "eot", "tolerance", "zero") if k in st)
+                      + ". Calls count inputs through the model (for JEM-n each is n SGLD steps on its chains).")
+        page.add(page.img(page.value(["models", r, "png", "robust_audit"]), f"PGD and the suite's worst case ({r})"))
+
+
 def dynamics(page: Page, report: EvaluationReport) -> None:
     """Per run with a metrics.jsonl: the last step, divergence recoveries, final figures, the curves."""
     roles = _roles(report, lambda m: m.dynamics is not None)
@@ -269,6 +329,11 @@ def dynamics(page: Page, report: EvaluationReport) -> None:
         ("final energy of samples", [d, "final", "energy_sample"]),
         ("final energy gap (samples - data)", [d, "final", "energy_gap"]),
         ("final learning rate", [d, "final", "lr"]),
+        ("energy gap trend (per 100 steps, last windows)", [d, "gap_trend"]),
+        ("chains: sample values outside the data range", [d, "final", "out_of_range"]),
+        ("chains: sample norm / data norm", [d, "final", "norm_ratio"]),
+        ("chains: class balance of the samples (1 = even)", [d, "final", "class_balance"]),
+        ("chains: mean age (continuations since restart)", [d, "final", "buffer_age"]),
     ], roles)
     page.note(
         "From each run's <code>metrics.jsonl</code>, over training steps: the loss, the training "
@@ -278,11 +343,18 @@ def dynamics(page: Page, report: EvaluationReport) -> None:
         "line: a divergence, after which training rewound to the last good state (the shaded span reaches "
         "back to it, the arrow on the top panel points there, #n is the retry) with a smaller learning rate; "
         "faint dashed lines: the records of the steps that were rewound and done again. Black dotted line "
-        "with an X: the run gave up after its last allowed recovery."
+        "with an X: the run gave up after its last allowed recovery. Chain health (window means of each "
+        "step's SGLD samples): the fraction of sample values beyond the data range [-1, 1] by more than 0.1, "
+        "the ratio of the mean sample norm to the mean data norm (about 1 when healthy), the class balance "
+        "(entropy of the classes predicted for the samples over log(classes)) and the chains' mean age "
+        "(continuations since a chain was last restarted; it restarts at 0 on resume). The divergence guard "
+        "treats samples out of range beyond <code>divergence.max_out_of_range</code> (default 0.5) or a norm "
+        "ratio above <code>divergence.max_norm_ratio</code> (default 4) at <code>divergence.health_checks</code> "
+        "(default 3) checks in a row as runaway chains: a recovery, or a give-up naming that cause."
     )
     _images(page, report, "dynamics", "training dynamics", roles=roles)
 
 
 SECTIONS: tuple[Callable[[Page, EvaluationReport], None], ...] = (
-    header, summary, classification, calibration, ood, generation, robustness, dynamics,
+    header, summary, classification, calibration, ood, generation, robustness, robustness_audit, dynamics,
 )

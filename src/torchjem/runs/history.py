@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
-DYNAMICS_FINAL = ("loss", "acc", "energy_data", "energy_sample", "energy_gap", "lr")
+DYNAMICS_FINAL = ("loss", "acc", "energy_data", "energy_sample", "energy_gap", "lr",
+                  "out_of_range", "norm_ratio", "class_balance", "buffer_age")
+TREND_WINDOWS = 10  # the energy gap's trend: the slope over the last this many windows
 COLLAPSE = 0.8  # a finished run below this fraction of its best val accuracy collapsed (counted as diverged)
 
 
@@ -61,8 +63,12 @@ class DynamicsSummary:
     the guard gave up; ``first_trouble_step``: the step of the first divergence (recovery or
     give-up) or None; ``cause``: why it gave up (None otherwise); ``best_val_acc``: the best
     validation accuracy recorded; ``final``: the last window's means of loss, acc, energy_data,
-    energy_sample, energy_gap (sample - data) and lr (None where the run did not log them: no
-    energies without a p(x) term)."""
+    energy_sample, energy_gap (sample - data) and lr, and the chains' health: out_of_range (fraction
+    of sample values outside the data range), norm_ratio (sample norm / data norm), class_balance
+    (spread of the samples' predicted classes, 1 = even) and buffer_age (mean continuations of a
+    chain since its restart) (None where the run did not log them: no energies or chains without
+    a p(x) term); ``gap_trend``: the slope of the energy gap over the last ``TREND_WINDOWS`` kept
+    windows, per 100 steps (None with fewer than 3)."""
 
     steps: int | None
     recoveries: int
@@ -71,6 +77,7 @@ class DynamicsSummary:
     cause: str | None
     best_val_acc: float | None
     final: dict[str, float | None]
+    gap_trend: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,7 +126,20 @@ class History:
             cause=gave_up[-1].get("cause") if gave_up else None,
             best_val_acc=max(vals) if vals else None,
             final=final,
+            gap_trend=self.gap_trend(),
         )
+
+    def gap_trend(self) -> float | None:
+        """The least-squares slope of the energy gap over the last ``TREND_WINDOWS`` kept windows,
+        per 100 steps; None with fewer than 3 such windows."""
+        pairs = [(record_step(r), number(r.get("energy_sample")), number(r.get("energy_data"))) for r in self.windows]
+        pairs = [(s, e_s - e_d) for s, e_s, e_d in pairs if e_s is not None and e_d is not None]
+        gone = superseded([s for s, _ in pairs])
+        steps = np.asarray([s for s, _ in pairs], dtype=float)[~gone][-TREND_WINDOWS:]
+        gap = np.asarray([g for _, g in pairs], dtype=float)[~gone][-TREND_WINDOWS:]
+        if len(steps) < 3 or np.ptp(steps) == 0:
+            return None
+        return float(np.polyfit(steps, gap, 1)[0] * 100)
 
     def collapse(self, final_val_acc: float | None) -> str | None:
         """Why a run that finished at ``final_val_acc`` counts as collapsed (below COLLAPSE times

@@ -62,6 +62,11 @@ class ReplayBuffer(nn.Module):
         self.register_buffer("factor", torch.empty(0, device=device))
         self.register_buffer("x", torch.empty((size, *self.shape), device=device, dtype=dtype))
         self.x = self.noise(self.labels, dtype=dtype)
+        # chain health: how many times each chain has been continued since it was (re)started (saved
+        # with the buffer; a state without it, or of another layout, starts every chain at 0).
+        # ``drawn_age``: the mean age of the chains of the last draw.
+        self.register_buffer("age", torch.zeros(size, device=device))
+        self.drawn_age: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -169,10 +174,17 @@ class ReplayBuffer(nn.Module):
         if reinit and self.reinit_freq > 0:
             fresh = torch.rand(len(idx), device=self.device) < self.reinit_freq
             x = torch.where(fresh.view(-1, *[1] * len(self.shape)), self.noise(self.labels[idx]), x)
+            if self.age.device != self.device:
+                self.age = self.age.to(self.device)
+            self.age[idx] = torch.where(fresh, torch.zeros_like(self.age[idx]), self.age[idx])
+        self.drawn_age = self.age.to(self.device)[idx].mean()
         return x, idx
 
     def put(self, idx: torch.Tensor, x: torch.Tensor) -> None:
         self.x[idx] = x.detach().to(self.x.device, self.x.dtype)
+        if self.age.device != self.device:
+            self.age = self.age.to(self.device)
+        self.age[idx] = self.age[idx] + 1
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"init": self.init, "reinit_freq": self.reinit_freq}
@@ -191,6 +203,9 @@ class ReplayBuffer(nn.Module):
         if tuple(x.shape) != (self.size, *self.shape):
             raise InputError(f"replay buffer state has shape {tuple(x.shape)}, expected {(self.size, *self.shape)}")
         self.x = x.to(self.device, self.x.dtype).clone()
+        age = state_dict.get(prefix + "age")
+        fits = age is not None and tuple(age.shape) == (self.size,)
+        self.age = age.to(self.device, torch.float32).clone() if fits else torch.zeros(self.size, device=self.device)
         if prefix + "mean" in state_dict:  # the Gaussians come whole from the state (absent parts: empty)
             for key in ("mean", "std", "factor"):
                 value = state_dict.get(prefix + key, torch.empty(0))

@@ -25,7 +25,8 @@ class DivergenceError(UserError, RuntimeError):
 
 ADVICE = (
     "Try a lower optim.lr, more sgld.steps, objective.energy_l2=0.1, a larger objective.data_noise (0.1 is more "
-    "stable than 0.03), sgld.grad_clamp, or net.kwargs.activation=swish"
+    "stable than 0.03), sgld.grad_clamp, or net.kwargs.activation=swish; runaway chains on a net with batch norm: "
+    "sgld.model_mode=train (or auto), or sgld.clamp=true"
 )
 
 
@@ -36,6 +37,7 @@ class DivergenceGuard:
         self.cfg, self.state, self.seed = cfg, state, seed
         self._snapshot: dict[str, Any] | None = None
         self._snapshot_step = -1
+        self.unhealthy = 0  # checks in a row whose samples were out of health (chain_cause)
 
     def snapshot(self) -> None:
         """Keep the current state as the one to rewind to."""
@@ -53,7 +55,7 @@ class DivergenceGuard:
         if self.state.progress.step % self.cfg.check_every and not due:
             return None
         cause = self.check(stats, x if due else None)
-        if cause is None and self.snapshot_due():
+        if cause is None and self.snapshot_due() and not self.unhealthy:  # a good state: healthy chains too
             self.snapshot()
         return cause
 
@@ -63,6 +65,7 @@ class DivergenceGuard:
         with ``x`` (due before a snapshot or a checkpoint) the state after the update is checked
         too: finite weights, and finite outputs on a few inputs."""
         cause = self._local_cause(stats) or (self._state_cause(x) if x is not None else None)
+        cause = cause or self.chain_cause(stats)
         if self.state.world_size == 1:
             return cause
         ranks = ddp.flagged_ranks(cause is not None, self.state.device)
@@ -98,6 +101,27 @@ class DivergenceGuard:
                 return f"|energy gap| = |E(samples) - E(data)| = {abs(gap):.3g} > divergence.max_gap = {d.max_gap:.3g}"
         return None
 
+    def chain_cause(self, stats: dict[str, torch.Tensor]) -> str | None:
+        """Chain health: the cause when the samples of the checked step are out of health
+        (``out_of_range`` above ``divergence.max_out_of_range`` or ``norm_ratio`` above
+        ``divergence.max_norm_ratio``) at ``divergence.health_checks`` checks in a row, else None.
+        Runaway chains (a batch-norm net sampled in eval mode) keep the energy gap under
+        ``max_gap`` while their samples leave the data far behind."""
+        d = self.cfg
+        if "out_of_range" not in stats or "norm_ratio" not in stats:
+            return None
+        out, ratio = torch.stack([stats["out_of_range"].float(), stats["norm_ratio"].float()]).tolist()
+        bad = []
+        if out > d.max_out_of_range:
+            bad.append(f"{out:.0%} of sample values outside the data range > divergence.max_out_of_range = "
+                       f"{d.max_out_of_range:.3g}")
+        if ratio > d.max_norm_ratio:
+            bad.append(f"sample norm / data norm = {ratio:.3g} > divergence.max_norm_ratio = {d.max_norm_ratio:.3g}")
+        self.unhealthy = self.unhealthy + 1 if bad else 0
+        if self.unhealthy < d.health_checks:
+            return None
+        return f"runaway chains: {' and '.join(bad)} at {self.unhealthy} checks in a row"
+
     def recover(self, cause: str, last: Path | None = None) -> dict[str, Any]:
         """Rewind to the last good state, reseed and back off the lr; returns the event's fields.
         Raises DivergenceError (fields in ``.event``) once ``max_retries`` rewinds are used up; its
@@ -116,6 +140,7 @@ class DivergenceGuard:
             err.event = {"cause": cause}
             raise err
         bad_step = p.step
+        self.unhealthy = 0
         self.state.restore(self._snapshot)
         p.lr_scale *= self.cfg.lr_factor
         p.step_scale *= self.cfg.step_factor

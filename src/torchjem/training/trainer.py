@@ -204,6 +204,11 @@ def log_start(trainer: Trainer) -> None:
     mode = "classifier (clf_only)" if t.cfg.train.clf_only else "JEM"
     log.info("training %s on %s (%d images, %s) on %s into %s", mode, t.data_name, t.batches.n,
              "x".join(map(str, t.shape)), t.device, t.run.path)
+    if t.sampler is not None:
+        log.info("chains: %s, net in %s mode (sgld.model_mode = %s)", type(t.sampler.langevin).__name__,
+                 t.plan.chain_mode, t.cfg.sgld.model_mode)
+    if t.plan.chain_warning and t.is_main:
+        log.warning(t.plan.chain_warning)
     if t.world_size > 1:
         size = t.buffer.size if t.buffer is not None else "-"
         msg = "data-parallel on %d processes: global batch %d = %d x %d per rank, buffer shard %s per rank"
