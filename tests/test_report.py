@@ -5,6 +5,7 @@ import shutil
 import pytest
 import torch
 from matplotlib.figure import Figure
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from conftest import tiny_config
@@ -159,7 +160,11 @@ def test_headline_and_limit(report):
     rep, _ = report
     h = headline(rep, "model")
     assert set(h["ood"]) == {"uniform", "gaussian", "interp", "held_out"}
-    assert 0 <= h["ood"]["uniform"]["px"]["auroc"] <= 1 and h["fid"] >= 0
+    ood = rep.models["model"].evaluation.ood  # the headline's AUROC is sklearn's on the scored sets
+    scores_in, scores_out = ood.arrays["in"]["px"], ood.arrays["uniform"]["px"]
+    labels = [1] * len(scores_in) + [0] * len(scores_out)
+    assert h["ood"]["uniform"]["px"]["auroc"] == pytest.approx(roc_auc_score(labels, scores_in + scores_out))
+    assert h["fid"] == rep.models["model"].evaluation.generation.fid
     assert rep.models["model"].evaluation.ood.sets["uniform"]["n"] == 40  # OOD sets limited too
     assert rep.models["model"].evaluation.generation.n_fake == 40
 
