@@ -121,6 +121,7 @@ def test_buffer_age_counts_continuations_since_a_restart():
 
 
 def test_gap_trend_is_the_slope_per_100_steps():
-    records = [{"step": s, "loss": 0.0, "energy_gap": 0.5 + 0.02 * s} for s in range(10, 200, 10)]
+    records = [{"step": s, "loss": 0.0, "energy_data": -3.0, "energy_sample": -2.5 + 0.02 * s}
+               for s in range(10, 200, 10)]
     assert History(records).summary().gap_trend == pytest.approx(2.0)
     assert History(records[:2]).summary().gap_trend is None
