@@ -27,6 +27,7 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 
 demo: $(VENV)/.installed
 	$(BIN)/jem demo --out runs/demo
+	@echo "the jem command is in $(VENV): run 'source $(BIN)/activate' to have it in this shell, or call $(BIN)/jem"
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest

@@ -344,12 +344,11 @@ def load_config(
     overrides: list[str] | dict[str, Any] | None = None,
     base: Config | None = None,
 ) -> Config:
-    """Build a validated Config from defaults (or ``base``), a YAML file and overrides."""
+    """Build a validated Config from defaults (or ``base``), a YAML file or the name of a shipped
+    recipe (``"digits_demo"``, see ``jem recipes``), and overrides (a nested dict, or KEY=VALUE strings)."""
     values: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
+        path = resolve_recipe(path)
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
@@ -368,6 +367,18 @@ def load_config(
     cfg = from_dict(base.to_dict()) if base is not None else Config()
     _apply(cfg, values)
     return cfg.validate()
+
+
+def resolve_recipe(name: str | Path) -> Path:
+    """A config file's path, or that of the recipe shipped under this name (torchjem/configs)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / f"{path.stem}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config file {str(name)!r} does not exist, and no recipe has that name ({names})")
 
 
 def from_dict(values: dict[str, Any]) -> Config:

@@ -6,20 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import CONFIG_DIR, ConfigError, load_config
+from ..config import load_config
+from ..config import resolve_recipe as config_recipe
 from ..training import Trainer
 from ..training.distributed import distributed_session
 from ..training.trainer import DEFAULT_OUT
 
 
 def resolve_recipe(name: str | None) -> str | None:
-    """A config path, or the name of a recipe shipped in torchjem/configs."""
-    if name is None or Path(name).is_file():
-        return name
-    shipped = CONFIG_DIR / f"{Path(name).stem}.yaml"
-    if shipped.is_file():
-        return str(shipped)
-    raise ConfigError(f"config {name!r} is neither a file nor a shipped recipe; see `jem recipes`")
+    """A config path, or the path of the recipe shipped under that name (None stays None)."""
+    return None if name is None else str(config_recipe(name))
 
 
 def train_run(
