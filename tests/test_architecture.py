@@ -202,7 +202,7 @@ def test_the_checker_catches_file_and_data_access_in_evaluate(tmp_path):
 RUN_FILES = {"config.yaml", "metrics.jsonl", "train.log", "last.pt", "best.pt", "attack.json", "report.json",
              "report.html", "trial.json", ".lock", "torchjem.json", "model.safetensors", "buffer.safetensors",
              "robust_accuracy.png"}
-RUN_DIRS = {"checkpoints", "samples", "report", "attack", "feature_net", "export"}
+RUN_DIRS = {"checkpoints", "samples", "report", "attack", "feature_net", "export", "tb"}
 # where such a name is not a run directory's (with the reason)
 NOT_A_RUN_DIR = {"workflows/sweep/layout.py": "a sweep folder's own report/ (a sweep is not a run directory)"}
 

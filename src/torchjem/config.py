@@ -101,6 +101,7 @@ class TrainConfig:
     channels_last: bool = False  # NHWC weights and activations (faster convolutions on CUDA tensor cores)
     compile: bool = False  # torch.compile the network (first steps are slow while it compiles)
     sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch (every rank's slice)
+    tensorboard: bool = False  # also write metrics, validations, events and epoch sample grids to RUN_DIR/tb
 
 
 @dataclass

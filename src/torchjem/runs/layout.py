@@ -9,6 +9,7 @@ RUN_DIR/report/              report.html, report.json and PNGs (`jem eval`)
 RUN_DIR/attack/              attack.json, robust_accuracy.png, saved adversarials (`jem attack`)
 RUN_DIR/feature_net/         the run's copy of the FID feature network
 RUN_DIR/trial.json           what a `jem sweep` trial recorded
+RUN_DIR/tb/                  TensorBoard event files (`train.tensorboard: true`)
 RUN_DIR/export/              `jem export`'s default folder
 RUN_DIR/.lock                held by the process that writes into it (runs/lock.py)
 
@@ -89,6 +90,11 @@ class RunDir:
         return self.path / "trial.json"
 
     @property
+    def tensorboard(self) -> Path:
+        """TensorBoard's event files of the run (``train.tensorboard``)."""
+        return self.path / "tb"
+
+    @property
     def export(self) -> Path:
         """Default folder of `jem export`."""
         return self.path / "export"
@@ -123,7 +129,7 @@ class RunDir:
         """Remove what a previous run wrote (checkpoints, metrics, log, config, trial record), for
         ``--overwrite``. Reports, attacks and samples of the old run go too: they describe a model
         that no longer exists."""
-        for folder in (self.checkpoints, self.report, self.attack, self.samples, self.feature_net):
+        for folder in (self.checkpoints, self.report, self.attack, self.samples, self.feature_net, self.tensorboard):
             shutil.rmtree(folder, ignore_errors=True)
         for p in (self.metrics, self.log, self.config, self.trial):
             p.unlink(missing_ok=True)

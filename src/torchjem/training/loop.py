@@ -124,6 +124,8 @@ class TrainingLoop:
         p, tr, t = self.p, self.t, self.cfg.train
         p.epoch, p.batch = p.epoch + 1, 0
         val = {} if p.epoch % t.eval_every and not self.done() else tr.validate()
+        if tr.buffer is not None:  # the chains as they stand, in TensorBoard (when on)
+            tr.metrics.samples(tr.buffer.x, p.step)
         if val:
             tr.metrics.write({"step": p.step, "epoch": p.epoch, **val})
             log.info("epoch %d: val_acc %.4f val_nll %.4f", p.epoch, val["val_acc"], val["val_nll"])

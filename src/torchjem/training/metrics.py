@@ -1,5 +1,6 @@
 """The metrics log of a run: windows of per-step diagnostics kept on the device, JSON lines in
-RUN_DIR/metrics.jsonl, events (recovery, gave_up, done), and the run's train.log."""
+RUN_DIR/metrics.jsonl, events (recovery, gave_up, done), and the run's train.log; with
+``train.tensorboard`` every record mirrored to RUN_DIR/tb (training/tensorboard.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 from ..errors import WriteError
 from ..runs import RunDir
 from . import distributed as ddp
+from .tensorboard import TensorBoardLog
 
 log = logging.getLogger("torchjem")
 
@@ -44,11 +46,13 @@ class Window:
 
 
 class MetricsLog:
-    """Appends records to RUN_DIR/metrics.jsonl (only where ``enabled``: rank 0)."""
+    """Appends records to RUN_DIR/metrics.jsonl (only where ``enabled``: rank 0), and to
+    TensorBoard's RUN_DIR/tb with ``tensorboard`` (inside ``to_file``)."""
 
-    def __init__(self, run: RunDir, enabled: bool = True) -> None:
-        self.run, self.enabled = run, enabled
+    def __init__(self, run: RunDir, enabled: bool = True, tensorboard: bool = False) -> None:
+        self.run, self.enabled, self.tensorboard = run, enabled, tensorboard
         self.window = Window()
+        self.tb: TensorBoardLog | None = None
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -58,6 +62,13 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
         except OSError as e:
             raise WriteError(f"cannot write {str(self.run.metrics)!r} ({e})") from None
+        if self.tb is not None:
+            self.tb.write(record)
+
+    def samples(self, x: torch.Tensor, step: int) -> None:
+        """A grid of ``x`` (the replay buffer's chains) in TensorBoard, when it is on."""
+        if self.tb is not None:
+            self.tb.samples(x, step)
 
     def event(self, kind: str, step: int, epoch: int, **fields: Any) -> None:
         self.write({"event": kind, "step": step, "epoch": epoch, **fields})
@@ -73,12 +84,15 @@ class MetricsLog:
         self.window = Window()
 
     @contextlib.contextmanager
-    def to_file(self) -> Iterator[None]:
-        """The torchjem logger also writes RUN_DIR/train.log inside (rank 0 only)."""
+    def to_file(self, step: int = 0) -> Iterator[None]:
+        """The torchjem logger also writes RUN_DIR/train.log inside (rank 0 only), and TensorBoard
+        its event files when on (``step``: where a resumed run starts; later events are replaced)."""
         if not self.enabled:
             yield
             return
         self.run.path.mkdir(parents=True, exist_ok=True)
+        if self.tensorboard:
+            self.tb = TensorBoardLog(self.run.tensorboard, purge_step=step)
         handler = logging.FileHandler(self.run.log)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
@@ -89,3 +103,6 @@ class MetricsLog:
         finally:
             log.removeHandler(handler)
             handler.close()
+            if self.tb is not None:
+                self.tb.close()
+                self.tb = None

@@ -92,7 +92,7 @@ class Trainer:
         meta = DataSpec(self.data_name, tuple(self.shape), self.n_classes)
         self.state = TrainState(cfg, self.jem, self.optimizer, self.buffer, meta, net_record(cfg, model), self.device)
         self.guard = DivergenceGuard(cfg.divergence, self.state, cfg.seed)
-        self.metrics = MetricsLog(self.run, self.is_main)
+        self.metrics = MetricsLog(self.run, self.is_main, tensorboard=cfg.train.tensorboard)
         self.resume_note: str | None = None
 
     # -- what the run exposes --------------------------------------------------------------------
@@ -181,7 +181,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train until ``train.epochs`` (or ``train.max_steps``); returns the final figures. The run
         directory's lock is released at the end."""
-        with self.lock, self.metrics.to_file():
+        with self.lock, self.metrics.to_file(self.step):
             if self.is_main:
                 save_config(self.cfg, self.run.config)
             log_start(self)
