@@ -192,10 +192,11 @@ def test_an_imported_run_is_evaluated_with_the_reference_input_noise(tmp_path):
     clean = evaluate_run(tmp_path / "run", **kw)
     noisy = evaluate_run(tmp_path / "run", input_noise=0.5, **kw)
     assert clean.settings.input_noise == 0 and noisy.settings.input_noise == 0.5
+    assert noisy.settings.seed == load_run(tmp_path / "run", device="cpu").cfg.seed
     run = load_run(tmp_path / "run", device="cpu")
     data = run.data()
     x, y = data.x_test[:16], data.y_test[:16]
-    g = torch.Generator().manual_seed(1)  # the evaluation's seed + 1
+    g = torch.Generator().manual_seed(run.cfg.seed + 1)  # the evaluation's seed (the run's own) + 1
     x_noisy = x + 0.5 * torch.randn(x.shape, generator=g)
     want = F.cross_entropy(run.jem.logits(x_noisy), y).item()
     assert noisy.models["model"].evaluation.classification.nll == pytest.approx(want, rel=1e-5)
