@@ -164,3 +164,59 @@ def test_masking_checks_flag_a_rounding_model_and_pass_its_linear_original():
     assert not r["black_box"].passed and max(r["black_box"].figures["square_broke"]) >= 5
     assert not r["unbounded"].passed and r["unbounded"].figures["accuracy"] > 0.05
     assert r["logits_and_range"].passed
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from conftest import tiny_config
+    from torchjem.training import train
+
+    out = tmp_path_factory.mktemp("suite") / "run"
+    train(tiny_config("train.max_steps=40", "seed=2"), data=load_data("digits"), progress=False, out=out)
+    return out
+
+
+@pytest.mark.slow
+def test_jem_attack_suite_writes_the_audit_and_the_report_shows_it(run_dir, tmp_path, capsys):
+    import json
+
+    from torchjem.cli import main
+    from torchjem.evaluate.results import RobustnessResult
+    from torchjem.report import EvaluationReport, ModelReport, write_report
+    from torchjem.runs import read_attack
+
+    args = ["attack", str(run_dir), "--eps", "0", "0.1", "0.3", "--refine-steps", "0", "1", "--limit", "12",
+            "--steps", "3", "--chains", "1", "--distal", "0", "--suite", "quick", "--suite-limit", "8",
+            "--quiet", "--seed", "0"]
+    assert main(args) == 0
+    assert "JEM-1, suite quick on 8 inputs: worst case" in capsys.readouterr().out
+    res = read_attack(run_dir)
+    assert set(res["audit"]) == {"JEM-0", "JEM-1"}
+    for a in res["audit"].values():
+        assert a["n"] == 8 and a["eps"] == [0.0, 0.1, 0.3]
+        assert all(w <= p + 1e-9 for w, p in zip(a["worst"], a["pgd"]))
+        assert a["worst"][2] <= a["worst"][1] <= a["worst"][0]
+        assert [c["name"] for c in a["checks"]] == ["unbounded", "black_box", "stronger_pgd", "converged",
+                                                    "loss_rises", "logits_and_range"]
+        assert set(a["cost"]) == {"PGD", "APGD-CE", "APGD-T", "Square", "checks"}
+        assert a["settings"]["pgd_n"] == 12 and a["verdict"]
+    # JEM-1 draws noise: it is randomised, and its stronger-PGD check includes more EOT draws
+    assert res["audit"]["JEM-1"]["randomised"] and "eot_x2" in res["audit"]["JEM-1"]["checks"][2]["figures"]
+    assert not res["audit"]["JEM-0"]["randomised"]
+    # the PGD figure the audit starts from: the saved PGD adversarials of the first 8 inputs, re-evaluated
+    from torchjem.evaluate.robustness import adversarial_accuracy
+    from torchjem.workflows.runs import load_run
+
+    saved = torch.load(run_dir / "attack" / "adversarials_JEM-0.pt", weights_only=True)
+    again, _ = adversarial_accuracy(load_run(run_dir).jem, saved["x_adv"][:, :8], saved["y"][:8])
+    assert again == pytest.approx(res["audit"]["JEM-0"]["pgd"])
+    # the report: an audit card whose cells name their paths in report.json
+    rob = RobustnessResult.from_dict(res)
+    report = EvaluationReport(title="t", created="now", models={"model": ModelReport(label="JEM", robustness=rob)})
+    files = write_report(report, tmp_path)
+    doc = json.loads(files["json"].read_text())
+    html = files["html"].read_text()
+    assert "Robustness audit" in html and (tmp_path / "model_robust_audit.png").is_file()
+    key = json.dumps(["models", "model", "robustness", "audit", "JEM-1", "worst", 2]).replace('"', "&quot;")
+    assert f'data-key="{key}"' in html
+    assert doc["models"]["model"]["robustness"]["audit"]["JEM-1"]["worst"] == res["audit"]["JEM-1"]["worst"]

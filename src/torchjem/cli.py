@@ -222,6 +222,12 @@ def add_attack(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-transfer", action="store_true", help="do not also try JEM-0's adversarials on JEM-n")
     p.add_argument("--distal", type=int, default=100, help="distal adversarials to make (0: none)")
     p.add_argument("--batch-size", type=int, default=100, help="inputs attacked at once")
+    p.add_argument(
+        "--suite", choices=["standard", "quick"], default=None,
+        help="after PGD, an AutoAttack-style suite (APGD-CE, targeted APGD-DLR, Square) keeping the worst case per "
+        "input, and gradient-masking checks (docs/robustness.md); quick: fewer steps, targets and queries",
+    )
+    p.add_argument("--suite-limit", type=int, default=None, help="run the suite on the first N attacked inputs only")
     p.add_argument("--evaluate-saved", metavar="FILE", help="re-evaluate an adversarials_*.pt file instead")
     p.add_argument("--model", metavar="RUN_DIR", help="with --evaluate-saved: the run to evaluate (default RUN_DIR)")
     _common(p)
@@ -240,7 +246,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
         pgd=pgd, eps=args.eps, refine_steps=args.refine_steps or ([0] if args.evaluate_saved else [0, 1, 10]),
         limit=args.limit, checkpoint=args.checkpoint, n_chains=args.chains, init_noise=args.init_noise,
         gradient=args.gradient, transfer=not args.no_transfer, distal=args.distal, batch_size=args.batch_size,
-        device=args.device or "auto", seed=args.seed, progress=not args.quiet,
+        device=args.device or "auto", seed=args.seed, progress=not args.quiet, suite=args.suite,
+        suite_limit=args.suite_limit,
     )
     if args.evaluate_saved:
         model_dir = args.model or args.run_dir
@@ -255,6 +262,10 @@ def cmd_attack(args: argparse.Namespace) -> int:
     for k, e in enumerate(res.eps):
         print(f"{e:12g}" + "".join(f"{acc[k]:11.4f}" for acc in res.curves.values()))
     print(f"n={res.n} {res.norm}; wrote {os.path.dirname(res.png_path)}")
+    for name, a in (res.audit or {}).items():
+        print(f"{name}, suite {a['suite']} on {a['n']} inputs: worst case " + " ".join(f"{w:.4f}" for w in a["worst"])
+              + f"; checks: {' '.join(c['name'] + ('' if c['passed'] else ' FLAG') for c in a['checks'])}")
+        print(f"  {a['verdict']}")
     return 0
 
 

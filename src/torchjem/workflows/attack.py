@@ -15,7 +15,9 @@ from torch import nn
 
 from ..checkpoint import check_writable, load_checkpoint, save_checkpoint
 from ..errors import InputError
+from ..evaluate.adaptive import ATTACKS, Counted, suite_settings
 from ..evaluate.attacks import JEMDefence
+from ..evaluate.masking import audit
 from ..evaluate.results import RobustAccuracy, RobustnessResult
 from ..evaluate.robustness import (
     DEFAULT_EPS,
@@ -52,6 +54,8 @@ class AttackOptions:
     device: str = "auto"
     seed: int | None = None  # of random starts, targets, EOT draws and chains (None: the run's own seed)
     progress: bool = True
+    suite: str | None = None  # an attack suite after PGD (evaluate.adaptive.SUITES: standard, quick) and its checks
+    suite_limit: int | None = None  # the suite on the first N of the attacked inputs only (None: all)
 
     def check(self) -> AttackOptions:
         """Raise InputError for an invalid option (before any run is loaded); fills in eps."""
@@ -67,6 +71,12 @@ class AttackOptions:
             raise InputError(f"attack options must be >= 1 (distal >= 0), got {bad}")
         if self.gradient not in ("exact", "bpda"):
             raise InputError(f"attack gradient must be 'exact' or 'bpda', got {self.gradient!r}")
+        if self.suite is not None:
+            suite_settings(self.suite, norm=self.pgd.norm)
+            if self.suite_limit is not None and self.suite_limit < 1:
+                raise InputError(f"suite_limit must be >= 1, got {self.suite_limit}")
+            if max(self.eps) <= 0:
+                raise InputError(f"the attack suite needs an eps > 0, got {self.eps}")
         return self
 
 
@@ -128,6 +138,25 @@ def evaluate_saved_run(path: str | Path, run_dir: str | Path, options: AttackOpt
     return {name: evaluate_saved(path, m, o.batch_size) for name, m in models.items()}
 
 
+def suite_audit(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, res: RobustAccuracy, o: AttackOptions,
+    pgd_cost: dict[str, float], name: str = "",
+) -> dict[str, Any]:
+    """The attack suite ``o.suite`` and its gradient-masking checks on ``model``, from where PGD
+    (``res``, its cost ``pgd_cost``) left each input, on the first ``o.suite_limit`` inputs;
+    a ``RobustnessAudit``'s dict (attack.json's "audit" of the setting)."""
+    m = len(x) if o.suite_limit is None else min(o.suite_limit, len(x))
+    s = suite_settings(o.suite, norm=o.pgd.norm, eot=o.pgd.eot)
+    log.info("attack: %s, suite %s (%s) on %d test inputs", name, s.name, ", ".join(ATTACKS), m)
+    pgd_accuracy = res.robust[:, :m].float().mean(1).tolist()
+    result = audit(model, x[:m], y[:m], o.eps, s, pgd=o.pgd, start=res.robust[:, :m], pgd_accuracy=pgd_accuracy,
+                   batch_size=o.batch_size, progress=o.progress)
+    result.cost = {"PGD": pgd_cost, **result.cost}
+    out = result.to_dict()
+    out["settings"]["pgd_n"] = len(x)  # PGD's cost is for all attacked inputs, the suite's for n
+    return out
+
+
 def attack_run(
     run_dir: str | Path,
     options: AttackOptions | None = None,
@@ -168,14 +197,20 @@ def attack_run(
     settings = defence_settings(run, o.refine_steps, o.n_chains, init, o.gradient)
     if base is not None:
         settings["baseline"] = base.jem
-    curves, direct, files = {}, {}, {}
+    curves, direct, files, audits = {}, {}, {}, {}
     source = None
     for name, model in settings.items():
         log.info("attack: %s, %s PGD at eps %s on %d test inputs", name, o.pgd.norm, o.eps, len(x))
         cand = source if o.transfer and name.startswith("JEM-") and name != "JEM-0" else None
+        t_pgd, counted = time.perf_counter(), Counted(model)
         res = robust_accuracy(
-            model, x, y, o.eps, o.pgd, candidates=cand, batch_size=o.batch_size, progress=o.progress, desc=f"PGD {name}"
+            counted, x, y, o.eps, o.pgd, candidates=cand, batch_size=o.batch_size, progress=o.progress,
+            desc=f"PGD {name}",
         )
+        if o.suite is not None:
+            pgd_cost = {"forward": counted.forwards, "backward": counted.backwards,
+                        "seconds": time.perf_counter() - t_pgd}
+            audits[name] = suite_audit(model, x, y, res, o, pgd_cost, name)
         if name == "JEM-0":
             source = res.x_adv
         curves[name], direct[name] = res.accuracy, res.accuracy_direct
@@ -216,6 +251,7 @@ def attack_run(
         },
         adversarials=files,
         distal=distal,
+        audit=audits or None,
         seconds=time.perf_counter() - t0,
     )
     write_attack(out, result.to_dict())
