@@ -552,3 +552,39 @@ def read_npz(path: str | Path) -> RawData:
             out.append((x, torch.from_numpy(y.astype(np.int64))))
     test = out[1] if len(out) > 1 else (None, None)
     return RawData(*out[0], *test, names)
+
+
+# -- inputs alone (OOD sets) --------------------------------------------------------------------
+def read_npz_inputs(path: str | Path) -> torch.Tensor:
+    """Every input of a .npz, labels not needed: ``x`` (with or without ``y``), or ``x_train``
+    followed by ``x_test`` when present. The natural form of an OOD set (unlabelled images)."""
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(".npz inputs", path, f"  {path} holding an array x (N, ...)", "numpy.savez(path, x=images)")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - as read_npz
+        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: a single .npy array, not a .npz archive; expected an array x (N, ...)")
+    with z:
+        keys = [k for k in ("x", "x_train", "x_test") if k in z.files]
+        if "x" in keys:
+            keys = ["x"]
+        if not keys:
+            raise DataError(f"{path}: expected an array x (or x_train, x_test) of inputs, found {sorted(z.files)}")
+        parts = [_npz_images(_npz_array(z, k, path), k, path) for k in keys]
+    if len({p.dtype for p in parts}) > 1 or len({tuple(p.shape[1:]) for p in parts}) > 1:
+        raise DataError(f"{path}: x_train and x_test differ in dtype or input shape")
+    x = torch.cat(parts)
+    if len(x) == 0:
+        raise DataError(f"{path}: holds no inputs (expected N >= 1 along the first axis)")
+    return x
+
+
+def read_folder_inputs(path: str | Path, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """Every image of a folder (``<class>/`` sub-folders, ``train/`` + ``test/``, or flat), as uint8."""
+    raw = read_image_folders(path, size)
+    return raw.x_train if raw.x_test is None else torch.cat([raw.x_train, raw.x_test])

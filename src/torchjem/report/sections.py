@@ -160,11 +160,16 @@ def ood(page: Page, report: EvaluationReport) -> None:
         "-||d log p(x)/dx||<sub>2</sub>; <b>maxlogit</b> the largest logit. AUROC 0.5 = chance, 1 = perfect; "
         "AUPR-in / AUPR-out: average precision with the in-distribution / OOD set as positives; FPR95: the "
         "fraction of OOD inputs accepted at the threshold that keeps 95% of in-distribution inputs "
-        "(lower is better)."
+        "(lower is better). Set sizes: a set read from a file or folder is scored whole, a named data set on "
+        "its test split, the held-out classes on all their test images, a synthetic set with as many inputs "
+        "as the in-distribution test set; <code>--limit N</code>, when given (see the settings above), "
+        "caps each at N."
     )
     span = f"colspan={len(OOD_METRICS)}"
     for s in _union(report, _ood_sets):
         page.h3(s, report.settings.ood_descriptions.get(s))
+        sizes = [(f"OOD inputs scored ({s})", ["ood", "sets", s, "n"]), ("in-distribution inputs", ["ood", "n_in"])]
+        _figures(page, report, sizes, roles)
         head = [page.th("score", "l", "rowspan=2"), *(page.th(_label(report, r), span=span) for r in roles)]
         sub = [page.th(name) for _ in roles for name in OOD_METRICS.values()]
         rows = []

@@ -27,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..data import list_datasets, load_data
+from ..data import list_datasets, load_data, read_folder_inputs, read_npz_inputs, to_float
 from ..errors import CheckpointError, InputError, MissingError, WriteError
 from ..evaluate.features import ClassifierFeatures, FeatureNet, InceptionFeatures, ModuleFeatures
 from ..evaluate.ood import BUILTIN_SETS, builtin_ood_set, fit_to_shape
@@ -58,15 +58,32 @@ def check_ood_specs(specs: Sequence[str]) -> list[str]:
     return specs
 
 
+FILE_SETS = ("npz", "image_folder")  # OOD sets read from a file or folder: used whole, labels not needed
+
+
 def named_ood_set(spec: str, shape: Sequence[int], n: int | None = None) -> torch.Tensor:
-    """A data set the data layer can read, as ``NAME`` or ``NAME:ROOT``: its test split (the
-    training split when it has no test split), resized to ``shape``, at most ``n`` examples.
+    """A data set the data layer can read, as ``NAME`` or ``NAME:ROOT``, resized to ``shape``, at
+    most ``n`` examples (None: all). A file or folder (``npz:FILE``, ``image_folder:DIR``) is used
+    whole, every input it holds, with or without labels; a named data set gives its test split
+    (the training split when it has no test split).
 
     Raises the data layer's errors for a set it cannot load, InputError when it cannot be resized."""
     name, _, root = spec.partition(":")
-    data = load_data(name, root or None, val_size=0)
-    x = data.x_test if len(data.x_test) else data.x_train
+    if name in FILE_SETS and root:
+        size = tuple(shape[-2:]) if len(shape) == 3 else None
+        raw = read_npz_inputs(Path(root).expanduser()) if name == "npz" else read_folder_inputs(root, size)
+        x = to_float(raw)
+    else:
+        data = load_data(name, root or None, val_size=0)
+        x = data.x_test if len(data.x_test) else data.x_train
     return fit_to_shape(x[:n] if n else x, shape, spec)
+
+
+def describe_named_set(spec: str) -> str:
+    name, _, root = spec.partition(":")
+    if name in FILE_SETS and root:
+        return f"every input of {root}, resized"
+    return f"test split of data set {spec}, resized"
 
 
 def build_ood_sets(
@@ -74,10 +91,12 @@ def build_ood_sets(
     x_in: torch.Tensor,
     held_out: torch.Tensor | None = None,
     seed: int = 0,
+    limit: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The OOD sets named in ``specs`` (each (n, *x_in.shape[1:]) with n <= len(x_in)) and their
-    descriptions. The i-th built-in set is seeded with ``seed + i``; ``held_out`` (the test images of
-    the classes a run was not trained on) serves the ``held_out`` spec.
+    """The OOD sets named in ``specs`` (each (n, *x_in.shape[1:])) and their descriptions. The
+    i-th built-in synthetic set is seeded with ``seed + i`` and has ``len(x_in)`` inputs; ``held_out``
+    (the test images of the classes a run was not trained on) serves the ``held_out`` spec; it and
+    the sets read from data sets, files or folders are used whole, or their first ``limit`` inputs.
 
     Raises InputError for an unknown spec, or ``held_out`` asked for without (or with empty) images."""
     sets, desc = {}, {}
@@ -92,9 +111,10 @@ def build_ood_sets(
                 )
             if len(held_out) == 0:
                 raise InputError(f"OOD set {HELD_OUT!r} is empty: no test images outside the trained classes")
-            sets[spec], desc[spec] = held_out[:n].float(), "test images of the classes the model was not trained on"
+            sets[spec] = held_out[:limit].float()
+            desc[spec] = "test images of the classes the model was not trained on"
         else:
-            sets[spec], desc[spec] = named_ood_set(spec, shape, n), f"test split of data set {spec}, resized"
+            sets[spec], desc[spec] = named_ood_set(spec, shape, limit), describe_named_set(spec)
     return sets, desc
 
 
