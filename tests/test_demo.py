@@ -17,6 +17,8 @@ from torchjem.build import held_out_data
 from torchjem.cli import main
 from torchjem.errors import InputError
 
+pytestmark = pytest.mark.slow  # processes that train: seconds to a minute each
+
 ARGS = ["demo", "--quick", "--quiet", "--device=cpu"]
 
 

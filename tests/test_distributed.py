@@ -22,6 +22,8 @@ from torchjem.checkpoint import load_checkpoint
 from torchjem.evaluate.classification import classification
 from torchjem.training import distributed as ddp
 
+pytestmark = pytest.mark.slow  # processes that train: seconds to a minute each
+
 WORLD = 2
 # 192 images / global batch 32 = 6 steps an epoch; 3 epochs with an lr decay at epoch 2.
 BASE = ["data.limit=192", "train.epochs=3", "optim.decay_epochs=[2]", "train.save_every=1", "train.log_every=3"]

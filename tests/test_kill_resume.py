@@ -14,10 +14,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import TINY
 from torchjem.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow  # processes that train: seconds to a minute each
 
 # 10 batches an epoch, 3 epochs, a mid-epoch checkpoint every 4 steps
 ARGS = [*TINY, "data.limit=320", "train.epochs=3", "train.checkpoint_every=4", "--device=cpu", "--quiet"]

@@ -50,6 +50,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_importing_torchjem_keeps_the_matplotlib_backend_and_never_imports_pyplot() -> None:
     env = {**os.environ, "MPLBACKEND": "svg"}
     proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=300)

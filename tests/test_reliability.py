@@ -52,6 +52,7 @@ def test_a_second_trainer_on_the_same_directory_is_refused(tmp_path):
     assert again.fit()["step"] == 3
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_a_finished_run_and_a_running_one(tmp_path, capsys):
     out = tmp_path / "r"
     args = ["train", *TINY, "train.max_steps=2", f"--out={out}", "--device=cpu", "--quiet"]
@@ -201,6 +202,7 @@ def _bad_files(tmp_path):
     return d, run, bad_runs
 
 
+@pytest.mark.slow
 def test_every_bad_input_is_one_clean_line(tmp_path, capsys):
     d, run, bad = _bad_files(tmp_path)
     out = tmp_path / "never"

@@ -52,6 +52,7 @@ def report(runs, tmp_path_factory):
     return rep, out
 
 
+@pytest.mark.slow
 def test_report_has_every_section_for_both_models(report):
     rep, out = report
     html = (out / "report.html").read_text()

@@ -53,6 +53,7 @@ def test_sample_defaults_to_the_runs_own_seed(run, tmp_path):
     assert np.array_equal(pixels["a"], pixels["b"]) and not np.array_equal(pixels["a"], pixels["c"])
 
 
+@pytest.mark.slow
 def test_attack_defaults_to_the_runs_own_seed(run, tmp_path):
     opts = AttackOptions(eps=[0.0, 0.3], refine_steps=[1], n_chains=2, limit=20, distal=0, progress=False)
     torch.manual_seed(3)

@@ -42,6 +42,7 @@ def done_events(run_dir: Path) -> int:
     return sum(json.loads(line).get("event") == "done" for line in lines)
 
 
+@pytest.mark.slow
 def test_grid_records_every_trial_divergence_is_a_result_and_rerun_skips(tmp_path):
     spec = plan_sweep(None, [*BASE, "divergence.max_retries=1"], GRID, seeds=1)
     out = tmp_path / "sw"
@@ -91,6 +92,7 @@ def test_grid_records_every_trial_divergence_is_a_result_and_rerun_skips(tmp_pat
         run_sweep(other, out, heartbeat=1)
 
 
+@pytest.mark.slow
 def test_two_worker_processes_never_run_a_trial_twice(tmp_path):
     spec = plan_sweep(None, BASE, ["optim.lr=0.001,0.002,0.003"], seeds=2)
     out = tmp_path / "sw"
@@ -104,6 +106,7 @@ def test_two_worker_processes_never_run_a_trial_twice(tmp_path):
         assert not json.loads((out / "trials" / run / "trial.json").read_text())["resumed"]
 
 
+@pytest.mark.slow
 def test_a_killed_workers_trial_is_continued_from_its_checkpoint(tmp_path):
     out = tmp_path / "sw"
     args = ["sweep", "--grid", "optim.lr=0.001,0.002", "--out", str(out), "--heartbeat", "1", "--quiet",
@@ -136,6 +139,7 @@ def test_a_killed_workers_trial_is_continued_from_its_checkpoint(tmp_path):
     assert sum(m.get("event") == "done" for m in metrics) == 1
 
 
+@pytest.mark.slow
 def test_sampler_runs_each_drawn_setting_on_every_seed(tmp_path):
     spec = plan_sweep(None, BASE, ranges=["optim.lr=1e-4:1e-2:log"], seeds=2, trials=3, sampler="random")
     result = run_sweep(spec, tmp_path / "sw", heartbeat=1)
@@ -170,6 +174,7 @@ def test_bad_grid_key_is_rejected_before_any_trial_naming_the_closest_key(tmp_pa
             plan_sweep(None, BASE, **bad)
 
 
+@pytest.mark.slow
 def test_a_user_error_in_a_trial_stops_the_sweep(tmp_path):
     spec = plan_sweep(None, BASE, ["data.name=digits,no_such_data"], seeds=1)
     out = tmp_path / "sw"
@@ -184,6 +189,7 @@ def test_a_user_error_in_a_trial_stops_the_sweep(tmp_path):
     assert not (out / "trials" / "p001-s1" / "trial.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_report_of_a_finished_sweep(tmp_path, capsys):
     out = tmp_path / "sw"
     assert main(["sweep", "--grid", "optim.lr=0.001,0.002", "--out", str(out), "--quiet", *BASE]) == 0

@@ -286,6 +286,7 @@ def test_sweep_json_round_trips(tmp_path):
     assert doc["heatmaps"] == ["heatmap_optim_lr__sgld_step_size.png"]
 
 
+@pytest.mark.slow
 def test_three_keys_give_one_png_per_pair(tmp_path):
     records = [
         replace(r, params={**r.params, "optim.name": name}, run=f"{r.run}-{name}")

@@ -20,6 +20,7 @@ def trained(tmp_path_factory):
     return trainer
 
 
+@pytest.mark.slow
 def test_short_run_beats_chance_and_prefers_data_to_noise(trained):
     res = classification(trained.jem, trained.data.x_test, trained.data.y_test)
     assert res.accuracy > 0.6  # chance is 0.1
@@ -58,6 +59,7 @@ def test_checkpoint_round_trip_is_code_free(tmp_path, trained):
         load_checkpoint(tmp_path / "evil.pt")
 
 
+@pytest.mark.slow
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     extra = ["train.epochs=3", "optim.decay_epochs=[2]", "train.save_every=1"]
     full = Trainer(tiny_config(*extra), progress=False, out=tmp_path / "full")
@@ -92,6 +94,7 @@ def test_divergence_is_recovered_and_logged(tmp_path):
     assert t.state.progress.lr_scale == 0.5
 
 
+@pytest.mark.slow
 def test_step_factor_backs_off_the_sgld_step_at_each_rewind_and_a_resume_keeps_it(tmp_path):
     cfg = tiny_config("train.max_steps=30", "divergence.snapshot_every=5", "divergence.check_every=1",
                       "divergence.step_factor=0.5", "sgld.step_size=2.0")
@@ -109,6 +112,7 @@ def test_step_factor_backs_off_the_sgld_step_at_each_rewind_and_a_resume_keeps_i
     fresh.lock.release()
 
 
+@pytest.mark.slow
 def test_divergence_found_at_a_later_check_rewinds_to_a_checked_state(tmp_path):
     cfg = tiny_config("train.max_steps=40", "divergence.snapshot_every=5", "divergence.check_every=5")
     t = Trainer(cfg, progress=False, out=tmp_path / "r")
