@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch first, pinned: the local CPU build; a bare `pip install torch` would pull CUDA packages.
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-fast bench lint clean
+.PHONY: demo test test-fast test-postgres gpu-check bench lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,11 +30,27 @@ demo: $(VENV)/.installed
 	@echo "the jem command is in $(VENV): run 'source $(BIN)/activate' to have it in this shell, or call $(BIN)/jem"
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not postgres"
 
 # the tests that take seconds, for the edit-test loop (CI runs `make test`: all of them)
 test-fast: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not postgres"
+
+# jem sweep on a real PostgreSQL server (tests/test_sweep_postgres.py starts a throwaway one): installs
+# the server from the distribution's packages when it is missing; where that fails (no apt, not root)
+# the test is skipped with its reason, not failed
+test-postgres: $(VENV)/.installed-test
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	  { echo "test-postgres: installing the PostgreSQL server (apt-get install postgresql)"; \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null 2>&1)) || \
+	    echo "test-postgres: could not install the PostgreSQL server here: the test will say skipped"; }
+	$(BIN)/python -m pytest -m postgres -rs tests/test_sweep_postgres.py
+
+# every GPU check in one call (CUDA tests, WRN-28-10 step benchmark, NCCL, a short SADA-JEM run):
+# writes gpu_check/gpu_check.json and gpu_check/summary.txt; on a machine without a GPU it says so, exits 0
+gpu-check: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/gpu_check.py --out gpu_check
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_step.py

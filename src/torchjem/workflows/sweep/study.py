@@ -17,8 +17,11 @@ queued again by Optuna's RetryHeartbeatStaleTrialCallback (up to MAX_RETRY times
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
+import re
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +40,7 @@ from .spec import SweepSpec
 log = logging.getLogger("torchjem.sweep")
 
 MAX_RETRY = 5  # re-queues of a trial whose worker died, before it is left failed
+SCHEMA_ATTEMPTS = 5  # tries to open a storage while another worker creates its tables
 
 
 def redact(url: str) -> str:
@@ -45,28 +49,60 @@ def redact(url: str) -> str:
     if not at or "://" not in head:
         return url
     scheme, _, user = head.partition("://")
-    return f"{scheme}://{user.split(':')[0]}:***@{tail}"
+    return f"{scheme}://{user.split(':')[0]}:***@{tail}" if ":" in user else url
+
+
+POSTGRES_DRIVERS = ("psycopg", "psycopg2")  # SQLAlchemy's names of the PostgreSQL drivers, in order of preference
+INSTALL_DRIVER = 'pip install "psycopg[binary]" (or torchjem[postgres])'
+
+
+def with_driver(url: str) -> str:
+    """``url`` with a PostgreSQL URL that names no driver (``postgresql://``, ``postgres://``) bound
+    to the driver that is installed: SQLAlchemy 2.0 reads a bare ``postgresql://`` as psycopg2,
+    2.1 as psycopg (3), so the same URL fails with the other one installed. A URL that names its
+    driver (``postgresql+psycopg2://``) and any other URL are returned as they are. InputError when
+    no PostgreSQL driver is installed."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return url
+    for driver in POSTGRES_DRIVERS:
+        if importlib.util.find_spec(driver) is not None:
+            return f"postgresql+{driver}://{rest}"
+    raise InputError(f"--storage {redact(url)!r}: no PostgreSQL driver is installed; {INSTALL_DRIVER}")
 
 
 def storage_from_url(url: str, heartbeat: float) -> optuna.storages.RDBStorage:
-    """An Optuna storage for any SQLAlchemy URL (``sqlite:///...``, ``postgresql://...``) with
-    heartbeats every ``heartbeat`` seconds; raises InputError when it cannot be opened."""
+    """An Optuna storage for any SQLAlchemy URL (``sqlite:///...``, ``postgresql://...``: bound to
+    the installed driver, ``with_driver``) with heartbeats every ``heartbeat`` seconds; raises
+    InputError when it cannot be opened."""
+    given, url = url, with_driver(url)
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):  # concurrent workers on one file wait for each other's writes
         kwargs = {"connect_args": {"timeout": 120}}
-    try:
-        with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=kwargs,
-                heartbeat_interval=max(1, round(heartbeat)),
-                grace_period=max(2, round(3 * heartbeat)),
-                heartbeat_stale_trial_callback=retry,
-            )
-    except Exception as e:  # a bad URL, a missing driver, a database that does not answer
-        raise InputError(f"--storage {redact(url)!r} cannot be opened: {str(e).splitlines()[0][:300]}") from None
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=kwargs,
+                    heartbeat_interval=max(1, round(heartbeat)),
+                    grace_period=max(2, round(3 * heartbeat)),
+                    heartbeat_stale_trial_callback=retry,
+                )
+        except Exception as e:  # a bad URL, a missing driver, a database that does not answer
+            # workers starting together on a new database race to create Optuna's tables: the loser
+            # sees a unique violation, and the tables exist a moment later
+            if attempt + 1 < SCHEMA_ATTEMPTS and re.search(r"duplicate key|already exists", str(e)):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            hint = ""
+            if isinstance(e, ImportError) and url.startswith("postgres"):  # a driver named in the URL, missing
+                hint = "; pip install psycopg2-binary" if "+psycopg2" in url else f"; {INSTALL_DRIVER}"
+            why = str(e).splitlines()[0][:300]
+            raise InputError(f"--storage {redact(given)!r} cannot be opened: {why}{hint}") from None
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _distributions(spec: SweepSpec) -> dict[str, BaseDistribution]:
