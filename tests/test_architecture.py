@@ -362,3 +362,15 @@ def test_the_data_range_is_spelled_once(tmp_path):
     planted = tmp_path / "x.py"  # the checker itself must be able to fail
     planted.write_text("a = x.clamp(-1, 1)\nb = (-1.0, 1.0)\nc = np.clip(a, lo, -1, 1.0)\nd = (0, 1)\n")
     assert spelled_data_ranges(planted) == [1, 2, 3]
+
+
+def test_the_trainer_class_stays_a_wiring_class():
+    """The Trainer wires what build makes and takes one step; the loop lives in training/loop.py
+    (issue 18: the class had grown back to 268 lines with construction decisions in it)."""
+    tree = ast.parse((SRC / "training" / "trainer.py").read_text())
+    (trainer,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer"]
+    assert trainer.end_lineno - trainer.lineno + 1 <= 220
+    setup = next(n for n in trainer.body if isinstance(n, ast.FunctionDef) and n.name == "_setup")
+    names = {ast.unparse(c.func) for c in ast.walk(setup) if isinstance(c, ast.Call)}
+    # what a config implies is decided in build.training_plan, not by probing the net or the config here
+    assert "build.training_plan" in names and "has_batch_norm" not in names
