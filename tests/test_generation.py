@@ -216,11 +216,18 @@ def test_sample_quality_matches_hand_computed_fid_and_score_and_keeps_the_report
     p = np.exp(f_fake) / np.exp(f_fake).sum(1, keepdims=True)  # one split for 300 samples
     kl = (p * (np.log(p) - np.log(p.mean(0)))).sum(1)
     assert res.is_mean == pytest.approx(np.exp(kl.mean()), rel=1e-6)
-    keys = ["feature_net", "feature_label", "n_real", "n_fake", "fid", "kid_mean", "kid_std", "is_mean", "is_std"]
+    keys = ["feature_net", "feature_label", "n_real", "n_fake", "fid", "fid_std", "fid_resamples", "kid_mean",
+            "kid_std", "is_mean", "is_std"]
     assert list(res.to_dict()) == keys and res.fid_real_reference is None  # no reference: left out
     assert res.to_dict()["n_fake"] == 300 and res.to_dict()["feature_net"] == "pixels"
+    # the spread: the std of the hand-computed FID over the same 10 bootstrap resamples (generator seed 0)
+    gen, boot = torch.Generator().manual_seed(0), []
+    for _ in range(10):
+        i, j = torch.randint(300, (300,), generator=gen), torch.randint(300, (300,), generator=gen)
+        boot.append(fid_by_hand(f_real[i.numpy()], f_fake[j.numpy()]))
+    assert res.fid_resamples == 10 and res.fid_std == pytest.approx(np.std(boot, ddof=1), rel=1e-5)
     with_ref = sample_quality(x_real, x_fake, net, x_reference=x_ref)
-    assert list(with_ref.to_dict()) == [*keys, "fid_real_reference", "is_real_reference"]
+    assert list(with_ref.to_dict()) == [*keys, "fid_real_reference", "kid_real_reference", "is_real_reference"]
     assert with_ref.fid_real_reference == pytest.approx(fid_by_hand(f_real, x_ref.flatten(1).numpy()), rel=1e-6)
 
 
@@ -259,8 +266,8 @@ def test_generation_result_scores_its_own_samples_and_keeps_the_report_schema(di
     assert list(d) == [
         "source", "steps_unconditional", "steps_conditional", "conditional_protocol", "feature_net",
         "feature_label", "n_real", "n_fake",
-        "fid", "kid_mean", "kid_std", "is_mean", "is_std", "conditional_accuracy", "conditional_accuracy_per_class",
-        "per_class", "out_of_range", "arrays",
+        "fid", "fid_std", "fid_resamples", "kid_mean", "kid_std", "is_mean", "is_std", "conditional_accuracy",
+        "conditional_accuracy_per_class", "per_class", "out_of_range", "arrays",
     ]
     assert d["arrays"]["conditional"] is x_c and d["per_class"] == 3 and d["n_real"] == 20 and d["n_fake"] == 12
 

@@ -98,6 +98,20 @@ def frechet_distance(f_real: torch.Tensor, f_fake: torch.Tensor) -> float:
     return max(0.0, value)  # the matrix square root can leave a tiny negative rounding error
 
 
+def fid_bootstrap_std(f_real: torch.Tensor, f_fake: torch.Tensor, resamples: int = 10, seed: int = 0) -> float:
+    """The std of the FID over ``resamples`` bootstrap resamples (with replacement) of both feature
+    sets: the spread of the figure that comes from the finite samples (seeded: deterministic)."""
+    if resamples < 2:
+        return float("nan")
+    g = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(resamples):
+        i = torch.randint(len(f_real), (len(f_real),), generator=g)
+        j = torch.randint(len(f_fake), (len(f_fake),), generator=g)
+        values.append(frechet_distance(f_real[i], f_fake[j]))
+    return float(torch.tensor(values, dtype=torch.float64).std())
+
+
 def kernel_distance(
     f_real: torch.Tensor, f_fake: torch.Tensor, subsets: int = 100, subset_size: int = 1000
 ) -> tuple[float, float]:
@@ -144,11 +158,13 @@ def sample_quality(
     x_reference: torch.Tensor | None = None,
     batch_size: int = 256,
     progress: bool = False,
+    fid_resamples: int = 10,
 ) -> SampleQuality:
-    """FID, KID and Inception-style score of ``x_fake`` against ``x_real`` under ``net``.
+    """FID, KID and Inception-style score of ``x_fake`` against ``x_real`` under ``net``; the FID's
+    spread as the std over ``fid_resamples`` bootstrap resamples of both sets (``fid_bootstrap_std``).
 
-    With ``x_reference`` (other real data, e.g. training images), also its FID against ``x_real``
-    and its score: the values real data gets at this sample size, to read the others against.
+    With ``x_reference`` (other real data, e.g. training images), also its FID and KID against
+    ``x_real`` and its score: the values real data gets at this sample size, to read the others against.
     """
     if x_fake.shape[1:] != x_real.shape[1:]:
         raise InputError(f"samples have shape {tuple(x_fake.shape[1:])} but the real set {tuple(x_real.shape[1:])}")
@@ -162,6 +178,8 @@ def sample_quality(
         n_real=len(x_real),
         n_fake=len(x_fake),
         fid=frechet_distance(f_real, f_fake),
+        fid_std=fid_bootstrap_std(f_real, f_fake, fid_resamples),
+        fid_resamples=fid_resamples,
         kid_mean=kid_mean,
         kid_std=kid_std,
         is_mean=is_mean,
@@ -170,6 +188,7 @@ def sample_quality(
     if x_reference is not None:
         f_ref, l_ref = embed(net, x_reference, batch_size, progress, "features (reference)")
         out.fid_real_reference = frechet_distance(f_real, f_ref)
+        out.kid_real_reference = kernel_distance(f_real, f_ref)[0]
         out.is_real_reference = inception_style_score(l_ref)[0]
     return out
 

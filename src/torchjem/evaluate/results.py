@@ -82,8 +82,11 @@ class SampleQuality(_Result):
     """FID, KID (mean, std) and Inception-style score (mean, std) of ``n_fake`` samples against ``n_real``
     real inputs under the feature network ``feature_net``.
 
+    ``fid_std``: the FID's spread from the finite samples, the std over ``fid_resamples`` bootstrap
+    resamples of both feature sets (a new draw of samples moves the FID by about this much).
     The ``*_real_reference`` figures (other real data against the real set, given ``x_reference``) are
-    what real data scores at this sample size; None (and left out of ``to_dict()``) without a reference.
+    what real data scores at this sample size, the scale to read the others on; None (and left out
+    of ``to_dict()``) without a reference.
     """
 
     feature_net: str
@@ -91,11 +94,14 @@ class SampleQuality(_Result):
     n_real: int
     n_fake: int
     fid: float
+    fid_std: float
+    fid_resamples: int
     kid_mean: float
     kid_std: float
     is_mean: float
     is_std: float
     fid_real_reference: float | None = _optional()
+    kid_real_reference: float | None = _optional()
     is_real_reference: float | None = _optional()
 
 
@@ -127,11 +133,14 @@ class GenerationResult(_Result):
     n_real: int
     n_fake: int
     fid: float
+    fid_std: float
+    fid_resamples: int
     kid_mean: float
     kid_std: float
     is_mean: float
     is_std: float
     fid_real_reference: float | None = _optional()
+    kid_real_reference: float | None = _optional()
     is_real_reference: float | None = _optional()
     conditional_accuracy: float
     conditional_accuracy_per_class: list[float]

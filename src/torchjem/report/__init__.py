@@ -20,7 +20,7 @@ from pathlib import Path
 from ..runs.layout import REPORT_HTML, REPORT_JSON
 from .page import Page, clean_json, fmt, get_path, write_json, write_page
 from .plots import model_plots, plot_curves, plot_dynamics, plot_ood_histograms, plot_reliability, save_samples
-from .schema import DataInfo, EvaluationReport, ModelReport, ReportSettings
+from .schema import DataInfo, EvaluationReport, ModelReport, ReportSettings, SideReport
 from .sections import SECTIONS
 
 
@@ -39,9 +39,16 @@ def write_report(report: EvaluationReport, out_dir: str | Path) -> dict[str, Pat
     atomically; ``report`` is not changed. Returns {"json", "html", "<role>_<figure>": path}."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    png = {role: model_plots(m, role, out) for role, m in report.models.items()}
+    clash = set(report.side) & set(report.models)
+    if clash:
+        raise ValueError(f"side studies named like models: {sorted(clash)}")
+    png: dict = {role: model_plots(m, role, out) for role, m in report.models.items()}
+    for k, side in report.side.items():  # (a side study's key may not be a role)
+        png[k] = {role: model_plots(m, f"{k}_{role}", out) for role, m in side.report.models.items()}
     doc = clean_json(report.to_dict(png))
-    paths = {f"{role}_{key}": out / name for role, names in png.items() for key, name in names.items()}
+    paths = {f"{role}_{key}": out / name for role in report.models for key, name in png[role].items()}
+    paths.update({f"{k}_{role}_{key}": out / name for k in report.side for role, names in png[k].items()
+                  for key, name in names.items()})
     paths["json"] = write_json(out / REPORT_JSON, doc)
     paths["html"] = out / REPORT_HTML
     write_page(paths["html"], report_page(report, doc, out))
@@ -53,6 +60,7 @@ __all__ = [
     "EvaluationReport",
     "ModelReport",
     "ReportSettings",
+    "SideReport",
     "clean_json",
     "fmt",
     "get_path",

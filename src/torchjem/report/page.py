@@ -31,7 +31,8 @@ CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1300px;color:#222;padding:0 1em}
 h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}h3{font-size:1.05em}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th{background:#f3f3f3}td.l,th.l{text-align:left}tr.bad td{background:#fdecea}tr.warn td{background:#fff8e1}
+th{background:#f3f3f3}td.l,th.l{text-align:left}
+td.na{color:#888;font-style:italic}tr.bad td{background:#fdecea}tr.warn td{background:#fff8e1}
 .row{display:flex;gap:1.5em;flex-wrap:wrap;align-items:flex-start}
 .col{flex:1;min-width:300px}.col img{max-width:100%}.col img.grid{width:100%;max-width:480px;image-rendering:pixelated}
 img.wide{max-width:100%;display:block;margin:.5em 0}.note{color:#555;font-size:.9em}

@@ -8,7 +8,9 @@ the user's matplotlib backend as it is.
 
 from __future__ import annotations
 
+import math
 import shutil
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from ..evaluate.results import CalibrationResult, OODResult
-from ..figures import save_png
-from ..grids import save_samples
+from ..figures import DPI, save_png
+from ..grids import grid_image, save_samples
 from ..runs.history import History, is_window, number, record_step
 from .schema import ModelReport
 
@@ -64,7 +66,7 @@ def plot_reliability(cal: CalibrationResult, path: str | Path, label: str = "") 
 def plot_ood_histograms(ood: OODResult, path: str | Path, label: str = "") -> Path:
     """One panel per (OOD set, score): the in-distribution scores against the set's, with AUROC."""
     arrays, scores, sets = ood.arrays, ood.scores, list(ood.sets)
-    fig = Figure(figsize=(2.7 * len(scores), 2.0 * len(sets)), layout="constrained")
+    fig = Figure(figsize=(3.2 * len(scores), 2.4 * len(sets)), dpi=110, layout="constrained")
     axes = fig.subplots(len(sets), len(scores), squeeze=False)
     for r, name in enumerate(sets):
         for c, score in enumerate(scores):
@@ -76,15 +78,36 @@ def plot_ood_histograms(ood: OODResult, path: str | Path, label: str = "") -> Pa
             kw = {"density": True, "alpha": 0.55, "histtype": "stepfilled"}  # one polygon each: fast to draw
             ax.hist(np.clip(s_in, lo, hi), bins, color="#4c72b0", label="in-dist", **kw)
             ax.hist(np.clip(s_out, lo, hi), bins, color="#dd8452", label=name, **kw)
-            ax.set_title(f"{name} · {score}  AUROC {ood.sets[name][score]['auroc']:.3f}", fontsize=8)
-            ax.tick_params(labelsize=6)
+            ax.set_title(f"{name} · {score}  AUROC {ood.sets[name][score]['auroc']:.3f}", fontsize=10)
+            ax.tick_params(labelsize=8)
             ax.xaxis.set_major_locator(MaxNLocator(4))
             ax.set_yticks([])
             if c == 0:
-                ax.legend(fontsize=6)
+                ax.legend(fontsize=8)
     if label:
-        fig.suptitle(f"{label}: OOD scores (higher = more in-distribution)", fontsize=10)
+        fig.suptitle(f"{label}: OOD scores (higher = more in-distribution)", fontsize=12)
     return save_png(fig, path)
+
+
+def plot_class_grid(x: Any, per_class: int, path: str | Path, width: int = 480) -> Path:
+    """Class-conditional samples (N, C, H, W), ``per_class`` consecutive ones per class, as a grid
+    with one row per class, labelled with the class on the left; 1-D signals as ``save_samples``."""
+    if x.ndim != 4:
+        return save_samples(x, path, nrow=per_class)
+    pad = 1
+    img = grid_image(x, per_class, pad)
+    h, rows = x.shape[2], math.ceil(len(x) / per_class)
+    inches = max(1, width // img.shape[1]) * img.shape[1] / DPI  # the pixels upscaled by an integer factor
+    fig = Figure(figsize=(inches, inches * img.shape[0] / img.shape[1]), dpi=DPI)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest", aspect="auto")
+    ax.set_xticks([])
+    ax.set_yticks([pad + r * (h + pad) + (h - 1) / 2 for r in range(rows)], [f"class {r}" for r in range(rows)],
+                  fontsize=10)
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    return save_png(fig, path, tight=True)  # cropped to the grid and its labels
 
 
 def plot_curves(curves: dict[str, list[float]], eps: list[float], norm: str, path: str | Path) -> Path:
@@ -147,6 +170,24 @@ def _draw(ax: Any, series: tuple[np.ndarray, np.ndarray, np.ndarray], color: str
         lo = i - 1 if i > 0 else i
         ax.plot(s[lo:j], v[lo:j], color=color, alpha=0.4, ls="--", lw=1, **kw)
         i = j
+
+
+def _retry_labels(recoveries: list[dict], xlim: tuple[float, float], gap: float = 0.05) -> list[tuple[float, str]]:
+    """The retry numbers over the top panel, one label per cluster of recoveries closer than
+    ``gap`` of the axis' width ("#2-4" at the cluster's first step), so that they never overprint."""
+    marks = sorted((at, e.get("retry", "?")) for e in recoveries if (at := number(e.get("at_step"))) is not None)
+    width = max(xlim[1] - xlim[0], 1e-9)
+    groups: list[list[tuple[float, Any]]] = []
+    for at, retry in marks:
+        if groups and (at - groups[-1][0][0]) / width < gap:
+            groups[-1].append((at, retry))
+        else:
+            groups.append([(at, retry)])
+    out = []
+    for g in groups:
+        first, last = g[0][1], g[-1][1]
+        out.append((g[0][0], f"#{first}" if len(g) == 1 else f"#{first}-{last}"))
+    return out
 
 
 def plot_dynamics(records: list[dict], path: str | Path, label: str = "") -> Path:
@@ -239,8 +280,9 @@ def plot_dynamics(records: list[dict], path: str | Path, label: str = "") -> Pat
             continue
         top.annotate("", xy=(back, 0.88), xytext=(at, 0.88), xycoords=top.get_xaxis_transform(),
                      arrowprops={"arrowstyle": "->", "color": TROUBLE, "lw": 1})
-        top.text(at, 1.01, f"#{e.get('retry', '?')}", transform=top.get_xaxis_transform(), color=TROUBLE,
-                 fontsize=6, ha="center", va="bottom")
+    for at, text in _retry_labels(recoveries, top.get_xlim()):
+        top.text(at, 1.01, text, transform=top.get_xaxis_transform(), color=TROUBLE, fontsize=6, ha="center",
+                 va="bottom")
 
     handles: list[Any] = []
     if any(History(windows).series("loss")[2]):
@@ -252,11 +294,15 @@ def plot_dynamics(records: list[dict], path: str | Path, label: str = "") -> Pat
         handles.append(Patch(color=TROUBLE, alpha=0.12, label="... rewound to the shaded span's start"))
     for e in gave_up:
         cause = str(e.get("cause", "?"))
-        cause = cause if len(cause) <= 60 else cause[:57] + "..."
-        handles.append(Line2D([], [], color="k", ls=":", marker="X", label=f"gave up at step {e['step']}: {cause}"))
+        cause = cause if len(cause) <= 150 else cause[:147] + "..."
+        text = textwrap.fill(f"gave up at step {e['step']}: {cause}", 80, subsequent_indent="  ")
+        handles.append(Line2D([], [], color="k", ls=":", marker="X", label=text))
     if not recoveries and not gave_up:
         handles.append(Line2D([], [], color="none", label="no divergence events"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=2 if len(handles) > 1 else 1, fontsize=6.5)
+    # two columns only while they fit the figure's width (6.4 in at 6.5 pt: about 60 characters each)
+    wide = max(len(line) for h in handles for line in h.get_label().splitlines()) > 55
+    fig.legend(handles=handles, loc="outside lower center", ncols=1 if wide or len(handles) == 1 else 2,
+               fontsize=6.5)
     fig.suptitle(f"{label}: training dynamics".strip(": "), fontsize=10)
     return save_png(fig, path)
 
@@ -277,7 +323,7 @@ def model_plots(m: ModelReport, role: str, out: Path) -> dict[str, str]:
     if ev is not None and ev.generation is not None and ev.generation.arrays:
         arrays = ev.generation.arrays
         uncond = save_samples(arrays["unconditional"][:100], path("samples_unconditional"))
-        cond = save_samples(arrays["conditional"], path("samples_conditional"), nrow=ev.generation.per_class)
+        cond = plot_class_grid(arrays["conditional"], ev.generation.per_class, path("samples_conditional"))
         png["samples_unconditional"], png["samples_conditional"] = uncond.name, cond.name
     rob = m.robustness
     if rob is not None and rob.png_path and Path(rob.png_path).is_file():
@@ -293,6 +339,6 @@ def model_plots(m: ModelReport, role: str, out: Path) -> dict[str, str]:
 
 
 __all__ = [
-    "model_plots", "plot_audit", "plot_curves", "plot_dynamics", "plot_ood_histograms", "plot_reliability",
-    "save_samples",
+    "model_plots", "plot_audit", "plot_class_grid", "plot_curves", "plot_dynamics", "plot_ood_histograms",
+    "plot_reliability", "save_samples",
 ]

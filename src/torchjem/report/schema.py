@@ -82,9 +82,23 @@ class ModelReport:
 
 
 @dataclass(kw_only=True)
+class SideReport:
+    """A study beside the main models, shown in the same page: other runs answering one more
+    question (the demo's runs trained on digits 0-4, scored on 5-9 as OOD). ``note``: HTML, what
+    they are and why they are separate."""
+
+    title: str
+    note: str
+    report: EvaluationReport
+
+
+@dataclass(kw_only=True)
 class EvaluationReport:
     """Every model's results side by side (roles "model", "baseline") and how they were obtained.
 
+    ``side``: {key: SideReport}, studies of other runs shown in the same page (report.json's
+    "side": {key: {"title", "note", <that report's content>}}); their PNGs are named
+    ``<key>_<role>_<figure>.png``.
     ``files``: where ``write_report`` wrote it ({"json", "html", "<role>_<figure>"}; empty when not
     written; not part of report.json).
     """
@@ -94,12 +108,15 @@ class EvaluationReport:
     data: DataInfo | None = None
     settings: ReportSettings = field(default_factory=ReportSettings)
     models: dict[str, ModelReport]
+    side: dict[str, SideReport] = field(default_factory=dict)
     version: int = 1
     files: dict[str, Path] = field(default_factory=dict)
 
-    def to_dict(self, png: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
-        """report.json's content (arrays included until cleaned); ``png``: {role: {figure: file}}."""
+    def to_dict(self, png: dict[str, Any] | None = None) -> dict[str, Any]:
+        """report.json's content (arrays included until cleaned); ``png``: {role: {figure: file}},
+        and {key: {role: {figure: file}}} of the side studies."""
         png = png or {}
+        side = {k: {"title": s.title, "note": s.note, **s.report.to_dict(png.get(k))} for k, s in self.side.items()}
         return {
             "version": self.version,
             "title": self.title,
@@ -107,7 +124,8 @@ class EvaluationReport:
             "data": self.data.to_dict() if self.data is not None else {},
             "settings": self.settings.to_dict(),
             "models": {r: m.to_dict(png.get(r)) for r, m in self.models.items()},
+            **({"side": side} if side else {}),
         }
 
 
-__all__ = ["DataInfo", "EvaluationReport", "ModelReport", "ReportSettings"]
+__all__ = ["DataInfo", "EvaluationReport", "ModelReport", "ReportSettings", "SideReport"]

@@ -1,5 +1,6 @@
 """The sections of report.html, one function each, in page order: ``header``, ``summary``,
-``classification``, ``calibration``, ``ood``, ``generation``, ``robustness``, ``robustness_audit``,
+``classification``, ``calibration``, ``ood``, ``side_studies`` (other runs' classification and OOD
+results, e.g. the demo's held-out classes), ``generation``, ``robustness``, ``robustness_audit``,
 ``dynamics``.
 
 Each takes the ``Page`` (its document is report.json's content) and the typed ``EvaluationReport``:
@@ -13,11 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .page import Page, esc
+from .page import MISSING, Page, esc
 from .schema import EvaluationReport, ModelReport
 
 OOD_METRICS = {"auroc": "AUROC", "aupr_in": "AUPR-in", "aupr_out": "AUPR-out", "fpr95": "FPR95"}
 Row = tuple[str, list[Any]]  # (row name, path inside a model's entry of report.json)
+# Figures that do not measure what their name says for a plain classifier (no p(x) or p(x|y) was
+# trained): its class-conditional chains climb one logit into adversarial patterns, which the
+# feature network still labels as that class. report.json keeps the number; the page says so.
+CLASSIFIER_NA = {("generation", "conditional_accuracy")}
+NOT_APPLICABLE = '<td class=na title="not applicable to a plain classifier: see the Generation section">n/a*</td>'
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -26,19 +32,27 @@ def _label(report: EvaluationReport, role: str) -> str:
     return f"{esc(m.label or role)} <small>({esc(m.kind or '')})</small>"
 
 
+def _not_applicable(report: EvaluationReport, role: str, sub: Sequence[Any]) -> bool:
+    m = report.models.get(role)
+    return m is not None and m.kind == "classifier" and tuple(sub[:2]) in CLASSIFIER_NA
+
+
 def _roles(report: EvaluationReport, has: Callable[[ModelReport], Any]) -> list[str]:
     """The roles whose model has what ``has`` looks for."""
     return [r for r, m in report.models.items() if has(m)]
 
 
-def _figures(page: Page, report: EvaluationReport, rows: Sequence[Row], roles: Sequence[str] | None = None) -> None:
-    """A table of figures, one column per model; a row no model has is left out."""
+def _figures(page: Page, report: EvaluationReport, rows: Sequence[Row], roles: Sequence[str] | None = None,
+             extra: Sequence[list[str]] = ()) -> None:
+    """A table of figures, one column per model; a row no model has is left out; ``extra``: rows
+    of cells built by the caller, at the end."""
     roles = list(roles or report.models)
-    body = []
+    body = [*extra]
     for name, sub in rows:
         if all(page.value(["models", r, *sub]) is None for r in roles):
             continue
-        body.append([page.td(name, "l"), *(page.cell(["models", r, *sub]) for r in roles)])
+        cells = [NOT_APPLICABLE if _not_applicable(report, r, sub) else page.cell(["models", r, *sub]) for r in roles]
+        body.insert(len(body) - len(extra), [page.td(name, "l"), *cells])
     page.table([page.th("", "l"), *(page.th(_label(report, r)) for r in roles)], body)
 
 
@@ -51,6 +65,14 @@ def _images(
         name = page.value(["models", r, "png", figure])
         cols.append((_label(report, r), page.img(name, f"{alt} ({r})", cls)))
     page.columns(cols)
+
+
+def _stacked(page: Page, report: EvaluationReport, figure: str, alt: str, roles: Sequence[str] | None = None) -> None:
+    """Each model's PNG of ``figure`` at the page's full width, one under the other (figures with
+    many panels, unreadable side by side)."""
+    for r in roles or report.models:
+        page.add(f"<p><b>{_label(report, r)}</b></p>" + page.img(page.value(["models", r, "png", figure]),
+                                                                f"{alt} ({r})", "wide"))
 
 
 def _union(report: EvaluationReport, keys: Callable[[ModelReport], list[str]]) -> list[str]:
@@ -99,8 +121,14 @@ def summary(page: Page, report: EvaluationReport) -> None:
         ("ECE (max softmax)", ["calibration", "ece"]),
     ]
     rows += [(f"OOD AUROC, {s}, px", ["ood", "sets", s, "px", "auroc"]) for s in _union(report, _ood_sets)]
-    rows += [("FID", ["generation", "fid"]), ("conditional accuracy", ["generation", "conditional_accuracy"])]
-    _figures(page, report, rows)
+    rows += [("FID", ["generation", "fid"]), ("FID spread (bootstrap std)", ["generation", "fid_std"]),
+             ("conditional accuracy", ["generation", "conditional_accuracy"])]
+    side_rows = []
+    for k, side in report.side.items():  # the side studies' log p(x) AUROCs, their models beside ours
+        for s in _union(side.report, _ood_sets):
+            cells = [page.cell(["side", k, "models", r, "ood", "sets", s, "px", "auroc"]) for r in report.models]
+            side_rows.append([page.td(f"OOD AUROC, {s}, px (side runs: {side.title}, below)", "l"), *cells])
+    _figures(page, report, rows, extra=side_rows)
     labels = {m.evaluation.generation.feature_label for m in report.models.values() if _generation(m)}
     if labels:
         page.note(f"FID with features of {esc('; '.join(sorted(labels)))}.")
@@ -177,7 +205,7 @@ def ood(page: Page, report: EvaluationReport) -> None:
             cells = [page.cell(["models", r, "ood", "sets", s, score, k]) for r in roles for k in OOD_METRICS]
             rows.append([page.td(score, "l"), *cells])
         page.table([head, sub], rows)
-    _images(page, report, "ood_histograms", "OOD score histograms")
+    _stacked(page, report, "ood_histograms", "OOD score histograms")
 
 
 def generation(page: Page, report: EvaluationReport) -> None:
@@ -195,11 +223,14 @@ def generation(page: Page, report: EvaluationReport) -> None:
         ("real examples", [g, "n_real"]),
         ("generated examples", [g, "n_fake"]),
         ("FID", [g, "fid"]),
-        ("KID (mean)", [g, "kid_mean"]),
-        ("KID (std)", [g, "kid_std"]),
+        ("FID spread: std over bootstrap resamples", [g, "fid_std"]),
+        ("bootstrap resamples", [g, "fid_resamples"]),
+        ("FID of real training images (reference)", [g, "fid_real_reference"]),
+        ("KID (mean over subsets)", [g, "kid_mean"]),
+        ("KID (std over subsets)", [g, "kid_std"]),
+        ("KID of real training images (reference)", [g, "kid_real_reference"]),
         ("Inception-style score (mean)", [g, "is_mean"]),
         ("Inception-style score (std)", [g, "is_std"]),
-        ("FID of real training images (reference)", [g, "fid_real_reference"]),
         ("score of real training images (reference)", [g, "is_real_reference"]),
         ("conditional accuracy", [g, "conditional_accuracy"]),
         ("conditional samples per class", [g, "per_class"]),
@@ -209,13 +240,64 @@ def generation(page: Page, report: EvaluationReport) -> None:
         "FID, KID and the Inception-style score use the feature network named above, not the "
         "Inception network of the literature (unless named so): compare them only with figures from the same "
         "network. The reference rows give what real training images score against the same real test set "
-        "at this sample size. Conditional accuracy: the fraction of class-conditional samples that the "
-        "feature network (an independent classifier) assigns to the class they were drawn for."
+        "at this sample size: the scale to read the others on. FID spread: the std of the FID over bootstrap "
+        "resamples of the real and the generated features; another draw of samples (another seed) moves the "
+        "FID by about this much, so differences smaller than about two spreads are noise. KID: the unbiased "
+        "squared MMD with the cubic polynomial kernel (x·y/d + 1)<sup>3</sup> of the d-dimensional features, "
+        "mean and std over random subsets; 0 for samples from the real distribution (it can be slightly "
+        "negative), in the units of the squared features (papers often print it x 1000). Conditional accuracy: "
+        "the fraction of class-conditional samples that the feature network (an independent classifier) assigns "
+        "to the class they were drawn for."
     )
     page.h3("Unconditional samples")
     _images(page, report, "samples_unconditional", "unconditional samples", "grid")
     page.h3("Class-conditional samples (one row per class)")
-    _images(page, report, "samples_conditional", "class-conditional samples", "grid")
+    cols = []
+    for r in report.models:
+        img = page.img(page.value(["models", r, "png", "samples_conditional"]), f"class-conditional samples ({r})",
+                       "grid")
+        if report.models[r].kind == "classifier":  # n/a*: what these are instead
+            cols.append((f"{_label(report, r)}: not applicable", img + (
+                "<p class=note>n/a*: a plain classifier was not trained on p(x) or p(x|y). Chains that climb its "
+                "logit for a class give adversarial patterns, not samples of that class, and the feature network "
+                "still labels many of them as the class. Its conditional accuracy (in report.json) therefore says "
+                "nothing about sample quality.</p>")))
+        else:
+            cols.append((_label(report, r), img))
+    page.columns(cols)
+
+
+class _Within(Page):
+    """The page seen from inside a part of its document (a side study's report): cells and values
+    take paths relative to ``prefix`` and are tagged with their full path; what is added goes to
+    the page; headings are one level down."""
+
+    def __init__(self, page: Page, prefix: Sequence[Any]) -> None:
+        super().__init__(page.title, page.out, page.doc)
+        self.root, self.parts, self.prefix = page, page.parts, list(prefix)
+
+    def value(self, path: Sequence[Any]) -> Any:
+        return self.root.value([*self.prefix, *path])
+
+    def cell(self, path: Sequence[Any], spec: str | None = None, *, missing: str = MISSING) -> str:
+        return self.root.cell([*self.prefix, *path], spec, missing=missing)
+
+    def h2(self, text: str) -> None:
+        self.add(f"<h3>{esc(text)}</h3>")
+
+    def h3(self, text: str, small: str | None = None) -> None:
+        self.add(f"<h4>{esc(text)}" + (f" <small>({esc(small)})</small>" if small else "") + "</h4>")
+
+
+def side_studies(page: Page, report: EvaluationReport) -> None:
+    """Each study of other runs (``report.side``): its title and note, then its classification and
+    OOD sections, with its own models' columns."""
+    for k, side in report.side.items():
+        page.h2(side.title)
+        page.note(side.note)
+        within = _Within(page, ["side", k])
+        for section in (classification, ood):
+            section(within, side.report)
 
 
 def _flatten(d: dict, prefix: tuple = ()) -> list[tuple[tuple, Any]]:
@@ -361,5 +443,6 @@ def dynamics(page: Page, report: EvaluationReport) -> None:
 
 
 SECTIONS: tuple[Callable[[Page, EvaluationReport], None], ...] = (
-    header, summary, classification, calibration, ood, generation, robustness, robustness_audit, dynamics,
+    header, summary, classification, calibration, ood, side_studies, generation, robustness, robustness_audit,
+    dynamics,
 )
