@@ -199,8 +199,8 @@ def ddp_check(budget: Budget, tmp: Path, n_gpus: int, cpu: bool) -> dict[str, An
     if n_gpus > 1 and budget.left() > 60:  # the trainer itself on every GPU
         out_dir = tmp / "ddp_train"
         code, out, secs = _run([*_torchrun(), f"--nproc_per_node={n_gpus}", "-m", "torchjem.cli", "train",
-                                "--config", "sadajem_cifar10", "data.name=digits", "net.kwargs.depth=10",
-                                "net.kwargs.width=2", "train.max_steps=20", "train.sync_bn=true",
+                                "--config", "sadajem_cifar10", "data.name=digits", "data.val_size=0.1",
+                                "net.kwargs.depth=10", "net.kwargs.width=2", "train.max_steps=20", "train.sync_bn=true",
                                 f"train.batch_size={8 * n_gpus}", "buffer.size=1000", "--device=cuda",
                                 f"--out={out_dir}", "--quiet"], min(240.0, budget.left()), env)
         runs.append({"what": "jem train, SADA-JEM options, sync_bn", "nproc": n_gpus, "seconds": secs,
