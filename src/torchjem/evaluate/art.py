@@ -14,6 +14,7 @@ from torch's RNG (so ``--seed`` governs it) and restored after.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 import numpy as np
@@ -25,6 +26,7 @@ from torch import nn
 from ..utils import DATA_RANGE, frozen_eval, model_device
 
 ART_NORM = {"linf": np.inf, "l2": 2}
+logging.getLogger("art").setLevel(logging.WARNING)  # ART logs every estimator it builds at INFO
 
 
 @contextlib.contextmanager

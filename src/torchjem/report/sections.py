@@ -376,7 +376,7 @@ def robustness_audit(page: Page, report: EvaluationReport) -> None:
             for att in a.get("attacks", {}):
                 rows.append([page.td(f"after {att}", "l"),
                              *(page.cell([*base, "attacks", att, "accuracy_after", i]) for i in range(len(eps)))])
-            rows.append(page.row([page.td("<b>worst case</b>", "l"),
+            rows.append(page.row([page.td("worst case (per input, PGD and the suite)", "l"),
                                   *(page.cell([*base, "worst", i]) for i in range(len(eps)))]))
             page.table(head, rows)
             rows = [page.row([page.td(c["name"], "l"), page.td("pass" if c["passed"] else "FLAG"),
