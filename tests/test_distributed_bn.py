@@ -14,6 +14,7 @@ global batch, and what cannot:
   only closely (as for nets without batch norm, tests/test_distributed.py).
 """
 
+import importlib.util
 import shutil
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ SADA = [
     "train.epochs=2", "train.save_every=1", "train.log_every=2",
 ]
 SYNC = ["train.sync_bn=true"]
+TB = ["train.tensorboard=true"] if importlib.util.find_spec("tensorboard") else []
 JEMPP = ["sgld.kind=pyld", "sgld.steps=2", "sgld.inner_steps=2", "train.max_steps=2"]
 
 
@@ -98,7 +100,7 @@ def _worker(rank: int, tmp: str) -> None:
             out[name] = two_fixed_steps(t, rank, WORLD)
 
         # the SADA-JEM run, uninterrupted; then killed in epoch 2 and resumed on 2 processes
-        full = Trainer(cfg(*SYNC), progress=False, out=tmp_path / "full")
+        full = Trainer(cfg(*SYNC, *TB), progress=False, out=tmp_path / "full")
         full.fit()
         out["full_params"], out["full_bn"], out["full_buffer"] = _params(full.jem), _bn_stats(full.jem), full.buffer.x
         killed = Trainer(cfg(*SYNC), progress=False, out=tmp_path / "killed")
@@ -185,6 +187,8 @@ def test_sada_jem_trains_and_resumes_exactly_on_two_processes(runs):
     records = RunDir(runs["tmp"] / "full").read_metrics()
     assert [r["step"] for r in records if "loss" in r] == [2, 4, 6, 8]  # rank 0's log, means over ranks
     assert [r["event"] for r in records if "event" in r] == ["done"]
+    if TB:  # TensorBoard: rank 0's event file only
+        assert len(list((runs["tmp"] / "full" / "tb").glob("events.out.tfevents.*"))) == 1
     run = load_run(runs["tmp"] / "full", "last", "cpu")  # a plain batch-norm net in one process
     assert not any(isinstance(m, ddp.SyncBatchNorm) for m in run.jem.modules())
     assert torch.equal(_params(run.jem), r0["full_params"])
