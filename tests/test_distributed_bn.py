@@ -15,7 +15,10 @@ global batch, and what cannot:
 """
 
 import importlib.util
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -212,3 +215,27 @@ def test_two_process_checkpoint_resumes_in_one_process_and_back(runs, tmp_path):
 def test_jempp_pyld_chains_with_batch_norm_run_data_parallel(runs):
     (res0, p0), (res1, p1) = runs["ranks"][0]["jempp"], runs["ranks"][1]["jempp"]
     assert res0["step"] == res1["step"] == 2 and torch.equal(p0, p1) and torch.isfinite(p0).all()
+
+
+# -- the command line under torchrun -------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")
+def test_torchrun_trains_and_resumes_the_sada_jem_recipe_with_batch_norm(tmp_path):
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    out = tmp_path / "run"
+    launch = [torchrun, "--nproc_per_node=2", "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", "-m",
+              "torchjem.cli", "train"]
+    recipe = ["--config", "sadajem_cifar10", "data.name=digits", "data.val_size=0.1", "net.kwargs.depth=10",
+              "net.kwargs.width=1", "train.batch_size=16", "buffer.size=200", "train.sync_bn=true"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run([*launch, *recipe, "train.max_steps=3", "--device=cpu", f"--out={out}", "--quiet"],
+                           capture_output=True, text=True, timeout=240, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "one process only" not in first.stderr and "terminate called" not in first.stderr
+    again = subprocess.run([*launch, "--resume", str(out), "train.max_steps=5", "--device=cpu", "--quiet"],
+                           capture_output=True, text=True, timeout=240, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count('"step": 5') == 1  # rank 0 prints the result
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert state["distributed"]["world_size"] == 2 and state["step"] == 5
+    assert [r["step"] for r in RunDir(out).read_metrics() if r.get("event") == "done"] == [3, 5]
