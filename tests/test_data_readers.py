@@ -298,7 +298,7 @@ def test_image_folder_resize_mismatch_flat_and_splits(tmp_path: Path) -> None:
 
     write_image_folder(tmp_path / "a", side=6)
     Image.fromarray(np.zeros((9, 7, 3), np.uint8)).save(tmp_path / "a" / "dog" / "big.png")
-    with pytest.raises(ValueError, match="give a size"):
+    with pytest.raises(ValueError, match="set data.image_size=SIDE"):
         read_image_folder(tmp_path / "a")
     x, _, _ = read_image_folder(tmp_path / "a", size=4)
     assert x.shape == (7, 3, 4, 4)

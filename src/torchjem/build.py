@@ -330,9 +330,15 @@ def learning_rate(o: OptimConfig, step: int, epoch: int, scale: float = 1.0) -> 
 
 # -- data --------------------------------------------------------------------------------------
 def build_data(cfg: Config, **options: Any) -> DataSplits:
-    """The run's data set, as configured (classes and limit included)."""
+    """The run's data set, as configured (classes, limit and image size included)."""
     d = cfg.data
-    return load_data(d.name, d.root, d.val_size, d.split_seed, d.classes, d.limit, **options)
+    return load_data(d.name, d.root, d.val_size, d.split_seed, d.classes, d.limit, **_data_options(cfg), **options)
+
+
+def _data_options(cfg: Config) -> dict[str, Any]:
+    """The loader's options a config sets: ``size`` from data.image_size."""
+    size = cfg.data.image_size
+    return {} if size is None else {"size": size[0] if len(size) == 1 else tuple(size)}
 
 
 def held_out_data(cfg: Config) -> torch.Tensor | None:
@@ -340,7 +346,7 @@ def held_out_data(cfg: Config) -> torch.Tensor | None:
     d = cfg.data
     if d.classes is None:
         return None
-    return held_out_classes(load_data(d.name, d.root, d.val_size, d.split_seed), d.classes)
+    return held_out_classes(load_data(d.name, d.root, d.val_size, d.split_seed, **_data_options(cfg)), d.classes)
 
 
 def semi_supervised_labels(y: torch.Tensor, per_class: int | None, n_classes: int, seed: int) -> torch.Tensor:

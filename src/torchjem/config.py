@@ -32,6 +32,7 @@ class DataConfig:
     augment_px: bool = True  # the p(x) term sees the augmented batch too (false: un-augmented, as SADA-JEM)
     flip: bool | None = None  # horizontal flip; None = the data set's default
     limit: int | None = None  # use at most this many training images (quick runs)
+    image_size: list[int] | None = None  # image_folder: resize every image on load to this side, or [height, width]
 
 
 @dataclass
@@ -141,6 +142,11 @@ class Config:
             ("data.val_size", self.data.val_size >= 0, ">= 0"),
             ("data.labels_per_class", self.data.labels_per_class is None or self.data.labels_per_class > 0, "> 0"),
             ("data.limit", self.data.limit is None or self.data.limit > 0, "> 0"),
+            (
+                "data.image_size",
+                self.data.image_size is None or (len(self.data.image_size) in (1, 2) and min(self.data.image_size) > 0),
+                "a side or [height, width], > 0",
+            ),
             ("sgld.steps", self.sgld.steps >= 0, ">= 0"),
             ("sgld.step_size", self.sgld.step_size > 0, "> 0"),
             ("sgld.noise", self.sgld.noise >= 0, ">= 0"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -131,6 +132,9 @@ def load_data(
     """
     if name not in _LOADERS:
         raise DataError(f"unknown data set {name!r}; available: {', '.join(list_datasets())}")
+    if options.get("size") is not None and "size" not in inspect.signature(_LOADERS[name]).parameters:
+        takes = sorted(k for k, fn in _LOADERS.items() if "size" in inspect.signature(fn).parameters)
+        raise DataError(f"data set {name!r} is not resized on load (data.image_size); only {', '.join(takes)} are")
     data = _LOADERS[name](root=root, val_size=val_size, split_seed=split_seed, **options)
     if classes is not None:
         data = restrict_classes(data, classes)

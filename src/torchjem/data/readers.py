@@ -444,7 +444,7 @@ def read_image_folder(
         if arrays and a.shape != arrays[0].shape:
             raise DataError(
                 f"{f} is {a.shape[1]}x{a.shape[0]} but {files[0][0]} is {arrays[0].shape[1]}x{arrays[0].shape[0]}; "
-                "give a size to resize every image"
+                "set data.image_size=SIDE (or [HEIGHT,WIDTH]) to resize every image on load (Python: size=)"
             )
         arrays.append(a)
     x = np.stack(arrays)

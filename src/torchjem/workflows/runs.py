@@ -61,8 +61,9 @@ class LoadedRun:
         return self.path.name or str(self.path)
 
     def data(self) -> DataSplits:
-        """The run's data set, as configured (it must be loadable by name)."""
-        if self.data_meta["name"] != self.cfg.data.name:
+        """The run's data set, as configured (it must be loadable by name, or read from data.root:
+        files and folders name their data after themselves)."""
+        if self.data_meta["name"] != self.cfg.data.name and self.cfg.data.root is None:
             raise InputError(
                 f"run {str(self.path)!r} was trained on data {self.data_meta['name']!r}, which cannot be loaded by "
                 f"name (config data.name is {self.cfg.data.name!r}); pass the data (data=DataSplits)"
