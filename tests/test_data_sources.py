@@ -66,7 +66,8 @@ def test_a_dataset_trains_exactly_as_the_same_data_in_memory(tmp_path):
     res = t.fit()
     # same order (seeded by epoch), same values, same steps: the same parameters bit for bit
     assert torch.equal(_params(t), _params(ref))
-    assert ds.reads == 12 * 32 + 1  # item by item (plus one probe of the shape), never loaded whole
+    # item by item (plus one probe of the shape and five examples fingerprinted), never loaded whole
+    assert ds.reads == 12 * 32 + 1 + 5
     assert res["val_acc"] == pytest.approx(ref.validate()["val_acc"])
     # and it resumes from its checkpoint with the data given again
     more = Trainer.resume(t.run.path, data=ds, val=val, progress=False, overrides=["train.max_steps=14"])

@@ -10,7 +10,8 @@ loaded with ``torch.load(weights_only=True)`` so that no code runs:
     rng          every RNG the training touches (torch, numpy, python, cuda)
     step, epoch, batch, lr_scale, retries, best_val, step_scale     the progress counters
     config       the resolved config as a dict (no run path: older files' "out" is dropped)
-    data         {"name", "shape", "n_classes"} of the data it was trained on
+    data         {"name", "shape", "n_classes"} of the data it was trained on (and, since issue 19,
+                 "class_names", "length", "fingerprint": see DataSpec)
     net          how to rebuild the network ({"source": "config" | "object" | "export", ...})
     distributed  {"world_size", "rng": per-rank RNG states} when written by several processes
 """
@@ -51,18 +52,65 @@ class Progress:
 
 @dataclass
 class DataSpec:
-    """What a run was trained on: the data set's name, one input's shape and the class count."""
+    """What a run was trained on: the data set's name, one input's shape and the class count;
+    when recorded (runs since issue 19; older checkpoints lack them and load as None): the class
+    names, the training set's length and a fingerprint of a few of its examples (``fingerprint``
+    in training/state.py). ``mismatch`` says how another spec differs."""
 
     name: str
     shape: tuple[int, ...]
     n_classes: int
+    class_names: list[str] | None = None
+    length: int | None = None
+    fingerprint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "n_classes": self.n_classes}
+        d: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "n_classes": self.n_classes}
+        for key in ("class_names", "length", "fingerprint"):
+            if getattr(self, key) is not None:
+                d[key] = list(self.class_names) if key == "class_names" else getattr(self, key)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DataSpec:
-        return cls(str(d["name"]), tuple(int(s) for s in d["shape"]), int(d["n_classes"]))
+        names = d.get("class_names")
+        return cls(
+            str(d["name"]), tuple(int(s) for s in d["shape"]), int(d["n_classes"]),
+            [str(n) for n in names] if names is not None else None,
+            int(d["length"]) if d.get("length") is not None else None,
+            str(d["fingerprint"]) if d.get("fingerprint") is not None else None,
+        )
+
+    def describe(self) -> str:
+        """One line: name, shape, classes (and their names, length, fingerprint when recorded)."""
+        text = f"{self.name!r} ({'x'.join(map(str, self.shape))}, {self.n_classes} classes"
+        if self.class_names is not None and self.class_names != [str(i) for i in range(self.n_classes)]:
+            shown = self.class_names[:6] + (["..."] if len(self.class_names) > 6 else [])
+            text += f" [{', '.join(shown)}]"
+        if self.length is not None:
+            text += f", {self.length} training examples"
+        if self.fingerprint is not None:
+            text += f", fingerprint {self.fingerprint}"
+        return text + ")"
+
+    def mismatch(self, other: DataSpec, *, fingerprints: bool = True) -> str | None:
+        """What differs between this spec and ``other`` (name, shape, class count; class names,
+        and with ``fingerprints`` length and examples, where both recorded them), or None. Two
+        runs compared side by side (``--baseline``) may have trained on different amounts of the
+        same data set: ``fingerprints=False``."""
+        diffs = []
+        if self.name != other.name:
+            diffs.append("name")
+        if tuple(self.shape) != tuple(other.shape):
+            diffs.append("input shape")
+        if self.n_classes != other.n_classes:
+            diffs.append("class count")
+        keys = [("class_names", "class names")] + ([("length", "length"), ("fingerprint", "examples")] * fingerprints)
+        for key, what in keys:
+            a, b = getattr(self, key), getattr(other, key)
+            if a is not None and b is not None and a != b:
+                diffs.append(what)
+        return ", ".join(diffs) if diffs else None
 
 
 @dataclass

@@ -6,6 +6,7 @@ the ranks together see exactly the batches one process would."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..config import Config, ConfigError
 from ..data import DataSplits, check_splits, to_float
 from ..errors import InputError
+from ..runs import DataSpec
 from ..utils import predict_logits
 
 
@@ -182,3 +184,31 @@ def validation_sums(jem: torch.nn.Module, batches: Iterator[tuple[torch.Tensor, 
         nll = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
         sums += torch.tensor([float((logits.argmax(1) == y).sum()), float(nll), len(y)], dtype=torch.float64)
     return sums
+
+
+def data_spec(data: Any, name: str, described: tuple[tuple[int, ...], int] | None = None) -> DataSpec:
+    """The identity of a run's training data, recorded in its checkpoints and checked on resume:
+    ``name``, input shape, classes, class names (a DataSplits' ``class_names``, a Dataset's
+    ``class_names`` or ``classes`` list), the training set's length and a fingerprint of a few of
+    its examples (sha1 of the first, quartile and last examples' values and labels: five reads of
+    a Dataset). ``described``: (shape, n_classes) when ``describe`` already gave them."""
+    shape, n_classes = described if described is not None else describe(data)[:2]
+    if isinstance(data, DataSplits):
+        names, n = list(data.class_names or []) or None, len(data.x_train)
+
+        def example(i: int) -> tuple[Any, Any]:
+            return data.x_train[i], data.y_train[i]
+    else:
+        dataset = data.dataset if isinstance(data, DataLoader) else data
+        names = getattr(dataset, "class_names", None) or getattr(dataset, "classes", None)
+        names = [str(c) for c in names] if names is not None and len(names) == n_classes else None
+        n = len(dataset)
+
+        def example(i: int) -> tuple[Any, Any]:
+            return dataset[i]
+    h = hashlib.sha1()
+    for i in sorted({0, n // 4, n // 2, 3 * n // 4, n - 1}):
+        x, y = example(i)
+        h.update(to_float(torch.as_tensor(x)).detach().cpu().float().contiguous().numpy().tobytes())
+        h.update(str(int(torch.as_tensor(y))).encode())
+    return DataSpec(name, tuple(shape), int(n_classes), names, n, h.hexdigest()[:16])

@@ -15,13 +15,14 @@ from torch.utils.data import DataLoader, Dataset
 from .. import build
 from ..config import Config, save_config
 from ..data import DataSplits, augment, check_model_input
+from ..errors import DataError
 from ..runs import DataSpec, RunDir, RunLock
 from ..sam import SAM
 from ..sampling import ReplayBuffer
 from ..speed import autocast, configure_speed
 from ..utils import seed_everything
 from . import distributed as ddp
-from .batches import describe, make_batches, val_batches, validation_sums
+from .batches import data_spec, describe, make_batches, val_batches, validation_sums
 from .guard import DivergenceGuard
 from .loop import TrainingLoop
 from .metrics import MetricsLog
@@ -89,7 +90,7 @@ class Trainer:
         self.objective = build.build_objective(cfg, self.sampler, self.plan)
         self.optimizer = build.build_optimizer(cfg, self.jem.parameters(), self.device)
         self.batches = make_batches(cfg, self.data, train_xy, self.n_classes, self.rank, self.world_size, self.device)
-        meta = DataSpec(self.data_name, tuple(self.shape), self.n_classes)
+        meta = data_spec(self.data, self.data_name, (self.shape, self.n_classes))
         self.state = TrainState(cfg, self.jem, self.optimizer, self.buffer, meta, net_record(cfg, model), self.device)
         self.guard = DivergenceGuard(cfg.divergence, self.state, cfg.seed)
         self.metrics = MetricsLog(self.run, self.is_main, tensorboard=cfg.train.tensorboard)
@@ -99,7 +100,7 @@ class Trainer:
     @property
     def data_name(self) -> str:
         """The data set's name (a Dataset's class name when it has none)."""
-        return getattr(self.data, "name", type(getattr(self.data, "dataset", self.data)).__name__)
+        return data_name(self.data)
 
     @property
     def buffer(self) -> ReplayBuffer | None:
@@ -140,6 +141,8 @@ class Trainer:
         e.g. ``{"train": {"epochs": 20}}``); it keeps writing to ``run_dir``, wherever it was moved.
         ``model`` and ``data``: as given to the first Trainer when they did not come from the config."""
         cfg, state = read_resume(run_dir, overrides, model)
+        data = build.build_data(cfg) if data is None else data
+        check_resume_data(state.data, data_spec(data, data_name(data)), run_dir)
         trainer = cls(cfg, data=data, model=model, progress=progress, val=val, out=run_dir, resuming=True)
         trainer.resume_note = trainer.state.load_state_dict(state)
         reset_backoff(trainer.state.progress, cfg, state.config)
@@ -196,6 +199,27 @@ class Trainer:
         """The chains' step size: the configured one (the sampler's own) times the divergence back-off."""
         if self.sampler is not None:
             self.sampler.langevin.scale_step(self.state.progress.step_scale)
+
+
+def data_name(data: Any) -> str:
+    """A data set's name (a Dataset's class name when it has none)."""
+    return getattr(data, "name", type(getattr(data, "dataset", data)).__name__)
+
+
+def check_resume_data(saved: DataSpec, given: DataSpec, run_dir: str | Path) -> None:
+    """DataError (one line, both sides named) when the data a run resumes on is not the data it was
+    trained on: a run trained on a user's Dataset resumed without ``data=`` loads the config's
+    data set by name, which is refused here rather than trained on."""
+    diff = saved.mismatch(given)
+    if diff is None:
+        return
+    hint = ""
+    if saved.name != given.name or saved.fingerprint != given.fingerprint:
+        hint = "; pass the run's own data (Trainer.resume(RUN, data=...))"
+    raise DataError(
+        f"cannot resume {str(run_dir)!r}: it was trained on {saved.describe()}, the data given is "
+        f"{given.describe()} ({diff} differ){hint}"
+    )
 
 
 def log_start(trainer: Trainer) -> None:

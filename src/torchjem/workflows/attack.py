@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import check_writable, load_checkpoint, save_checkpoint
-from ..errors import InputError
+from ..errors import DataError, InputError
 from ..evaluate.adaptive import ATTACKS, Counted, suite_settings
 from ..evaluate.attacks import JEMDefence
 from ..evaluate.masking import audit
@@ -28,9 +28,9 @@ from ..evaluate.robustness import (
     robust_accuracy,
 )
 from ..report import plot_curves
-from ..runs import write_attack
+from ..runs import DataSpec, write_attack
 from ..runs.layout import ATTACK_PNG
-from ..utils import seed_everything
+from ..utils import model_device, seed_everything
 from .runs import LoadedRun, check_same_data, load_run
 
 log = logging.getLogger("torchjem")
@@ -112,6 +112,18 @@ def evaluate_saved(path: str | Path, model: nn.Module, batch_size: int = 256) ->
     if missing:
         raise InputError(f"{path} is not a saved-adversarials file: it lacks {missing}")
     x_adv, y = state["x_adv"], state["y"]
+    shape = tuple(x_adv.shape[2:])
+    try:
+        with torch.no_grad():
+            n_classes = model(x_adv[0, :1].to(model_device(model))).shape[-1]
+    except RuntimeError as e:
+        raise InputError(f"the model cannot take the adversarials of {path} (inputs {'x'.join(map(str, shape))}): "
+                         f"{str(e).splitlines()[0]}") from None
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise DataError(
+            f"the adversarials of {path} have labels {int(y.min())}..{int(y.max())}, outside the model's "
+            f"{n_classes} classes (0..{n_classes - 1}): they were made for another model"
+        )
     try:
         accuracy, _ = adversarial_accuracy(model, x_adv, y, batch_size)
     except RuntimeError as e:
@@ -133,9 +145,32 @@ def evaluate_saved_run(path: str | Path, run_dir: str | Path, options: AttackOpt
     chains seeded by ``options.seed``, default the run's own); {setting: result}."""
     o = options.check()
     run = load_run(run_dir, o.checkpoint, o.device)
+    check_saved_data(path, run)
     seed_everything(run.cfg.seed if o.seed is None else o.seed)
     models = defence_settings(run, o.refine_steps, o.n_chains, o.init_noise, o.gradient)
     return {name: evaluate_saved(path, m, o.batch_size) for name, m in models.items()}
+
+
+def check_saved_data(path: str | Path, run: LoadedRun) -> None:
+    """DataError (one line) when saved adversarials were made on other data than ``run``'s: the
+    data the file records (files written before issue 19 record none: then the input shape and the
+    labels are checked by ``evaluate_saved``), or inputs of another shape."""
+    state = load_checkpoint(path)
+    saved = state.get("data") if isinstance(state, dict) else None
+    if isinstance(saved, dict):
+        spec = DataSpec.from_dict(saved)
+        diff = spec.mismatch(run.state.data, fingerprints=False)
+        if diff is not None:
+            raise DataError(
+                f"the adversarials of {path} were made on {spec.describe()}; run {str(run.path)!r} was trained on "
+                f"{run.state.data.describe()} ({diff} differ)"
+            )
+    x_adv = state.get("x_adv") if isinstance(state, dict) else None
+    if isinstance(x_adv, torch.Tensor) and tuple(x_adv.shape[2:]) != tuple(run.shape):
+        raise DataError(
+            f"the adversarials of {path} are inputs of {'x'.join(map(str, x_adv.shape[2:]))}; run {str(run.path)!r} "
+            f"takes {'x'.join(map(str, run.shape))}"
+        )
 
 
 def suite_audit(
@@ -215,7 +250,8 @@ def attack_run(
             source = res.x_adv
         curves[name], direct[name] = res.accuracy, res.accuracy_direct
         path = save_adversarials(
-            out / f"adversarials_{name}.pt", res, y, norm=o.pgd.norm, setting=name, run_dir=str(run_dir), x=x.cpu()
+            out / f"adversarials_{name}.pt", res, y, norm=o.pgd.norm, setting=name, run_dir=str(run_dir), x=x.cpu(),
+            data=run.state.data.to_dict(),
         )
         files[name] = str(path)
     png = plot_curves(curves, o.eps, o.pgd.norm, out / ATTACK_PNG)

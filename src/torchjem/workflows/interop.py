@@ -47,11 +47,14 @@ FORMATS = {
     "torchjem": "a folder written by `jem export` (model.safetensors + torchjem.json)",
 }
 # Sampling settings of each project, so that `jem sample` / `jem attack` on the import behave like it.
+# sgld.model_mode stays auto: the chains of a batch-norm net (JEM++, SADA-JEM) run in train mode, as theirs.
 SAMPLING = {
     "jem": {"sgld": {"steps": 20, "step_size": 1.0, "noise": 0.01}, "objective": {"data_noise": 0.03}},
-    # JEM++ samples with PYLD (not in torchjem): the nearest plain SGLD, clamped as SADA-JEM's
+    # JEM++ samples with PYLD as train_jempp.py (and the jempp_* recipes): 5 outer x 5 inner steps, pyld_lr 0.2,
+    # gradients clamped, no noise, x clamped to [-1, 1]
     "jempp": {
-        "sgld": {"steps": 10, "step_size": 1.0, "noise": 0.001, "clamp": True, "grad_clamp": 1.0},
+        "sgld": {"kind": "pyld", "steps": 5, "inner_steps": 5, "inner_step_size": 0.2, "grad_clamp": 1.0,
+                 "noise": 0.0, "clamp": True},
         "objective": {"data_noise": 0.03},
     },
     "sadajem": {

@@ -13,9 +13,10 @@ from .. import build
 from ..config import Config, from_dict
 from ..data import DataSplits
 from ..energy import JEM
-from ..errors import InputError
+from ..errors import DataError, InputError
 from ..runs import RunDir, RunState, read_state
 from ..sampling import ChainSampler, LangevinSampler, ReplayBuffer
+from ..training.batches import data_spec
 from ..utils import resolve_device
 
 
@@ -69,8 +70,13 @@ class LoadedRun:
                 f"name (config data.name is {self.cfg.data.name!r}); pass the data (data=DataSplits)"
             )
         data = build.build_data(self.cfg)
-        if list(data.shape) != list(self.shape) or data.n_classes != self.n_classes:
-            raise InputError(f"data {data.name!r} {data.shape} does not match the run's {self.data_meta}")
+        given = data_spec(data, data.name)
+        diff = self.state.data.mismatch(given)
+        if diff is not None:
+            raise DataError(
+                f"run {str(self.path)!r} was trained on {self.state.data.describe()}; its config's data loads as "
+                f"{given.describe()} ({diff} differ)"
+            )
         return data
 
 
@@ -101,11 +107,13 @@ def load_run(
 
 def check_same_data(run: LoadedRun, other: LoadedRun, what: str = "baseline") -> None:
     """Refuse to compare runs trained on different data (name, shape, classes and class subset)."""
-    a, b = run.data_meta, other.data_meta
-    key_a = (a["name"], list(a["shape"]), int(a["n_classes"]), run.cfg.data.classes)
-    key_b = (b["name"], list(b["shape"]), int(b["n_classes"]), other.cfg.data.classes)
-    if key_a != key_b:
-        raise InputError(
-            f"{what} run {str(other.path)!r} was trained on other data ({b}, classes {other.cfg.data.classes}) "
-            f"than {str(run.path)!r} ({a}, classes {run.cfg.data.classes})"
+    a, b = run.state.data, other.state.data
+    diff = a.mismatch(b, fingerprints=False)
+    if diff is None and run.cfg.data.classes != other.cfg.data.classes:
+        diff = "class subset (data.classes)"
+    if diff is not None:
+        raise DataError(
+            f"{what} run {str(other.path)!r} was trained on other data ({b.describe()}, classes "
+            f"{other.cfg.data.classes}) than {str(run.path)!r} ({a.describe()}, classes {run.cfg.data.classes}): "
+            f"{diff} differ"
         )
