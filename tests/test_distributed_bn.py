@@ -190,6 +190,8 @@ def test_sada_jem_trains_and_resumes_exactly_on_two_processes(runs):
     records = RunDir(runs["tmp"] / "full").read_metrics()
     assert [r["step"] for r in records if "loss" in r] == [2, 4, 6, 8]  # rank 0's log, means over ranks
     assert [r["event"] for r in records if "event" in r] == ["done"]
+    text = RunDir(runs["tmp"] / "full").log.read_text()
+    assert "batch norm: data and sample passes in one DDP forward; batch statistics of the global batch" in text
     if TB:  # TensorBoard: rank 0's event file only
         assert len(list((runs["tmp"] / "full" / "tb").glob("events.out.tfevents.*"))) == 1
     run = load_run(runs["tmp"] / "full", "last", "cpu")  # a plain batch-norm net in one process

@@ -237,6 +237,9 @@ def log_start(trainer: Trainer) -> None:
         size = t.buffer.size if t.buffer is not None else "-"
         msg = "data-parallel on %d processes: global batch %d = %d x %d per rank, buffer shard %s per rank"
         log.info(msg, t.world_size, t.cfg.train.batch_size, t.world_size, t.batches.local, size)
+        if t.plan.separate_passes:
+            log.info("batch norm: data and sample passes in one DDP forward; batch statistics %s",
+                     "of the global batch (train.sync_bn)" if t.plan.sync_bn else "per rank (train.sync_bn=false)")
 
 
 def train(
