@@ -83,7 +83,9 @@ def test_only_the_writing_rank_opens_event_files(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_missing_tensorboard_package_is_a_config_error(tmp_path, monkeypatch):
+def test_missing_tensorboard_package_is_a_config_error_before_training(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(ConfigError, match="train.tensorboard = true needs the tensorboard package"):
+        Trainer(tiny_config("data.limit=64", "train.tensorboard=true"), progress=False, out=tmp_path / "run")
+    with pytest.raises(ConfigError, match="pip install tensorboard"):
         open_writer(tmp_path / "tb")

@@ -16,7 +16,7 @@ import torch
 from ..errors import WriteError
 from ..runs import RunDir
 from . import distributed as ddp
-from .tensorboard import TensorBoardLog
+from .tensorboard import TensorBoardLog, summary_writer
 
 log = logging.getLogger("torchjem")
 
@@ -51,6 +51,8 @@ class MetricsLog:
 
     def __init__(self, run: RunDir, enabled: bool = True, tensorboard: bool = False) -> None:
         self.run, self.enabled, self.tensorboard = run, enabled, tensorboard
+        if tensorboard:
+            summary_writer()  # a missing package is a ConfigError now, on every rank
         self.window = Window()
         self.tb: TensorBoardLog | None = None
 

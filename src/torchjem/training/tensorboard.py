@@ -29,9 +29,9 @@ POSITION = ("step", "epoch")  # a record's x-axis and its epoch: not scalars of 
 GRID_IMAGES = 64  # chains shown in an epoch's grid
 
 
-def open_writer(path: Path, purge_step: int | None = None) -> Any:
-    """A SummaryWriter into ``path``; ``purge_step``: on a resumed run, events the killed run wrote
-    at or after this step are hidden (they are written again)."""
+def summary_writer() -> Any:
+    """torch's SummaryWriter class; ConfigError when the tensorboard package is missing (checked on
+    every rank when the run is built, before any work)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
@@ -39,7 +39,13 @@ def open_writer(path: Path, purge_step: int | None = None) -> Any:
             f"config train.tensorboard = true needs the tensorboard package ({e}); "
             "pip install tensorboard (or torchjem[tensorboard])"
         ) from None
-    return SummaryWriter(str(path), purge_step=purge_step or None, flush_secs=30)
+    return SummaryWriter
+
+
+def open_writer(path: Path, purge_step: int | None = None) -> Any:
+    """A SummaryWriter into ``path``; ``purge_step``: on a resumed run, events the killed run wrote
+    at or after this step are hidden (they are written again)."""
+    return summary_writer()(str(path), purge_step=purge_step or None, flush_secs=30)
 
 
 def numbers(record: dict[str, Any]) -> dict[str, float]:
