@@ -26,15 +26,21 @@ QUICK = {"train": {"epochs": 2}, "sgld": {"steps": 5}, "buffer": {"size": 200}}
 SUMMARY = "summary.json"
 REPORT, HELD_OUT = "report", "held_out"
 LEGACY = (ATTACK_PNG,)  # the curves' plot, written into the demo folder itself by earlier versions
+# the attack suite the demo runs, on its first N attacked digits: the quick suite on a few digits keeps the demo
+# at a few minutes; `jem attack --suite standard` measures the full one (docs/robustness.md)
+SUITE_DEMO, SUITE_LIMIT = "quick", 25
 
 
 def demo_attack(quick: bool = False, device: str = "auto", progress: bool = True) -> AttackOptions:
     """The demo's robustness check (docs/robustness.md): L-inf PGD at eps 0 to 0.3 against JEM-0,
     JEM-3 (2 chains, JEM-0's adversarials transferred) and the baseline, 20 steps on 100 test
-    digits (10 steps on 50 with ``quick``), no distal adversarials."""
+    digits (10 steps on 50 with ``quick``), no distal adversarials; then the attack suite
+    (``SUITE_DEMO``: APGD-CE, targeted APGD-DLR, Square) and its gradient-masking checks on the first
+    ``SUITE_LIMIT`` of them (10 with ``quick``)."""
     return AttackOptions(
         pgd=PGDSettings(norm="linf", steps=10 if quick else 20), eps=[0.0, 0.05, 0.1, 0.2, 0.3], refine_steps=[0, 3],
         n_chains=2, limit=50 if quick else 100, distal=0, device=device, progress=progress,
+        suite=SUITE_DEMO, suite_limit=10 if quick else SUITE_LIMIT,
     )
 
 
@@ -95,6 +101,16 @@ def run_demo(
     for name, setting in (("jem", "JEM-0"), ("jem_refined", f"JEM-{n_refine}"), ("baseline", "baseline")):
         curve = {eps_key(e): a for e, a in zip(attack.eps, attack.curves[setting])}
         summary[name]["robust_accuracy"] = {"linf": curve}
+        audit = (attack.audit or {}).get(setting)
+        if audit is not None:  # the suite's worst case beside PGD's figure, on its first n inputs
+            summary[name]["robust_accuracy_suite"] = {
+                "linf": {eps_key(e): w for e, w in zip(audit["eps"], audit["worst"])},
+                "pgd_same_inputs": {eps_key(e): a for e, a in zip(audit["eps"], audit["pgd"])},
+                "n": audit["n"],
+                "suite": audit["suite"],
+                "checks": {c["name"]: c["passed"] for c in audit["checks"]},
+                "verdict": audit["verdict"],
+            }
     summary["robust_accuracy_n"] = attack.n
 
     # The paper's evaluations, JEM beside the baseline (docs/evaluation.md): calibration, OOD
@@ -167,6 +183,18 @@ def print_summary(summary: dict[str, Any]) -> None:
     for e, acc in jem["robust_accuracy"]["linf"].items():
         row(f"robust acc. L-inf {e} (JEM-0)", acc, base["robust_accuracy"]["linf"][e])
         row(f"robust acc. L-inf {e} (JEM-{refined})", summary["jem_refined"]["robust_accuracy"]["linf"][e])
+    suites = {k: summary[k].get("robust_accuracy_suite") for k in ("jem", "jem_refined", "baseline")}
+    if suites["jem"] is not None:
+        n = suites["jem"]["n"]
+        print(f"attack suite {suites['jem']['suite']}, worst case per input over PGD, APGD-CE, APGD-T and Square "
+              f"(first {n} test digits; PGD on them in brackets):")
+        for e in list(suites["jem"]["linf"])[1:]:
+            for k, label in (("jem", "JEM-0"), ("jem_refined", f"JEM-{refined}"), ("baseline", "baseline")):
+                name = f"suite L-inf {e} ({label})"
+                print(f"{name:30}{suites[k]['linf'][e]:10.4f}  ({suites[k]['pgd_same_inputs'][e]:.4f})")
+        for k, label in (("jem", "JEM-0"), ("jem_refined", f"JEM-{refined}"), ("baseline", "baseline")):
+            flagged = [c for c, ok in suites[k]["checks"].items() if not ok]
+            print(f"  checks {label}: {'all pass' if not flagged else 'FLAG ' + ', '.join(flagged)}")
     print(f"seconds: {summary['seconds']:.0f}   report: {summary['report']}")
 
 
