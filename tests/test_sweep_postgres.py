@@ -3,8 +3,9 @@ throwaway server (initdb + pg_ctl on a free port in a temporary folder), the doc
 jem sweep lines run as written (host, port and folder replaced; --heartbeat 1 added), two sweep
 processes on one study, one of them SIGKILLed in the middle of a trial.
 
-Skipped, with the reason, where no server binaries or no driver exist; `make test-postgres`
-installs the server from the distribution's packages and runs this file (CI calls it)."""
+The server test (marker ``postgres``, left out of `make test`) is skipped, with the reason, where no
+server binaries or no driver exist; `make test-postgres` installs the server from the distribution's
+packages and runs it (CI calls it)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ import pytest
 
 from torchjem.workflows.sweep.study import with_driver
 
-pytestmark = pytest.mark.postgres
 DOCS = Path(__file__).parent.parent / "docs" / "stability.md"
 
 
@@ -104,6 +104,19 @@ def test_docs_url_is_bound_to_the_installed_driver():
     assert with_driver("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
 
 
+def test_without_a_driver_the_url_is_one_error_naming_the_install(monkeypatch):
+    from torchjem.errors import InputError
+    from torchjem.workflows.sweep import study
+
+    monkeypatch.setattr(study.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(InputError, match=r"no PostgreSQL driver is installed; pip install \"psycopg\[binary\]\""):
+        study.with_driver("postgresql://jem:secret@db-host/sweeps")
+    with pytest.raises(InputError, match="jem:\\*\\*\\*@db-host"):  # the password stays out of the message
+        study.with_driver("postgres://jem:secret@db-host/sweeps")
+    assert study.with_driver("sqlite:///study.db") == "sqlite:///study.db"
+
+
+@pytest.mark.postgres
 def test_two_sweep_processes_share_a_study_and_a_killed_workers_trial_is_rerun(server, tmp_path):
     bindir, port = server
     commands = docs_block()
