@@ -89,3 +89,26 @@ def test_missing_tensorboard_package_is_a_config_error_before_training(tmp_path,
         Trainer(tiny_config("data.limit=64", "train.tensorboard=true"), progress=False, out=tmp_path / "run")
     with pytest.raises(ConfigError, match="pip install tensorboard"):
         open_writer(tmp_path / "tb")
+
+
+def test_a_resumed_run_replaces_the_killed_runs_later_events(tmp_path):
+    # killed in epoch 2 after its step-6 window; resumed from the epoch-1 checkpoint (step 4), it logs step 6 again
+    cfg = tiny_config("data.limit=128", "train.epochs=2", "train.log_every=2", "train.tensorboard=true")
+    t = Trainer(cfg, progress=False, out=tmp_path / "run")
+    t.objective = Faulty(t.objective, kill_at=7)
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    Trainer.resume(tmp_path / "run", progress=False).fit()
+    logged = [r["step"] for r in t.run.read_metrics() if "loss" in r]
+    assert logged == [2, 4, 6, 6, 8]  # metrics.jsonl keeps the killed run's window
+    acc = EventAccumulator(str(t.run.tensorboard), size_guidance=ALL)
+    acc.Reload()
+    assert [s for s, _ in scalars(acc)["train/loss"]] == [2, 4, 6, 8]  # TensorBoard shows each step once
+
+
+def test_overwrite_clears_the_event_files(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.tensorboard.mkdir(parents=True)
+    (run.tensorboard / "events.out.tfevents.1").write_bytes(b"")
+    run.clear()
+    assert not run.tensorboard.exists()

@@ -88,13 +88,14 @@ class MetricsLog:
     @contextlib.contextmanager
     def to_file(self, step: int = 0) -> Iterator[None]:
         """The torchjem logger also writes RUN_DIR/train.log inside (rank 0 only), and TensorBoard
-        its event files when on (``step``: where a resumed run starts; later events are replaced)."""
+        its event files when on (``step``: where a resumed run starts; the events a killed run wrote
+        after it are hidden, as they are written again)."""
         if not self.enabled:
             yield
             return
         self.run.path.mkdir(parents=True, exist_ok=True)
         if self.tensorboard:
-            self.tb = TensorBoardLog(self.run.tensorboard, purge_step=step)
+            self.tb = TensorBoardLog(self.run.tensorboard, purge_step=step + 1 if step else None)
         handler = logging.FileHandler(self.run.log)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)

@@ -43,8 +43,8 @@ def summary_writer() -> Any:
 
 
 def open_writer(path: Path, purge_step: int | None = None) -> Any:
-    """A SummaryWriter into ``path``; ``purge_step``: on a resumed run, events the killed run wrote
-    at or after this step are hidden (they are written again)."""
+    """A SummaryWriter into ``path``; ``purge_step``: on a resumed run, the events a killed run
+    wrote at or after this step (the first after its checkpoint) are hidden: they are written again."""
     return summary_writer()(str(path), purge_step=purge_step or None, flush_secs=30)
 
 
