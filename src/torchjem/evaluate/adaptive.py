@@ -139,7 +139,8 @@ def run_suite(
 
     Returns a ``RobustnessAudit`` (``checks`` empty: ``masking.audit`` adds them) with, for
     APGD-CE, per eps the inputs it attacked, how many of them it raised the loss of, and the mean
-    loss at the start and the best; ``settings["input_range"]``: the extremes of every adversarial.
+    loss at the start and the best; for APGD-T the same counts of its first target's DLR loss;
+    ``settings["input_range"]``: the extremes of every adversarial.
     """
     s = (settings or SuiteSettings()).check()
     eps = [float(e) for e in eps]
@@ -164,6 +165,7 @@ def run_suite(
     lo_seen, hi_seen = float(x.min()), float(x.max())
     ce = {"attacked": [0] * len(eps), "loss_rose": [0] * len(eps), "loss_start": [None] * len(eps),
           "loss_best": [None] * len(eps)}
+    dlr = {"attacked": [0] * len(eps), "loss_rose": [0] * len(eps)}  # APGD-T, its first target
 
     def attack_batch(name: str, k: int, e: float, xb: torch.Tensor, yb: torch.Tensor, tb: torch.Tensor) -> torch.Tensor:
         """The adversarials of one attack at eps ``e`` for a batch; whether each input stays robust."""
@@ -186,6 +188,9 @@ def run_suite(
                          eot=s.eot, data_range=data_range)
                 xa[idx] = r.x_adv
                 alive[idx[~_correct(counted, r.x_adv, yb[idx])]] = False
+                if j == 0:
+                    dlr["attacked"][k] += len(idx)
+                    dlr["loss_rose"][k] += int((r.loss > r.loss_start + 1e-6).sum())
             lo_seen, hi_seen = min(lo_seen, float(xa.min())), max(hi_seen, float(xa.max()))
             return alive.cpu()
         else:
@@ -226,6 +231,7 @@ def run_suite(
         for key in ("loss_start", "loss_best"):
             ce[key][k] = ce[key][k] / ce["attacked"][k] if ce["attacked"][k] else None
     attacks["APGD-CE"].update(ce)
+    attacks["APGD-T"].update(dlr)
     settings_out = {**asdict(s), "n_targets": int(targets.shape[1]), "input_range": [lo_seen, hi_seen],
                     "data_range": list(data_range)}
     return RobustnessAudit(
