@@ -76,6 +76,29 @@ def test_dlr_loss_and_checkpoints_follow_the_paper():
     assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]  # p = .22, .41, .57, .70, .80, .87, .93, .99
 
 
+def test_apgd_averages_eot_draws_and_counts_its_calls():
+    model, x, y, _, _ = _linear(5, seed=4, n=8)
+
+    class Noisy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.calls = model, 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.net(x + 0.01 * torch.randn_like(x))
+
+    noisy = Noisy()
+    apgd(noisy, x, y, 1e-4, steps=6, eot=3)  # too small to succeed: no early stop
+    assert noisy.calls == 3 * 6 + 1  # eot draws per gradient (start + 5 steps), one look at the last iterate
+    from torchjem.evaluate.adaptive import Counted, is_randomised
+
+    counted = Counted(model)
+    apgd(counted, x, y, 1e-4, steps=6)
+    assert (counted.forwards, counted.backwards) == (7 * 8, 6 * 8)  # per input
+    assert is_randomised(noisy, x) and not is_randomised(model, x)
+
+
 def test_square_on_a_linear_model_stays_within_the_known_distance():
     model, x, y, margin, dw = _linear(5, seed=2, n=100)
     eps = 0.05
