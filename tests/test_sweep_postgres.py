@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -167,3 +168,29 @@ def test_two_sweep_processes_share_a_study_and_a_killed_workers_trial_is_rerun(s
         assert sum(json.loads(x).get("event") == "done" for x in lines) == 1, run
     report = json.loads((out / "report" / "sweep.json").read_text())
     assert report["n_trials"] == 8 and sorted(r["run"] for r in report["records"]) == sorted(complete)
+
+
+@pytest.mark.postgres
+def test_queueing_waits_for_another_machines_lock_and_queues_the_grid_once(server, tmp_path):
+    from conftest import TINY
+    from torchjem.workflows.sweep import plan_sweep
+    from torchjem.workflows.sweep.study import Study
+
+    bindir, port = server
+    subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "jem", "locks"], check=True)
+    url = f"postgresql://jem@127.0.0.1:{port}/locks"
+    spec = plan_sweep(None, [*TINY, "device=cpu"], ["optim.lr=0.001,0.002,0.003"], seeds=2)
+    # two machines: one study, a sweep folder (claim lock file) each
+    one, two = (Study.open(url, "grid", spec, lock=tmp_path / f"{m}.lock", heartbeat=1) for m in ("a", "b"))
+    queued = lambda: len(one.optuna.get_trials(deepcopy=False))  # noqa: E731
+    with one.exclusive():
+        t = threading.Thread(target=two.plan_grid)
+        t.start()
+        t.join(2.0)
+        assert t.is_alive() and queued() == 0  # the other machine waits for the study's lock
+    t.join(30.0)
+    assert not t.is_alive() and queued() == 6
+    one.plan_grid()  # planned already: nothing more
+    assert queued() == 6
+    claims = [one.claim(), two.claim(), one.claim()]
+    assert len({c.run for c in claims}) == 3

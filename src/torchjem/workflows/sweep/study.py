@@ -8,7 +8,8 @@ on it directly instead of through ``Study._storage`` and ``Trial._trial_id``.
 
 Claiming: grid settings are queued once as WAITING trials named by their run directory; a worker
 claims one by moving it to RUNNING in the storage (the database refuses a second claimer) under a
-file lock (SQLite does not lock rows). With ``trials`` set, a worker with nothing waiting asks the
+file lock (SQLite does not lock rows) and, in PostgreSQL, an advisory lock of the study
+(``exclusive``). With ``trials`` set, a worker with nothing waiting asks the
 sampler for a new setting and queues its other seeds. From the claim on, the trial sends heartbeats;
 a trial whose worker died falls silent, is failed by the next claimer (``fail_stale_trials``) and
 queued again by Optuna's RetryHeartbeatStaleTrialCallback (up to MAX_RETRY times).
@@ -23,12 +24,14 @@ import re
 import threading
 import time
 import warnings
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
@@ -185,11 +188,28 @@ class Study:
     def _trial_id(self, number: int) -> int:
         return self._storage.get_trial_id_from_study_id_trial_number(self._study_id, number)
 
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Queueing and claiming, one worker at a time: the sweep folder's file lock (SQLite does not
+        lock rows) and, in PostgreSQL, an advisory lock of the study, so that machines with separate
+        sweep folders starting together queue the grid once and number sampled settings once."""
+        with FileLock(self.lock):
+            if self._storage.engine.dialect.name != "postgresql":
+                yield
+                return
+            key = zlib.crc32(f"torchjem-sweep:{self.name}".encode())
+            with self._storage.engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                try:
+                    yield
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+
     # -- queueing and claiming -----------------------------------------------------------------
     def plan_grid(self) -> None:
         """Queue every (setting, seed) of a grid search once (nothing for a sampler's search)."""
         study, spec = self.optuna, self.spec
-        with FileLock(self.lock):
+        with self.exclusive():
             if spec.trials is not None or study.user_attrs.get("planned"):
                 return
             for i, setting in enumerate(spec.settings()):
@@ -200,7 +220,7 @@ class Study:
     def claim(self) -> Claim | None:
         """The next trial for this worker, marked running, with its first heartbeat (None: nothing left
         to start). Stale trials (a dead worker's) are failed and queued again first."""
-        with FileLock(self.lock):
+        with self.exclusive():
             trial = self._claim_waiting() or self._ask_new()
             if trial is None:
                 return None
@@ -281,7 +301,7 @@ class Study:
         crash, a worker that died more often than the retries allow), and clear the stop; returns
         their run names."""
         study, again = self.optuna, []
-        with FileLock(self.lock):
+        with self.exclusive():
             by_run: dict[str, list[optuna.trial.FrozenTrial]] = {}
             for t in study.get_trials(deepcopy=False):
                 if "run" in t.user_attrs:
