@@ -330,9 +330,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     report = evaluate_run(args.run_dir, options, baseline=args.baseline, out=args.out)
     for role, m in report.models.items():
-        print(f"{m.label}: {json.dumps(headline(report, role))}")
-    print(f"wrote {report.files['html']} and {report.files['json']}")
+        print(_headline_text(m.label, headline(report, role)))
+    print(f"wrote {report.files['html']} (every figure: {report.files['json']})")
     return 0
+
+
+def _headline_text(label: str, h: dict) -> str:
+    """A model's headline figures as two readable lines."""
+    figures = (("accuracy", "accuracy"), ("NLL", "nll"), ("ECE", "ece"))  # (None for a one-class model)
+    parts = [f"{name} {h[k]:.4f}" for name, k in figures if h.get(k) is not None] or ["one class: no accuracy"]
+    if h.get("fid") is not None:
+        parts.append(f"FID {h['fid']:.2f} ({h['feature_net']})")
+    if h.get("conditional_accuracy") is not None:
+        parts.append(f"conditional accuracy {h['conditional_accuracy']:.4f}")
+    text = f"{label}: " + ", ".join(parts)
+    ood = {s: v["px"]["auroc"] for s, v in (h.get("ood") or {}).items() if "px" in v}
+    if ood:
+        text += "\n  OOD AUROC, log p(x): " + ", ".join(f"{s} {a:.4f}" for s, a in ood.items())
+    return text
 
 
 # -- jem import / jem export --------------------------------------------------------------------

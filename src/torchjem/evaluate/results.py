@@ -271,13 +271,16 @@ class RobustnessResult(_Result):
 
 @dataclass(kw_only=True)
 class ModelEvaluation(_Result):
-    """Every evaluation of one model (``evaluate_model``); a part is None when it was not asked for."""
+    """Every evaluation of one model (``evaluate_model``); a part is None when it was not asked for,
+    or could not be computed: ``skipped`` says why ({part: reason}; e.g. a one-class model has no
+    classification or calibration to measure, its OOD detection is its figure)."""
 
-    classification: ClassificationResult
+    classification: ClassificationResult | None = _optional()
     classification_refined: ClassificationResult | None = _optional()
-    calibration: CalibrationResult
+    calibration: CalibrationResult | None = _optional()
     ood: OODResult | None = _optional()
     generation: GenerationResult | None = _optional()
+    skipped: dict[str, str] | None = _optional()
 
 
 __all__ = [

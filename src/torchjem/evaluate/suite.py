@@ -46,16 +46,21 @@ def evaluate_model(
 
     The parts not asked for (``classification_refined``, ``ood``, ``generation``) are None.
     """
-    log.info("evaluate: classification and calibration on %d test examples", len(x_test))
-    clf, refined = classification(model, x_test, y_test, batch_size), None
-    if refine_steps:
-        log.info("evaluate: classification after %d SGLD refinement steps", refine_steps)
-        sgld = sampler.langevin if sampler is not None else None
-        refined = classification(
-            model, x_test, y_test, batch_size, refine_steps=refine_steps, sampler=sgld, progress=progress
-        )
-    cal = calibration(model, x_test, y_test, n_bins, batch_size)
-    out = ModelEvaluation(classification=clf, classification_refined=refined, calibration=cal)
+    if n_classes < 2:  # one class: every prediction is that class, certainly; nothing to measure
+        why = "one class: every prediction is that class with probability 1 (a one-class energy model: see OOD)"
+        log.info("evaluate: no classification or calibration (%s)", why)
+        out = ModelEvaluation(skipped={"classification": why, "calibration": why})
+    else:
+        log.info("evaluate: classification and calibration on %d test examples", len(x_test))
+        clf, refined = classification(model, x_test, y_test, batch_size), None
+        if refine_steps:
+            log.info("evaluate: classification after %d SGLD refinement steps", refine_steps)
+            sgld = sampler.langevin if sampler is not None else None
+            refined = classification(
+                model, x_test, y_test, batch_size, refine_steps=refine_steps, sampler=sgld, progress=progress
+            )
+        cal = calibration(model, x_test, y_test, n_bins, batch_size)
+        out = ModelEvaluation(classification=clf, classification_refined=refined, calibration=cal)
     if ood_sets:
         log.info("evaluate: OOD detection against %s", ", ".join(ood_sets))
         out.ood = ood_detection(model, x_test, ood_sets, scores, batch_size, progress)

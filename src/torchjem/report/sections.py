@@ -134,11 +134,24 @@ def summary(page: Page, report: EvaluationReport) -> None:
         page.note(f"FID with features of {esc('; '.join(sorted(labels)))}.")
 
 
+def _skipped(page: Page, report: EvaluationReport, part: str) -> bool:
+    """A note per model whose evaluation skipped ``part`` (its reason, from report.json's
+    ``skipped``); True when every evaluated model skipped it."""
+    evaluated = [(r, m.evaluation) for r, m in report.models.items() if m.evaluation is not None]
+    skipped = [(r, (ev.skipped or {}).get(part)) for r, ev in evaluated]
+    for r, why in skipped:
+        if why:
+            page.note(f"{_label(report, r)}: no {esc(part)}: {esc(why)}.")
+    return bool(evaluated) and all(why for _, why in skipped)
+
+
 def classification(page: Page, report: EvaluationReport) -> None:
     """Accuracy and NLL, before and after SGLD refinement."""
     if not _roles(report, lambda m: m.evaluation is not None):
         return
     page.h2("Classification")
+    if _skipped(page, report, "classification"):
+        return
     _figures(page, report, [
         ("accuracy", ["classification", "accuracy"]),
         ("NLL", ["classification", "nll"]),
@@ -157,6 +170,10 @@ def calibration(page: Page, report: EvaluationReport) -> None:
     """ECE, MCE and the reliability diagrams."""
     roles = _roles(report, lambda m: m.evaluation is not None and m.evaluation.calibration is not None)
     if not roles:
+        if any(m.evaluation is not None and (m.evaluation.skipped or {}).get("calibration")
+               for m in report.models.values()):
+            page.h2("Calibration")
+            _skipped(page, report, "calibration")
         return
     n_bins = report.models[roles[0]].evaluation.calibration.n_bins
     page.h2("Calibration")

@@ -176,11 +176,12 @@ def headline(report: EvaluationReport, role: str) -> dict[str, Any]:
     ev = report.models[role].evaluation
     if ev is None:
         return {}
+    clf, cal = ev.classification, ev.calibration  # (None for a one-class model: ev.skipped says why)
     out: dict[str, Any] = {
-        "accuracy": ev.classification.accuracy,
-        "nll": ev.classification.nll,
-        "ece": ev.calibration.ece,
-        "mce": ev.calibration.mce,
+        "accuracy": clf.accuracy if clf is not None else None,
+        "nll": clf.nll if clf is not None else None,
+        "ece": cal.ece if cal is not None else None,
+        "mce": cal.mce if cal is not None else None,
     }
     if ev.ood is not None:
         # sets: {set: {"n": size, score: {"auroc", ...}}}
