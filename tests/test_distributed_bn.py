@@ -160,6 +160,7 @@ def test_batch_norm_jem_is_no_longer_refused_under_ddp():
     assert not build.training_plan(cfg(*SYNC), jem, (1, 8, 8), world_size=1).sync_bn  # one process: plain BN
 
 
+@pytest.mark.slow  # 2 training processes (the module fixture)
 def test_sync_bn_step_equals_single_process_step_on_the_global_batch(runs):
     params, bn, loss = runs["reference"]
     for r in runs["ranks"]:
@@ -170,6 +171,7 @@ def test_sync_bn_step_equals_single_process_step_on_the_global_batch(runs):
         assert dist_loss == pytest.approx(loss, abs=1e-5)  # mean of the ranks' losses = the global batch's
 
 
+@pytest.mark.slow  # 2 training processes (the module fixture)
 def test_per_rank_batch_norm_keeps_ranks_identical_but_not_equal_to_one_process(runs):
     params, _, _ = runs["reference"]
     r0, r1 = runs["ranks"]
@@ -177,6 +179,7 @@ def test_per_rank_batch_norm_keeps_ranks_identical_but_not_equal_to_one_process(
     assert (r0["local"][0] - params).abs().max() > 1e-4  # each rank normalised its own 16 images
 
 
+@pytest.mark.slow  # 2 training processes (the module fixture)
 def test_sada_jem_trains_and_resumes_exactly_on_two_processes(runs):
     r0, r1 = runs["ranks"]
     for r in (r0, r1):
@@ -199,6 +202,7 @@ def test_sada_jem_trains_and_resumes_exactly_on_two_processes(runs):
     assert torch.equal(_params(run.jem), r0["full_params"])
 
 
+@pytest.mark.slow  # 2 training processes (the module fixture)
 def test_two_process_checkpoint_resumes_in_one_process_and_back(runs, tmp_path):
     r0, r1 = runs["ranks"]
     assert r0["up_step"] == r1["up_step"] == 12 and torch.equal(r0["up_params"], r1["up_params"])
@@ -214,6 +218,7 @@ def test_two_process_checkpoint_resumes_in_one_process_and_back(runs, tmp_path):
     assert "checkpoint written by 2 process(es), resumed on 1" in t.run.log.read_text()
 
 
+@pytest.mark.slow  # 2 training processes (the module fixture)
 def test_jempp_pyld_chains_with_batch_norm_run_data_parallel(runs):
     (res0, p0), (res1, p1) = runs["ranks"][0]["jempp"], runs["ranks"][1]["jempp"]
     assert res0["step"] == res1["step"] == 2 and torch.equal(p0, p1) and torch.isfinite(p0).all()

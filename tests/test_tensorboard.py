@@ -63,6 +63,7 @@ def test_event_files_hold_every_metrics_record_and_epoch_grids(tmp_path):
     assert images[0].width == 8 * 9 + 1  # 64 of the buffer's 8x8 chains, 8 to a row, 1-pixel gaps
 
 
+@pytest.mark.slow
 def test_sweep_trials_are_separate_tensorboard_runs(tmp_path):
     spec = plan_sweep(None, [*TINY, "data.limit=128", "train.max_steps=4", "device=cpu", "train.tensorboard=true"],
                       ["optim.lr=0.001,0.002"], seeds=1)
