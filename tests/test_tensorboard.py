@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("tensorboard", reason="the tensorboard package is not installed (pip install tensorboard)")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer  # noqa: E402
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData  # noqa: E402
 
 from conftest import TINY, Faulty, tiny_config  # noqa: E402
 from torchjem import RunDir, Trainer  # noqa: E402
@@ -75,6 +76,14 @@ def test_sweep_trials_are_separate_tensorboard_runs(tmp_path):
     assert runs == ["p000-s1/tb", "p001-s1/tb"]
     lrs = [max(v for _, v in scalars(mux.GetAccumulator(r))["train/lr"]) for r in runs]
     assert lrs[0] < lrs[1]  # each trial its own setting
+    for run, record in zip(runs, sorted(result["records"], key=lambda r: r.run)):
+        acc = mux.GetAccumulator(run)
+        assert set(acc.PluginTagToContent("hparams")) == {"_hparams_/experiment", "_hparams_/session_start_info",
+                                                          "_hparams_/session_end_info"}
+        start = HParamsPluginData.FromString(acc.PluginTagToContent("hparams")["_hparams_/session_start_info"])
+        assert start.session_start_info.hparams["optim.lr"].number_value == pytest.approx(record.params["optim.lr"])
+        assert scalars(acc)["hparams/val_acc"][0][1] == pytest.approx(record.val_acc, abs=1e-6)
+        assert scalars(acc)["hparams/diverged"][0][1] == float(record.diverged)
 
 
 def test_only_the_writing_rank_opens_event_files(tmp_path):

@@ -7,7 +7,8 @@ Tags: a metrics window's keys as ``train/<key>`` (loss, ce, acc, energies, chain
 it_per_s, ...), a validation's as ``val/<key>``, an event as ``events/<kind>`` (1 at its step) with
 its numeric fields as ``events/<kind>/<field>`` and the whole record as text, the grid as
 ``samples/buffer``. A sweep's trials are run directories of their own, so
-``tensorboard --logdir SWEEP_DIR/trials`` shows every trial as a separate run.
+``tensorboard --logdir SWEEP_DIR/trials`` shows every trial as a separate run, each with its setting
+and results in the HParams dashboard (``write_hparams``).
 
 ``torch.utils.tensorboard`` needs the ``tensorboard`` package (``pip install 'torchjem[tensorboard]'``);
 it is imported only when a run asks for it.
@@ -46,6 +47,16 @@ def open_writer(path: Path, purge_step: int | None = None) -> Any:
     """A SummaryWriter into ``path``; ``purge_step``: on a resumed run, the events a killed run
     wrote at or after this step (the first after its checkpoint) are hidden: they are written again."""
     return summary_writer()(str(path), purge_step=purge_step or None, flush_secs=30)
+
+
+def write_hparams(path: Path, params: dict[str, Any], results: dict[str, Any]) -> None:
+    """A sweep trial's setting and results (the numeric ones; None left out) in TensorBoard's
+    HParams dashboard, into the trial's own event folder ``path``: a sweep's trials then compare
+    side by side, one run each, their results also as scalars ``hparams/<name>``."""
+    values = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
+    metrics = {f"hparams/{k}": float(v) for k, v in results.items() if isinstance(v, Real)}
+    with summary_writer()(str(path)) as writer:
+        writer.add_hparams(values, metrics, run_name=".")
 
 
 def numbers(record: dict[str, Any]) -> dict[str, float]:

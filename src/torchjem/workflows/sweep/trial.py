@@ -19,6 +19,7 @@ from ...runs import History, RunDir, RunLock
 from ...sweep_report import TrialRecord
 from ...training import Trainer
 from ...training.guard import DivergenceError
+from ...training.tensorboard import write_hparams
 from ..train import resolve_recipe
 from .spec import SweepSpec
 
@@ -75,6 +76,9 @@ def run_trial(
     )
     record = mark_collapse(record, history)
     atomic_write_text(run.trial, json.dumps(record.to_dict(), indent=2))
+    if trainer.cfg.train.tensorboard:  # the setting and results in TensorBoard's HParams dashboard
+        results = {k: getattr(record, k) for k in ("val_acc", "test_acc", "ece", "recoveries", "energy_gap")}
+        write_hparams(run.tensorboard, params, {**results, "diverged": float(record.diverged)})
     return record
 
 
