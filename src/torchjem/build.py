@@ -82,7 +82,8 @@ def energy_head(cfg: Config) -> bool:
 
 def build_net(cfg: Config, shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """The configured network; ``in_channels``, ``in_features``, ``n_classes`` and ``image_size``
-    are filled in from the data when the constructor takes them and the config does not set them.
+    (and ``image_height``, for non-square images) are filled in from the data when the constructor
+    takes them and the config does not set them.
     With an energy head (``energy_head(cfg)``) it is built with ``n_classes=0`` (a feature backbone)."""
     fn = net_factory(cfg.net.name)
     params = net_parameters(cfg.net.name)
@@ -92,6 +93,7 @@ def build_net(cfg: Config, shape: tuple[int, ...], n_classes: int) -> nn.Module:
         "in_features": math.prod(shape),
         "n_classes": 0 if energy_head(cfg) else n_classes,
         "image_size": shape[-1],
+        "image_height": shape[-2] if len(shape) >= 3 else None,  # non-square images (nets that take it)
     }
     for key, value in filled.items():
         if key in params and (key not in kwargs or (key == "n_classes" and energy_head(cfg))):
@@ -99,7 +101,8 @@ def build_net(cfg: Config, shape: tuple[int, ...], n_classes: int) -> nn.Module:
     try:
         net = fn(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"config net ({cfg.net.name!r} with net.kwargs {kwargs}): {e}") from None
+        hint = "; on the command line net.kwargs={} clears a recipe's net.kwargs" if cfg.net.kwargs else ""
+        raise ConfigError(f"config net ({cfg.net.name!r} with net.kwargs {kwargs}): {e}{hint}") from None
     if not isinstance(net, nn.Module):
         raise ConfigError(f"config net.name = {cfg.net.name!r} returned {type(net).__name__}, not an nn.Module")
     return net

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import pickle
 import struct
 import tarfile
@@ -30,6 +31,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError, MissingError
+
+log = logging.getLogger("torchjem")
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html (the 'python version')"
 SVHN_URL = "http://ufldl.stanford.edu/housenumbers/ (format 2, cropped digits)"
@@ -551,7 +554,22 @@ def read_npz(path: str | Path) -> RawData:
                 raise DataError(f"{path}: {kx!r} holds no examples (expected N >= 1 along its first axis)")
             out.append((x, torch.from_numpy(y.astype(np.int64))))
     test = out[1] if len(out) > 1 else (None, None)
+    _warn_unit_range(path, [x for x, _ in out])
     return RawData(*out[0], *test, names)
+
+
+def _warn_unit_range(path: Path, xs: list[torch.Tensor]) -> None:
+    """A warning when float inputs all lie in [0, 1]: torchjem takes float inputs as they are, in
+    [-1, 1]; [0, 1] data (a common convention) would use half the range without a word."""
+    floats = [x for x in xs if x.is_floating_point() and len(x)]
+    if not floats:
+        return
+    lo, hi = min(float(x.min()) for x in floats), max(float(x.max()) for x in floats)
+    if 0 <= lo and hi <= 1 and hi > lo:
+        log.warning(
+            "%s: float inputs lie in [%.3g, %.3g], within [0, 1]; torchjem takes float inputs as given, in [-1, 1]: "
+            "if they are [0, 1] images, store x * 2 - 1 (or uint8 pixels)", path, lo, hi,
+        )
 
 
 # -- inputs alone (OOD sets) --------------------------------------------------------------------

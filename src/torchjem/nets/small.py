@@ -22,14 +22,17 @@ def convnet(
     width: int = 64,
     activation: str = "swish",
     image_size: int = 8,
+    image_height: int | None = None,
 ) -> nn.Module:
     """Four 3x3 conv layers with one 2x down-sampling, then a linear head on the flattened map
     (``n_classes=0``: no head, the features). Flattening keeps where strokes are, which
-    global pooling would lose on 8x8 digits; ``image_size`` is the input's side.
+    global pooling would lose on 8x8 digits; ``image_size`` is the input's width and
+    ``image_height`` its height (None: square).
     Swish is the default activation: smooth input gradients make SGLD behave (the
     maintainers' advice for stable JEM training).
     """
-    side = (image_size + 1) // 2  # after the stride-2 conv
+    height = image_size if image_height is None else image_height
+    cells = ((height + 1) // 2) * ((image_size + 1) // 2)  # after the stride-2 conv
     net = nn.Sequential(
         nn.Conv2d(in_channels, width, 3, padding=1),
         _act(activation),
@@ -40,9 +43,9 @@ def convnet(
         nn.Conv2d(2 * width, 2 * width, 3, padding=1),
         _act(activation),
         nn.Flatten(),
-        nn.Linear(2 * width * side * side, n_classes) if n_classes > 0 else nn.Identity(),
+        nn.Linear(2 * width * cells, n_classes) if n_classes > 0 else nn.Identity(),
     )
-    net.num_features = 2 * width * side * side
+    net.num_features = 2 * width * cells
     return net
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from .. import build
 from ..checkpoint import rng_state, set_rng_state
-from ..config import Config, from_dict, load_config, parse_overrides
+from ..config import Config, ConfigError, from_dict, load_config, parse_overrides
 from ..energy import JEM
 from ..errors import MissingError
 from ..runs import DataSpec, Progress, RunDir, RunState
@@ -176,7 +176,15 @@ def read_resume(
     ddp.init_distributed(extra.get("device", "auto"))
     state = ddp.run_on_main(read)
     build.check_rebuildable(state.net, model, run.path)
-    return load_config(None, extra, base=from_dict(state.config)), state
+    cfg = load_config(None, extra, base=from_dict(state.config))
+    saved_size = state.config.get("buffer", {}).get("size")
+    if state.buffer is not None and saved_size is not None and cfg.buffer.size != saved_size:
+        raise ConfigError(
+            f"cannot resume {str(run.path)!r} with buffer.size = {cfg.buffer.size}: the replay buffer's size is fixed "
+            f"for a run (its chains continue; this one holds {saved_size}); resume without buffer.size, or start a "
+            "new run (--out) with it"
+        )
+    return cfg, state
 
 
 def reset_backoff(progress: Progress, cfg: Config, saved: dict[str, Any]) -> None:
