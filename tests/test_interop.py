@@ -142,7 +142,7 @@ def test_files_that_do_not_map_give_one_error_listing_every_key(tmp_path, capsys
     }
     expect = {
         "truncated": "cannot be read",
-        "foreign": "lacks model_state_dict",
+        "foreign": "has no model_state_dict (its keys: weights), so it is not a sadajem checkpoint",
         "extra keys": "2 key(s) have no place in torchjem's model: f.layer9.0.conv1.weight, head.w",
         "alias mismatch": "f.layer_one.bias (not an alias of f.conv1.bias)",
         "missing part": "does not fill torchjem's model",

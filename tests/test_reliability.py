@@ -237,7 +237,7 @@ def test_every_bad_input_is_one_clean_line(tmp_path, capsys):
         "eval out under a file": ["eval", str(run), "--out", str(d / "a_file" / "r"), "--no-generation"],
         "eval bad ood": ["eval", str(run), "--ood", "no_such_set"],
         "attack out under a file": ["attack", str(run), "--out", str(d / "a_file" / "r"), "--limit", "2"],
-        "attack bad eps": ["attack", str(run), "--eps", "0.3", "0.1"],
+        "attack bad eps": ["attack", str(run), "--eps", "-0.1", "0.1"],  # (any order is fine: sorted)
         "attack refine -1": ["attack", str(run), "--refine-steps", "-1"],
         "attack saved file missing": ["attack", "--evaluate-saved", str(tmp_path / "x.pt"), "--model", str(run)],
     }

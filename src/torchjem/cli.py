@@ -202,7 +202,7 @@ def add_attack(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", nargs="?", help="a run directory written by `jem train`")
     p.add_argument("--norm", choices=["linf", "l2"], default="linf", help="threat model (default linf)")
-    p.add_argument("--eps", type=float, nargs="+", default=None, help="radii in the [-1, 1] data scale, increasing")
+    p.add_argument("--eps", type=float, nargs="+", default=None, help="radii in the [-1, 1] data scale, in any order")
     p.add_argument(
         "--refine-steps", type=int, nargs="+", default=None, help="SGLD steps n of JEM-n (default 0 1 10; 0 saved)"
     )
@@ -242,8 +242,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
         norm=args.norm, steps=args.steps, step_size=args.step_size, random_start=not args.no_random_start,
         restarts=args.restarts, targeted=args.targeted, eot=args.eot,
     )
+    eps = sorted(set(args.eps)) if args.eps else None  # given in any order
     options = AttackOptions(
-        pgd=pgd, eps=args.eps, refine_steps=args.refine_steps or ([0] if args.evaluate_saved else [0, 1, 10]),
+        pgd=pgd, eps=eps, refine_steps=args.refine_steps or ([0] if args.evaluate_saved else [0, 1, 10]),
         limit=args.limit, checkpoint=args.checkpoint, n_chains=args.chains, init_noise=args.init_noise,
         gradient=args.gradient, transfer=not args.no_transfer, distal=args.distal, batch_size=args.batch_size,
         device=args.device or "auto", seed=args.seed, progress=not args.quiet, suite=args.suite,
@@ -390,13 +391,18 @@ def add_interop(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from .workflows.interop import import_checkpoint
+    from .workflows.interop import data_problem, import_checkpoint
 
     out = import_checkpoint(
         args.format, args.ckpt, args.out, data=args.data, data_root=args.data_root, norm=args.norm,
         uncond=args.uncond, image_size=args.image_size, overwrite=args.overwrite, overrides=args.overrides,
     )
-    print(f"wrote run directory {out}: try `jem eval {out}`")
+    problem = data_problem(out)
+    if problem is None:
+        print(f"wrote run directory {out}: try `jem eval {out}`")
+    else:  # jem eval would fail: the data root is set at import
+        print(f"wrote run directory {out}, but its data cannot be loaded ({problem}); before `jem eval`, import "
+              "again with --data-root DIR (or data.root=DIR) and --overwrite")
     return 0
 
 
@@ -483,8 +489,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.debug("inter-op threads left at %d", torch.get_num_interop_threads())
         return args.func(args)
     except UserError as e:  # anything else is a bug: its traceback stays
-        message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
-        print(f"jem {args.command}: error: {message}", file=sys.stderr)
+        print(f"jem {args.command}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except Interrupted as e:  # the run saved its checkpoint: one line with the command that continues it
         if rank == "0":
@@ -493,6 +498,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside training: nothing to save
         print(f"jem {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(text: str) -> str:
+    """A message's lines as one: joined by a space after a sentence or a colon, else by "; "."""
+    out = ""
+    for line in (raw.strip() for raw in text.splitlines()):
+        if line:
+            out = line if not out else out + (" " if out.endswith((".", ":")) else "; ") + line
+    return out
 
 
 if __name__ == "__main__":

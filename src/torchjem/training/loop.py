@@ -38,6 +38,12 @@ class TrainingLoop:
         """Train to the end; returns {"step", "epoch", "retries", and the last validation figures}.
         A SIGINT or SIGTERM meanwhile ends the current step, writes last.pt and raises
         ``errors.Interrupted`` (training/interrupt.py)."""
+        if self.done():  # a finished run resumed as it was: nothing to train, nothing written
+            p, t = self.p, self.cfg.train
+            until = f"train.max_steps={t.max_steps}" if t.max_steps is not None else f"train.epochs={t.epochs}"
+            log.warning("nothing left to do: the run already reached step %d, epoch %d (%s); to train on, resume "
+                        "with a larger %s", p.step, p.epoch, until, until.split("=")[0])
+            return {"step": p.step, "epoch": p.epoch, "retries": p.retries, **self.t.validate()}
         with self.stop:
             return self._run()
 

@@ -31,7 +31,7 @@ import torch
 from .. import build, sampling
 from ..checkpoint import load_checkpoint
 from ..config import CONFIG_DIR, Config, from_dict, load_config, merge, parse_overrides, save_config
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError, UserError
 from ..runs import DataSpec, RunDir, RunLock, RunState, save_export
 from .runs import load_run
 
@@ -171,6 +171,16 @@ def import_checkpoint(
     return run.path
 
 
+def data_problem(run_dir: str | Path) -> str | None:
+    """Why the data of an imported run cannot be loaded yet (its files not found: no or a wrong
+    data.root, a package missing), or None when ``jem eval`` can read it."""
+    try:
+        load_run(run_dir, device="cpu").data()
+    except (UserError, ImportError) as e:
+        return "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    return None
+
+
 def _imported_state(
     kind: str, path: Path, data: str | None, data_root: str | None, norm: str | None, uncond: bool,
     image_size: int, extra: dict[str, Any],
@@ -183,9 +193,13 @@ def _imported_state(
         buffer_state = buffer.state_dict() if buffer is not None else None
     else:
         try:
-            ckpt = load_checkpoint(path, required=("model_state_dict",), allowed=(argparse.Namespace,))
+            ckpt = load_checkpoint(path, allowed=(argparse.Namespace,))
         except CheckpointError as e:
             raise CheckpointError(f"{e}; expected {FORMATS[kind]}") from None
+        if "model_state_dict" not in ckpt:
+            keys = ", ".join(map(str, sorted(ckpt, key=str)[:8])) or "none"
+            raise CheckpointError(f"{str(path)!r} has no model_state_dict (its keys: {keys}), so it is not a {kind} "
+                                  f"checkpoint; expected {FORMATS[kind]}")
         sd = ckpt["model_state_dict"]
         if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
             raise CheckpointError(f"{str(path)!r}: model_state_dict is not a dict of tensors; expected {FORMATS[kind]}")
