@@ -340,11 +340,11 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         # sums around a shift every rank shares (the running mean) keep E[x^2] - E[x]^2 accurate
         shift = self.running_mean.detach().float() if self.running_mean is not None else x.new_zeros(c).float()
         d = x.float() - shift.view(shape)
-        count = d.new_full((1,), x.numel() // c)
-        total = _SumOverRanks.apply(torch.cat([d.sum(dims), d.pow(2).sum(dims), count]))
+        count = d.new_full((1,), x.numel() // c, dtype=torch.float64)  # exact beyond 2^24 values
+        total = _SumOverRanks.apply(torch.cat([torch.cat([d.sum(dims), d.pow(2).sum(dims)]).double(), count]))
         n = total[-1]
         m1 = total[:c] / n
-        mean, var = shift + m1, (total[c : 2 * c] / n - m1.pow(2)).clamp_min(0)
+        mean, var = (shift + m1).float(), (total[c : 2 * c] / n - m1.pow(2)).clamp_min(0).float()
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
