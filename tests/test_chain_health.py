@@ -125,3 +125,21 @@ def test_gap_trend_is_the_slope_per_100_steps():
                for s in range(10, 200, 10)]
     assert History(records).summary().gap_trend == pytest.approx(2.0)
     assert History(records[:2]).summary().gap_trend is None
+
+
+def test_the_dynamics_figure_gets_a_chain_panel_also_across_a_rewind(tmp_path):
+    from matplotlib.image import imread
+
+    from torchjem.report import plot_dynamics
+
+    def window(step, out):
+        return {"step": step, "loss": 1.0, "acc": 0.5, "lr": 1e-3, "energy_data": -1.0, "energy_sample": -0.5,
+                "norm_ratio": 1.0 + out * 10, "out_of_range": out}
+
+    records = [window(10, 0.1), window(20, 0.9), window(30, 0.95),
+               {"event": "recovery", "step": 10, "at_step": 30, "rewound_to": 10, "cause": "runaway chains: ...",
+                "retry": 1}, window(20, 0.1), window(30, 0.1)]
+    with_health = imread(plot_dynamics(records, tmp_path / "a.png"))
+    plain = [{k: v for k, v in r.items() if k not in ("norm_ratio", "out_of_range")} for r in records]
+    without = imread(plot_dynamics(plain, tmp_path / "b.png"))
+    assert with_health.shape[0] > without.shape[0]  # one panel more: the chains'

@@ -245,7 +245,7 @@ def plot_dynamics(records: list[dict], path: str | Path, label: str = "") -> Pat
         ax["chains"].set_yscale("log")
         ax["chains"].set_ylabel("sample norm /\ndata norm")
         right = ax["chains"].twinx()
-        _draw(right, History(windows).series("out_of_range"), "#64b5cd", "out of range", ls=":")
+        _draw(right, History(windows).series("out_of_range"), "#64b5cd", "out of range")
         right.set_ylim(-0.02, 1.02)
         right.set_ylabel("fraction out\nof range", fontsize=7)
         right.tick_params(labelsize=7)
