@@ -12,7 +12,7 @@ import os
 import sys
 
 from .config import CONFIG_DIR, config_reference, merge, parse_overrides
-from .errors import ConfigError, InputError, Interrupted, UserError
+from .errors import ConfigError, InputError, Interrupted, UserError, one_line
 
 log = logging.getLogger("torchjem")
 
@@ -320,7 +320,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .workflows.eval import EvalOptions, evaluate_run, headline
+    from .workflows.eval import EvalOptions, evaluate_run, headline, headline_text
 
     options = EvalOptions(
         ood=args.ood, limit=args.limit, checkpoint=args.checkpoint, device=args.device or "auto",
@@ -331,24 +331,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     report = evaluate_run(args.run_dir, options, baseline=args.baseline, out=args.out)
     for role, m in report.models.items():
-        print(_headline_text(m.label, headline(report, role)))
+        print(headline_text(m.label, headline(report, role)))
     print(f"wrote {report.files['html']} (every figure: {report.files['json']})")
     return 0
-
-
-def _headline_text(label: str, h: dict) -> str:
-    """A model's headline figures as two readable lines."""
-    figures = (("accuracy", "accuracy"), ("NLL", "nll"), ("ECE", "ece"))  # (None for a one-class model)
-    parts = [f"{name} {h[k]:.4f}" for name, k in figures if h.get(k) is not None] or ["one class: no accuracy"]
-    if h.get("fid") is not None:
-        parts.append(f"FID {h['fid']:.2f} ({h['feature_net']})")
-    if h.get("conditional_accuracy") is not None:
-        parts.append(f"conditional accuracy {h['conditional_accuracy']:.4f}")
-    text = f"{label}: " + ", ".join(parts)
-    ood = {s: v["px"]["auroc"] for s, v in (h.get("ood") or {}).items() if "px" in v}
-    if ood:
-        text += "\n  OOD AUROC, log p(x): " + ", ".join(f"{s} {a:.4f}" for s, a in ood.items())
-    return text
 
 
 # -- jem import / jem export --------------------------------------------------------------------
@@ -498,15 +483,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside training: nothing to save
         print(f"jem {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-def one_line(text: str) -> str:
-    """A message's lines as one: joined by a space after a sentence or a colon, else by "; "."""
-    out = ""
-    for line in (raw.strip() for raw in text.splitlines()):
-        if line:
-            out = line if not out else out + (" " if out.endswith((".", ":")) else "; ") + line
-    return out
 
 
 if __name__ == "__main__":

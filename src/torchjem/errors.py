@@ -55,3 +55,12 @@ class Interrupted(KeyboardInterrupt):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+def one_line(text: str) -> str:
+    """A message's lines as one: joined by a space after a sentence or a colon, else by "; "."""
+    out = ""
+    for line in (raw.strip() for raw in text.splitlines()):
+        if line:
+            out = line if not out else out + (" " if out.endswith((".", ":")) else "; ") + line
+    return out

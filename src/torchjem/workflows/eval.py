@@ -191,3 +191,18 @@ def headline(report: EvaluationReport, role: str) -> dict[str, Any]:
     if g is not None:
         out.update(fid=g.fid, feature_net=g.feature_net, conditional_accuracy=g.conditional_accuracy)
     return out
+
+
+def headline_text(label: str, h: dict[str, Any]) -> str:
+    """A model's ``headline`` figures as two readable lines (what `jem eval` prints)."""
+    figures = (("accuracy", "accuracy"), ("NLL", "nll"), ("ECE", "ece"))  # (None for a one-class model)
+    parts = [f"{name} {h[k]:.4f}" for name, k in figures if h.get(k) is not None] or ["one class: no accuracy"]
+    if h.get("fid") is not None:
+        parts.append(f"FID {h['fid']:.2f} ({h['feature_net']})")
+    if h.get("conditional_accuracy") is not None:
+        parts.append(f"conditional accuracy {h['conditional_accuracy']:.4f}")
+    text = f"{label}: " + ", ".join(parts)
+    ood = {s: v["px"]["auroc"] for s, v in (h.get("ood") or {}).items() if "px" in v}
+    if ood:
+        text += "\n  OOD AUROC, log p(x): " + ", ".join(f"{s} {a:.4f}" for s, a in ood.items())
+    return text

@@ -31,7 +31,7 @@ import torch
 from .. import build, sampling
 from ..checkpoint import load_checkpoint
 from ..config import CONFIG_DIR, Config, from_dict, load_config, merge, parse_overrides, save_config
-from ..errors import CheckpointError, InputError, UserError
+from ..errors import CheckpointError, InputError, UserError, one_line
 from ..runs import DataSpec, RunDir, RunLock, RunState, save_export
 from .runs import load_run
 
@@ -177,7 +177,7 @@ def data_problem(run_dir: str | Path) -> str | None:
     try:
         load_run(run_dir, device="cpu").data()
     except (UserError, ImportError) as e:
-        return "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        return one_line(str(e))
     return None
 
 
