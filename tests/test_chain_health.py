@@ -67,6 +67,7 @@ def test_chain_health_figures_match_a_hand_count():
     assert float(h["sample_norm"]) == pytest.approx(sum(norms) / 2)
     assert float(h["norm_ratio"]) == pytest.approx(sum(norms) / 2 / 1.0)
     assert float(h["out_of_range"]) == pytest.approx(3 / 8)  # -1.2, 3.0, -4.0 (1.05 is within the margin)
+    assert float(h["sample_rms"]) == pytest.approx(((1.05**2 + 1.2**2 + 9 + 16) / 8) ** 0.5)
     assert float(h["class_balance"]) == pytest.approx(0.0)  # one class only
     even = chain_health(x, x_q, torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
     assert float(even["class_balance"]) == pytest.approx(math.log(2) / math.log(3))
@@ -82,21 +83,26 @@ def test_guard_fires_on_runaway_chains_after_consecutive_checks_only(tmp_path):
     assert t.guard.check(away) is None and t.guard.check(away) is None
     cause = t.guard.check(away)
     assert "96% of sample values outside the data range > divergence.max_out_of_range = 0.5" in cause
-    far = {**ok, "norm_ratio": torch.tensor(30.0)}
+    far = {**ok, "norm_ratio": torch.tensor(30.0), "sample_rms": torch.tensor(7.9)}
     t.guard.unhealthy = 0
     for _ in range(2):
         assert t.guard.check(far) is None
     assert "sample norm / data norm = 30 > divergence.max_norm_ratio = 4" in t.guard.check(far)
+    # fresh uniform chains (RMS 0.58) against data of small norm: a large ratio, samples in range: healthy
+    small_data = {**ok, "norm_ratio": torch.tensor(6.0), "sample_rms": torch.tensor(0.58)}
+    assert all(t.guard.check(small_data) is None for _ in range(5))
 
 
 def test_runaway_chains_are_recovered_then_given_up_with_the_cause(tmp_path):
-    # a bound no chain can meet: every check is unhealthy, so the guard rewinds, then gives up naming the cause
+    # SGLD noise of 1 per step: the chains leave the data range at once (default thresholds); the
+    # guard rewinds, the chains run away again, and it gives up naming the cause
     from torchjem.training.guard import DivergenceError
 
-    cfg = tiny_config("train.max_steps=40", "divergence.max_norm_ratio=0.01", "divergence.health_checks=2",
-                      "divergence.max_retries=1", "divergence.snapshot_every=5")
+    cfg = tiny_config("train.max_steps=40", "sgld.noise=1.0", "divergence.health_checks=2",
+                      "divergence.max_retries=1", "divergence.snapshot_every=5", "divergence.max_gap=inf",
+                      "divergence.max_energy=inf", "divergence.max_loss=inf")
     t = Trainer(cfg, progress=False, out=tmp_path / "r")
-    with pytest.raises(DivergenceError, match="runaway chains: sample norm / data norm"):
+    with pytest.raises(DivergenceError, match="runaway chains: .* of sample values outside the data range"):
         t.fit()
     events = [r for r in t.run.history().events if r["event"] in ("recovery", "gave_up")]
     assert [e["event"] for e in events] == ["recovery", "gave_up"]

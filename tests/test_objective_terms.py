@@ -120,6 +120,7 @@ def hand_loss(p, x, y, x_px, x_q, xy_q, w) -> tuple[torch.Tensor, dict[str, floa
         # chain health: values beyond [-1, 1] by more than 0.1; the spread of the samples' predicted classes
         values = [float(v) for v in x_q.flatten()]
         stats["out_of_range"] = sum(abs(v) > 1.1 for v in values) / len(values)
+        stats["sample_rms"] = math.sqrt(sum(v * v for v in values) / len(values))
         q_logits_px, _ = hand_forward(p, x_q)
         picked = [int(z.argmax()) for z in q_logits_px]
         freq = [picked.count(c) / len(picked) for c in range(C)]

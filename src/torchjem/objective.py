@@ -181,7 +181,9 @@ def chain_health(x: torch.Tensor, x_q: torch.Tensor, logits_q: torch.Tensor) -> 
     tensors, no host synchronisation):
 
     - ``sample_norm``, ``data_norm``: mean L2 norm of one sample / one data input; ``norm_ratio``
-      their ratio (about 1 for healthy chains; runaway chains grow it without bound);
+      their ratio (about 1 for healthy chains; runaway chains grow it without bound); ``sample_rms``
+      the samples' root-mean-square value (above the range's half-width only outside the range:
+      fresh uniform noise is 0.58, so data of small norm do not make fresh chains look runaway);
     - ``out_of_range``: the fraction of sample values beyond the data range by more than
       ``RANGE_MARGIN`` of its width (0 for clamped chains);
     - ``class_balance``: the entropy of the classes the model predicts for the samples over
@@ -198,6 +200,7 @@ def chain_health(x: torch.Tensor, x_q: torch.Tensor, logits_q: torch.Tensor) -> 
         "sample_norm": sample_norm,
         "data_norm": data_norm,
         "norm_ratio": sample_norm / data_norm.clamp_min(1e-12),
+        "sample_rms": x_q.pow(2).mean().sqrt(),
         "out_of_range": ((x_q < lo - m) | (x_q > hi + m)).to(x_q.dtype).mean(),
         "class_balance": balance,
     }

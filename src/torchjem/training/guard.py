@@ -12,7 +12,7 @@ import torch
 
 from ..config import DivergenceConfig
 from ..errors import UserError
-from ..utils import frozen_eval, seed_everything
+from ..utils import DATA_RANGE, frozen_eval, seed_everything
 from . import distributed as ddp
 from .state import TrainState
 
@@ -103,19 +103,22 @@ class DivergenceGuard:
 
     def chain_cause(self, stats: dict[str, torch.Tensor]) -> str | None:
         """Chain health: the cause when the samples of the checked step are out of health
-        (``out_of_range`` above ``divergence.max_out_of_range`` or ``norm_ratio`` above
-        ``divergence.max_norm_ratio``) at ``divergence.health_checks`` checks in a row, else None.
+        (``out_of_range`` above ``divergence.max_out_of_range``, or ``norm_ratio`` above
+        ``divergence.max_norm_ratio`` with samples larger than the data range allows: root mean
+        square above its half-width) at ``divergence.health_checks`` checks in a row, else None.
         Runaway chains (a batch-norm net sampled in eval mode) keep the energy gap under
         ``max_gap`` while their samples leave the data far behind."""
         d = self.cfg
         if "out_of_range" not in stats or "norm_ratio" not in stats:
             return None
-        out, ratio = torch.stack([stats["out_of_range"].float(), stats["norm_ratio"].float()]).tolist()
+        keys = ["out_of_range", "norm_ratio", "sample_rms"]
+        out, ratio, rms = torch.stack([stats[k].float() if k in stats else stats["norm_ratio"].new_full((), 1e9)
+                                       for k in keys]).tolist()
         bad = []
         if out > d.max_out_of_range:
             bad.append(f"{out:.0%} of sample values outside the data range > divergence.max_out_of_range = "
                        f"{d.max_out_of_range:.3g}")
-        if ratio > d.max_norm_ratio:
+        if ratio > d.max_norm_ratio and rms > (DATA_RANGE[1] - DATA_RANGE[0]) / 2:
             bad.append(f"sample norm / data norm = {ratio:.3g} > divergence.max_norm_ratio = {d.max_norm_ratio:.3g}")
         self.unhealthy = self.unhealthy + 1 if bad else 0
         if self.unhealthy < d.health_checks:
