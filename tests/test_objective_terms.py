@@ -111,7 +111,9 @@ def hand_loss(p, x, y, x_px, x_q, xy_q, w) -> tuple[torch.Tensor, dict[str, floa
         loss_px = e_data - e_sample
         loss = loss + w["px"] * loss_px
         if w["energy_l2"] > 0:
-            loss = loss + w["energy_l2"] * (mean([v**2 for v in lpx_data]) + mean([v**2 for v in lpx_q]))  # E^2
+            penalty = w["energy_l2"] * (mean([v**2 for v in lpx_data]) + mean([v**2 for v in lpx_q]))  # E^2
+            loss = loss + penalty
+            stats["loss_energy_l2"] = f(penalty)
         norms = [math.sqrt(float((s**2).sum())) for s in x_q]
         data_norms = [math.sqrt(float((s**2).sum())) for s in x]
         stats.update(loss_px=f(loss_px), energy_data=f(e_data), energy_sample=f(e_sample),
@@ -233,3 +235,16 @@ def test_data_noise_has_the_configured_sigma_on_both_data_views():
         assert float(noise.std()) == pytest.approx(0.05, rel=0.02)
         assert abs(float(noise.mean())) < 4 * 0.05 / math.sqrt(len(noise))
     assert abs(float(torch.corrcoef(torch.stack([e, e_px]))[0, 1])) < 0.02
+
+
+def test_the_energy_penalty_is_logged_and_refused_where_it_would_act_on_nothing():
+    from torchjem.build import training_plan
+    from torchjem.config import ConfigError
+
+    # logged: a run's loss is ce + loss_px + loss_energy_l2 (compare() checks its value by hand)
+    compare("logsumexp", Y, None, False, {"energy_l2": 0.15})
+    # with p(x) off the penalty has no energies to act on: one line, not a silently ignored setting
+    with pytest.raises(ConfigError, match="objective.energy_l2 = 0.1 penalises the energies of the p\\(x\\) term"):
+        training_plan(load_config(None, {"objective": {"px": 0.0, "pxy": 1.0, "energy_l2": 0.1}}))
+    training_plan(load_config(None, {"objective": {"px": 0.0, "pxy": 1.0}}))  # fine without it
+    training_plan(load_config(None, {"objective": {"energy_l2": 0.1}, "train": {"clf_only": True}}))  # turned off

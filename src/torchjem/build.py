@@ -185,6 +185,11 @@ def training_plan(
     o, clf = cfg.objective, cfg.train.clf_only
     if clf and o.pyx == 0:
         raise ConfigError("config train.clf_only = true needs objective.pyx > 0")
+    if not clf and o.energy_l2 > 0 and o.px == 0:  # it acts on the p(x) term's energies only
+        raise ConfigError(
+            f"config objective.energy_l2 = {o.energy_l2} penalises the energies of the p(x) term, which "
+            "objective.px = 0 turns off: set objective.energy_l2 = 0, or objective.px > 0"
+        )
     px, pxy = (0.0, 0.0) if clf else (o.px, o.pxy)
     sampler = px != 0 or pxy != 0
     separate = sampler and jem is not None and has_batch_norm(jem)  # (under DDP both passes are one forward)

@@ -152,8 +152,10 @@ class HybridObjective:
             # Energies are -log p: E_data = -lpx_data, E_sample = -lpx_q.
             l_px = -(lpx_data.mean() - lpx_q.mean())
             loss = loss + self.px * l_px
-            if self.energy_l2 > 0:
-                loss = loss + self.energy_l2 * (lpx_data.pow(2).mean() + lpx_q.pow(2).mean())
+            if self.energy_l2 > 0:  # logged on its own: the loss is then ce + loss_px + this
+                penalty = self.energy_l2 * (lpx_data.pow(2).mean() + lpx_q.pow(2).mean())
+                loss = loss + penalty
+                stats["loss_energy_l2"] = penalty.detach()
             stats["loss_px"] = l_px.detach()
             stats["energy_data"] = -lpx_data.mean().detach()
             stats["energy_sample"] = -lpx_q.mean().detach()
