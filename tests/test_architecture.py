@@ -374,3 +374,99 @@ def test_the_trainer_class_stays_a_wiring_class():
     names = {ast.unparse(c.func) for c in ast.walk(setup) if isinstance(c, ast.Call)}
     # what a config implies is decided in build.training_plan, not by probing the net or the config here
     assert "build.training_plan" in names and "has_batch_norm" not in names
+
+
+# Issue 18 item 7: a public function with five or more parameters (self and cls not counted) takes
+# those past the third as keyword-only and documents every parameter in an ``Args:`` block.
+MANY_PARAMETERS = 5
+# Modules still being changed in this session; to be brought under the rule next.
+SIGNATURE_RULE_PENDING = {
+    **dict.fromkeys(
+        [
+            "evaluate/adaptive.py",
+            "evaluate/apgd.py",
+            "evaluate/art.py",
+            "evaluate/attacks.py",
+            "evaluate/masking.py",
+            "evaluate/robustness.py",
+            "workflows/attack.py",
+            "workflows/demo.py",
+            "cli.py",
+        ],
+        "being changed by issue 21 (the robustness suite) in this session; to be brought under the rule next",
+    ),
+    **dict.fromkeys(
+        ["training/trainer.py", "training/loop.py", "training/distributed.py", "workflows/sweep/workers.py"],
+        "being changed by issue 20 (interruption, report polish) in this session; to be brought under the rule next",
+    ),
+    "report/": "being changed by issues 20 and 21 in this session; to be brought under the rule next",
+}
+# Functions documented but still positional past the third, because a module above calls them so.
+POSITIONAL_PENDING = {
+    "build.py::build_training_sampler": "called positionally from training/trainer.py (issue 20, this session)",
+    "training/batches.py::make_batches": "called positionally from training/trainer.py (issue 20, this session)",
+    "training/batches.py::val_batches": "called positionally from training/trainer.py (issue 20, this session)",
+    "workflows/sweep/spec.py::plan_sweep": "called positionally from cli.py (issue 21, this session)",
+}
+
+
+def signature_violations(path: Path) -> dict[str, list[str]]:
+    """Public functions of ``path`` with MANY_PARAMETERS or more parameters that are positional past
+    the third or have no ``Args:`` block in their docstring: {name: what is wrong}."""
+    bad = {}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.name.startswith("_"):
+            continue
+        a = node.args
+        positional = [x.arg for x in a.posonlyargs + a.args if x.arg not in ("self", "cls")]
+        if len(positional) + len(a.kwonlyargs) < MANY_PARAMETERS:
+            continue
+        wrong = []
+        if len(positional) > 3:
+            wrong.append(f"positional past the third: {', '.join(positional[3:])}")
+        if "Args:" not in (ast.get_docstring(node) or ""):
+            wrong.append("no Args: block")
+        if wrong:
+            bad[node.name] = wrong
+    return bad
+
+
+def test_public_functions_with_many_parameters_are_keyword_only_and_documented():
+    bad = {}
+    for p in modules():
+        rel = p.relative_to(SRC).as_posix()
+        if any(rel == k or (k.endswith("/") and rel.startswith(k)) for k in SIGNATURE_RULE_PENDING):
+            continue
+        for name, wrong in signature_violations(p).items():
+            if f"{rel}::{name}" in POSITIONAL_PENDING:
+                wrong = [w for w in wrong if not w.startswith("positional")]
+            if wrong:
+                bad[f"{rel}::{name}"] = wrong
+    assert not bad, f"def f(a, b, c, *, d=..., e=...) with an Args: block in the docstring: {bad}"
+    # the lists hold only what exists and still breaks the rule, so they shrink as modules are fixed
+    for rel in SIGNATURE_RULE_PENDING:
+        assert (SRC / rel).exists(), rel
+    for key in POSITIONAL_PENDING:
+        rel, name = key.split("::")
+        assert signature_violations(SRC / rel).get(name, [""])[0].startswith("positional"), f"{key}: remove it"
+
+
+def test_the_signature_checker_catches_a_planted_violation(tmp_path):
+    planted = tmp_path / "m.py"
+    planted.write_text(
+        "def wide(a, b, c, d, e):\n"
+        '    """Args:\n        a: one."""\n'
+        "def undocumented(a, b, c, *, d=1, e=2):\n"
+        '    """No block."""\n'
+        "def good(a, b, c, *, d=1, e=2):\n"
+        '    """Good.\n\n    Args:\n        a: one.\n    """\n'
+        "def _private(a, b, c, d, e):\n    pass\n"
+        "def short(a, b, c, d):\n    pass\n"
+        "class K:\n"
+        "    def method(self, a, b, c, d, e):\n        pass\n"
+    )
+    assert signature_violations(planted) == {
+        "wide": ["positional past the third: d, e"],
+        "undocumented": ["no Args: block"],
+        "method": ["positional past the third: d, e", "no Args: block"],
+    }
