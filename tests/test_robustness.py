@@ -254,5 +254,5 @@ def test_cli_attack_writes_results_and_reevaluates(run_dir, tmp_path, capsys):
     assert main(["attack", "--evaluate-saved", str(saved), "--model", str(run_dir), "--quiet"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["JEM-0"]["accuracy"] == res["curves"]["JEM-0"]
-    assert main(["attack", str(run_dir), "--norm", "l2", "--eps", "0.5", "0.1", "--quiet"]) == 2  # not increasing
+    assert main(["attack", str(run_dir), "--norm", "l2", "--eps", "0.1", "nan", "--quiet"]) == 2  # not finite
     assert main(["attack", "--evaluate-saved", str(saved), "--quiet"]) == 2  # no model given
