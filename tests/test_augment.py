@@ -81,7 +81,7 @@ def test_batch_augment_defaults_per_data_set() -> None:
     assert (over.pad, over.flip, over.noise) == (2, False, 0.03)
     x = _batch(side=32)
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-    assert torch.equal(cifar(x, g1), augment(x, 4, True, 0.0, g2))
+    assert torch.equal(cifar(x, g1), augment(x, 4, True, noise=0.0, generator=g2))
     with pytest.raises(ValueError, match=">= 0"):
         BatchAugment(pad=-1)
 

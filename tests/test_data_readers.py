@@ -463,15 +463,19 @@ def test_cifar_batch_without_labels_names_the_file(tmp_path: Path) -> None:
 def test_splits_from_raw_checks_labels_and_small_sets(tmp_path: Path) -> None:
     x = torch.zeros(5, 1, 4, 4, dtype=torch.uint8)
     with pytest.raises(DataError, match=r"data set 'mine': training labels must be >= 0, found -1\.\.1"):
-        splits_from_raw("mine", RawData(x, torch.tensor([0, 1, -1, 0, 1])), 0.0, 0, False)
+        splits_from_raw("mine", RawData(x, torch.tensor([0, 1, -1, 0, 1])), 0.0, split_seed=0, flip=False)
     with pytest.raises(DataError, match=r"'mine': test labels must be in 0\.\.1 \(one per class name\), found 0\.\.4"):
         splits_from_raw(
-            "mine", RawData(x, torch.zeros(5, dtype=torch.long), x, torch.arange(5), ["a", "b"]), 0, 0, False
+            "mine",
+            RawData(x, torch.zeros(5, dtype=torch.long), x, torch.arange(5), ["a", "b"]),
+            0,
+            split_seed=0,
+            flip=False,
         )
     with pytest.raises(DataError, match=r"'mine': training labels must be 5 integers, got torch\.float32"):
-        splits_from_raw("mine", RawData(x, torch.zeros(5)), 0.0, 0, False)
+        splits_from_raw("mine", RawData(x, torch.zeros(5)), 0.0, split_seed=0, flip=False)
     with pytest.raises(DataError, match=r"'mine': 1 example and no test split"):
-        splits_from_raw("mine", RawData(x[:1], torch.zeros(1, dtype=torch.long)), 0.0, 0, False)
+        splits_from_raw("mine", RawData(x[:1], torch.zeros(1, dtype=torch.long)), 0.0, split_seed=0, flip=False)
     # 5 examples of 2 classes: a 20% test split holds 1 example, too few to stratify (scikit-learn
     # refuses), so the split is a plain seeded one
     np.savez(tmp_path / "small.npz", x=np.zeros((5, 4, 4), np.uint8), y=np.array([0, 0, 1, 1, 1]))

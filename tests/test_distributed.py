@@ -252,10 +252,10 @@ def test_buffer_shards_merge_and_split_back():
     assert merged.shape == (90, 1, 2, 2)
     assert torch.equal(merged[:3], shards[0][:3]) and torch.equal(merged[3:6], shards[1][:3])
     for r in range(3):
-        back, missing = sampling.split_shard(merged, 10, r, 3, 30)
+        back, missing = sampling.split_shard(merged, 10, r, world=3, size=30)
         assert missing == 0 and torch.equal(back, shards[r])
     # onto 2 ranks of 5 per class: 4 + 5 = 9 per class exist, 1 per class missing on rank 1
-    back, missing = sampling.split_shard(merged, 10, 1, 2, 50)
+    back, missing = sampling.split_shard(merged, 10, 1, world=2, size=50)
     assert missing == 1 and back.flatten(1).isnan().any(1).sum() == 10
     with pytest.raises(ValueError, match="buffer.size=15 is too small for 2 processes"):
         sampling.shard_size(15, 10, 2)

@@ -238,13 +238,13 @@ def test_generation_draws_scores_and_labels_samples(digits, fnet):
     sgld = SGLD(n_steps=2)
     sampler = ChainSampler(sgld, ReplayBuffer(100, (1, 8, 8), 10))
     x_real = digits.x_test[:30]
-    res = generation(jem, sampler, x_real, 10, net, per_class=2, x_reference=digits.x_train[:30])
+    res = generation(jem, sampler, x_real, n_classes=10, feature_net=net, per_class=2, x_reference=digits.x_train[:30])
     assert res.source == "replay buffer" and res.steps_unconditional == 0 and res.steps_conditional == 2
     assert res.arrays["unconditional"].shape == (30, 1, 8, 8) and res.arrays["conditional"].shape == (20, 1, 8, 8)
     assert res.arrays["y_conditional"].tolist() == [c for c in range(10) for _ in range(2)]
     assert res.fid > res.fid_real_reference >= 0  # uniform-noise buffer vs real digits
     assert 0 <= res.conditional_accuracy <= 1 and len(res.conditional_accuracy_per_class) == 10
-    fresh = generation(jem, sampler.fresh(), x_real, 10, net, n=10, per_class=1)
+    fresh = generation(jem, sampler.fresh(), x_real, n_classes=10, feature_net=net, n=10, per_class=1)
     assert fresh.source.startswith("fresh") and fresh.steps_unconditional == 2 and fresh.n_fake == 10
     assert res.to_dict()["fid_real_reference"] == res.fid_real_reference and "fid_real_reference" not in fresh.to_dict()
 
@@ -254,7 +254,7 @@ def test_generation_result_scores_its_own_samples_and_keeps_the_report_schema(di
     torch.manual_seed(1)
     jem = JEM(ClassifierFeatures((1, 8, 8), 10, width=4))
     sampler = ChainSampler(SGLD(n_steps=2), shape=(1, 8, 8))
-    res = generation(jem, sampler, digits.x_test[:20], 10, net, n=12, per_class=3)
+    res = generation(jem, sampler, digits.x_test[:20], n_classes=10, feature_net=net, n=12, per_class=3)
     x_c, y_c = res.arrays["conditional"], res.arrays["y_conditional"]
     with torch.no_grad():
         pred = net.logits(x_c).argmax(1).numpy()

@@ -65,7 +65,7 @@ def _data_for(cfg, tmp_path: Path):
         root = tmp_path / name
         STANDINS[name](root)
         return load_data(name, root=str(root), val_size=2, split_seed=cfg.data.split_seed)
-    return load_data(name, cfg.data.root, cfg.data.val_size, cfg.data.split_seed)
+    return load_data(name, cfg.data.root, cfg.data.val_size, split_seed=cfg.data.split_seed)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

@@ -181,7 +181,17 @@ def training_plan(
     (``jem`` None: the objective's weights only, no batch-norm or DDP decision; ``shape`` None: no
     augmentation). ``data_flip``: the data set's own horizontal-flip default (``data.flip`` null).
     Raises ConfigError for a combination that cannot train (clf_only without cross-entropy;
-    SyncBatchNorm with p(x|y) chains on semi-supervised data, whose ranks may sample unequally)."""
+    SyncBatchNorm with p(x|y) chains on semi-supervised data, whose ranks may sample unequally).
+
+    Args:
+        cfg: the run's config.
+        jem: the model to train (None: the objective's weights only, no batch-norm, chain-mode or
+            DDP decision).
+        shape: one input's shape, e.g. (C, H, W) (None: no augmentation decision).
+        world_size: the number of training processes (default 1: no DDP).
+        data_flip: the data set's own horizontal-flip default, used when ``data.flip`` is null
+            (default False: no flips).
+    """
     o, clf = cfg.objective, cfg.train.clf_only
     if clf and o.pyx == 0:
         raise ConfigError("config train.clf_only = true needs objective.pyx > 0")
@@ -252,8 +262,8 @@ def build_sampler(
     cfg: Config,
     shape: tuple[int, ...],
     n_classes: int,
-    device: torch.device | str = "cpu",
     *,
+    device: torch.device | str = "cpu",
     world_size: int = 1,
     fit: tuple[torch.Tensor, torch.Tensor] | None = None,
     buffer: bool = True,
@@ -262,7 +272,21 @@ def build_sampler(
     """The chain sampler: SGLD with a replay buffer (this rank's shard of ``buffer.size`` when
     ``world_size`` > 1), or fresh chains with ``buffer=False``. ``fit`` (x, y): the training data,
     for ``buffer.init=gaussian`` or ``gaussian_full``. ``mode``: the chains' resolved mode
-    (``chain_mode(cfg, jem)``; None: ``sgld.model_mode`` with auto = eval)."""
+    (``chain_mode(cfg, jem)``; None: ``sgld.model_mode`` with auto = eval).
+
+    Args:
+        cfg: the run's config (``sgld.*`` and ``buffer.*``).
+        shape: one input's shape, e.g. (C, H, W): the chains' states are (N, *shape).
+        n_classes: the number of classes (the buffer's per-class blocks).
+        device: where the buffer lives (default "cpu"; it follows the model it samples for).
+        world_size: the number of processes; > 1 keeps this rank's shard of ``buffer.size``
+            (default 1: the whole buffer).
+        fit: the training data (x (N, *shape) in [-1, 1], y (N,) int64) for ``buffer.init=gaussian``
+            or ``gaussian_full`` (default None: not needed for a uniform init).
+        buffer: False for fresh chains with no replay buffer (default True).
+        mode: the chains' resolved model mode, "eval" or "train" (``chain_mode(cfg, jem)``; default
+            None: ``sgld.model_mode``, with auto read as eval).
+    """
     sgld = build_sgld(cfg, mode)
     if not buffer:
         return ChainSampler(sgld, shape=shape)
@@ -285,14 +309,25 @@ def build_training_sampler(
     train_xy: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> ChainSampler | None:
     """The sampler a training run needs (None when ``plan`` has no p(x) / p(x|y) term);
-    ``train_xy``: the in-memory training data, needed by ``buffer.init=gaussian`` / ``gaussian_full``."""
+    ``train_xy``: the in-memory training data, needed by ``buffer.init=gaussian`` / ``gaussian_full``.
+
+    Args:
+        cfg: the run's config.
+        plan: the run's ``training_plan`` (None is returned when it has no p(x) / p(x|y) term).
+        shape: one input's shape, e.g. (C, H, W).
+        n_classes: the number of classes.
+        device: the training device (where the buffer lives).
+        world_size: the number of processes (default 1; > 1: this rank's shard of the buffer).
+        train_xy: the in-memory training data (x (N, *shape), y (N,)), needed by
+            ``buffer.init=gaussian`` / ``gaussian_full`` (default None).
+    """
     if not plan.sampler:
         return None
     gaussian = cfg.buffer.init in ("gaussian", "gaussian_full")
     if gaussian and train_xy is None:
         raise ConfigError(f"config buffer.init = {cfg.buffer.init} needs in-memory training data (a DataSplits)")
     fit = train_xy if gaussian else None
-    return build_sampler(cfg, shape, n_classes, device, world_size=world_size, fit=fit, mode=plan.chain_mode)
+    return build_sampler(cfg, shape, n_classes, device=device, world_size=world_size, fit=fit, mode=plan.chain_mode)
 
 
 def build_objective(cfg: Config, sampler: ChainSampler | None, plan: TrainingPlan | None = None) -> HybridObjective:
@@ -340,7 +375,16 @@ def learning_rate(o: OptimConfig, step: int, epoch: int, scale: float = 1.0) -> 
 def build_data(cfg: Config, **options: Any) -> DataSplits:
     """The run's data set, as configured (classes, limit and image size included)."""
     d = cfg.data
-    return load_data(d.name, d.root, d.val_size, d.split_seed, d.classes, d.limit, **_data_options(cfg), **options)
+    return load_data(
+        d.name,
+        d.root,
+        d.val_size,
+        split_seed=d.split_seed,
+        classes=d.classes,
+        limit=d.limit,
+        **_data_options(cfg),
+        **options,
+    )
 
 
 def _data_options(cfg: Config) -> dict[str, Any]:
@@ -354,7 +398,8 @@ def held_out_data(cfg: Config) -> torch.Tensor | None:
     d = cfg.data
     if d.classes is None:
         return None
-    return held_out_classes(load_data(d.name, d.root, d.val_size, d.split_seed, **_data_options(cfg)), d.classes)
+    data = load_data(d.name, d.root, d.val_size, split_seed=d.split_seed, **_data_options(cfg))
+    return held_out_classes(data, d.classes)
 
 
 def semi_supervised_labels(y: torch.Tensor, per_class: int | None, n_classes: int, seed: int) -> torch.Tensor:

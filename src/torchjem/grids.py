@@ -87,6 +87,7 @@ def write_sample_grids(
     model: nn.Module,
     sampler: ChainSampler,
     n_classes: int,
+    *,
     out_dir: str | Path,
     n: int = 100,
     per_class: int = 10,
@@ -94,7 +95,17 @@ def write_sample_grids(
 ) -> dict[str, object]:
     """Unconditional and class-conditional grids (one row per class) in ``out_dir``, drawn with
     ``sampler.draw`` (the buffer is left as it is). Returns the paths and the samples, so callers
-    can score them."""
+    can score them.
+
+    Args:
+        model: the JEM (or any classifier returning logits) to sample from.
+        sampler: the chain sampler.
+        n_classes: the number of classes (rows of the conditional grid).
+        out_dir: the folder the PNGs are written to.
+        n: unconditional samples (default 100).
+        per_class: conditional samples per class (default 10).
+        n_steps: SGLD steps (default None: the sampler's default for ``draw``).
+    """
     check_grid_options(n, per_class, n_steps)
     out_dir = Path(out_dir)
     x_u = sampler.draw(model, n, n_steps=n_steps)

@@ -60,12 +60,21 @@ def augment(
     x: torch.Tensor,
     pad: int = 4,
     flip: bool = True,
+    *,
     noise: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """The paper's augmentation for a batch of images (N, C, H, W): random crop from a
     ``pad``-pixel reflect padding, a random horizontal ``flip``, then Gaussian ``noise``.
-    1-D signals (N, C, L) get the noise only."""
+    1-D signals (N, C, L) get the noise only.
+
+    Args:
+        x: the batch, float in [-1, 1]: images (N, C, H, W) or 1-D signals (N, C, L).
+        pad: the reflect padding of the random crop, in pixels (default 4; 0: no crop).
+        flip: whether to flip each image horizontally with probability 1/2 (default True).
+        noise: the std of the added Gaussian noise, in data units (default 0.0: none).
+        generator: the random generator to draw from (default None: the global RNG).
+    """
     if x.ndim == 4:
         x = random_crop(x, pad, generator)
         if flip:
@@ -93,7 +102,7 @@ class BatchAugment:
         )
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return augment(x, self.pad, self.flip, self.noise, generator)
+        return augment(x, self.pad, self.flip, noise=self.noise, generator=generator)
 
     def __repr__(self) -> str:
         return f"BatchAugment(pad={self.pad}, flip={self.flip}, noise={self.noise})"

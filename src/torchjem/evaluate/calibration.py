@@ -96,9 +96,17 @@ def calibration_from_probs(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 2
 
 
 def calibration(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_bins: int = 20, batch_size: int = 512
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n_bins: int = 20, batch_size: int = 512
 ) -> CalibrationResult:
-    """Calibration of ``model`` (any classifier returning logits) on (x, y); see ``calibration_from_probs``."""
+    """Calibration of ``model`` (any classifier returning logits) on (x, y); see ``calibration_from_probs``.
+
+    Args:
+        model: any classifier returning logits.
+        x: inputs (N, ...) in [-1, 1].
+        y: labels (N,) int64.
+        n_bins: the number of equal-width confidence bins (default 20).
+        batch_size: the prediction batch size (default 512).
+    """
     if len(x) == 0:
         raise InputError("calibration: the evaluation set is empty")
     logits = predict_logits(model, x, batch_size).double()

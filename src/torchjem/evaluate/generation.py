@@ -39,9 +39,17 @@ class _Given(nn.Module):
 
 @torch.no_grad()
 def embed(
-    net: FeatureNet, x: torch.Tensor, batch_size: int = 256, progress: bool = False, desc: str = "features"
+    net: FeatureNet, x: torch.Tensor, batch_size: int = 256, *, progress: bool = False, desc: str = "features"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, logits) of ``x`` under ``net``, float64 on the CPU."""
+    """(features, logits) of ``x`` under ``net``, float64 on the CPU.
+
+    Args:
+        net: the feature network.
+        x: inputs (N, ...) in [-1, 1].
+        batch_size: inputs per batch (default 256).
+        progress: show a progress bar (default False).
+        desc: the progress bar's label (default "features").
+    """
     if len(x) == 0:
         raise InputError(f"{desc}: the set is empty")
     device = model_device(net, x.device)
@@ -155,6 +163,7 @@ def sample_quality(
     x_real: torch.Tensor,
     x_fake: torch.Tensor,
     net: FeatureNet,
+    *,
     x_reference: torch.Tensor | None = None,
     batch_size: int = 256,
     progress: bool = False,
@@ -165,11 +174,20 @@ def sample_quality(
 
     With ``x_reference`` (other real data, e.g. training images), also its FID and KID against
     ``x_real`` and its score: the values real data gets at this sample size, to read the others against.
+
+    Args:
+        x_real: real inputs (N, ...) in [-1, 1].
+        x_fake: samples (M, ...) of the same shape.
+        net: the feature network (features for FID / KID, logits for the score).
+        x_reference: other real inputs to read the figures against (default None: none).
+        batch_size: inputs per batch (default 256).
+        progress: show a progress bar (default False).
+        fid_resamples: bootstrap resamples for the FID's spread (default 10).
     """
     if x_fake.shape[1:] != x_real.shape[1:]:
         raise InputError(f"samples have shape {tuple(x_fake.shape[1:])} but the real set {tuple(x_real.shape[1:])}")
-    f_real, _ = embed(net, x_real, batch_size, progress, "features (real)")
-    f_fake, l_fake = embed(net, x_fake, batch_size, progress, "features (samples)")
+    f_real, _ = embed(net, x_real, batch_size, progress=progress, desc="features (real)")
+    f_fake, l_fake = embed(net, x_fake, batch_size, progress=progress, desc="features (samples)")
     kid_mean, kid_std = kernel_distance(f_real, f_fake)
     is_mean, is_std = inception_style_score(l_fake)
     out = SampleQuality(
@@ -186,7 +204,7 @@ def sample_quality(
         is_std=is_std,
     )
     if x_reference is not None:
-        f_ref, l_ref = embed(net, x_reference, batch_size, progress, "features (reference)")
+        f_ref, l_ref = embed(net, x_reference, batch_size, progress=progress, desc="features (reference)")
         out.fid_real_reference = frechet_distance(f_real, f_ref)
         out.kid_real_reference = kernel_distance(f_real, f_ref)[0]
         out.is_real_reference = inception_style_score(l_ref)[0]
@@ -216,6 +234,7 @@ def generate(
     model: nn.Module,
     sampler: ChainSampler,
     n: int,
+    *,
     y: torch.Tensor | None = None,
     n_steps: int | None = None,
     batch_size: int = 256,
@@ -223,7 +242,18 @@ def generate(
     desc: str = "sampling",
 ) -> torch.Tensor:
     """``n`` samples (or one per label in ``y``) drawn in batches with a progress bar (``sampler.draw``:
-    the buffer is left as it is), on the CPU."""
+    the buffer is left as it is), on the CPU.
+
+    Args:
+        model: the JEM (or any classifier returning logits) to sample from.
+        sampler: the chain sampler.
+        n: the number of samples (ignored with ``y``).
+        y: labels (M,) int64 for class-conditional samples (default None: unconditional).
+        n_steps: SGLD steps per chain (default None: the sampler's K).
+        batch_size: chains per batch (default 256).
+        progress: show a progress bar (default False).
+        desc: the progress bar's label (default "sampling").
+    """
     n = len(y) if y is not None else n
     out = []
     for i in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
@@ -236,6 +266,7 @@ def generation(
     model: nn.Module,
     sampler: ChainSampler,
     x_real: torch.Tensor,
+    *,
     n_classes: int,
     feature_net: FeatureNet,
     n: int | None = None,
@@ -253,6 +284,19 @@ def generation(
     to ``len(x_real)``. Samples are clipped to the data range [-1, 1] before scoring (as in the
     grids); ``out_of_range`` is the fraction of unconditional sample values that were outside it.
     The samples themselves are in ``arrays`` (for the grids).
+
+    Args:
+        model: the JEM (or any classifier returning logits).
+        sampler: the chain sampler (with or without a replay buffer).
+        x_real: real test inputs (N, ...) in [-1, 1].
+        n_classes: the number of classes.
+        feature_net: the feature network for FID, KID and the score.
+        n: unconditional samples (default None: ``len(x_real)``).
+        per_class: conditional samples per class (default 20).
+        n_steps: SGLD steps (default None: 0 more from a buffer, K from fresh chains).
+        x_reference: other real inputs to read the figures against (default None: none).
+        batch_size: chains and inputs per batch (default 256).
+        progress: show a progress bar (default False).
     """
     if len(x_real) < 2:
         raise InputError(f"generation needs at least 2 real examples, got {len(x_real)}")
@@ -261,15 +305,18 @@ def generation(
     n = len(x_real) if n is None else n
     if n < 2:
         raise InputError(f"generation needs at least 2 samples, got n={n}")
-    x_u = generate(model, sampler, n, None, n_steps, batch_size, progress, "samples (unconditional)")
+    draw = {"n_steps": n_steps, "batch_size": batch_size, "progress": progress}
+    x_u = generate(model, sampler, n, y=None, **draw, desc="samples (unconditional)")
     y = torch.arange(n_classes).repeat_interleave(per_class)
-    x_c = generate(model, sampler, len(y), y, n_steps, batch_size, progress, "samples (conditional)")
+    x_c = generate(model, sampler, len(y), y=y, **draw, desc="samples (conditional)")
     if not (torch.isfinite(x_u).all() and torch.isfinite(x_c).all()):
         raise InputError("generation: the sampler produced NaN or infinite samples (the model may have diverged)")
     # Unclamped SGLD can leave the data range; scored as shown: clipped to [-1, 1].
     out_of_range = float(((x_u < DATA_RANGE[0]) | (x_u > DATA_RANGE[1])).float().mean())
     x_u, x_c = x_u.clamp(*DATA_RANGE), x_c.clamp(*DATA_RANGE)
-    quality = sample_quality(x_real, x_u, feature_net, x_reference, batch_size, progress)
+    quality = sample_quality(
+        x_real, x_u, feature_net, x_reference=x_reference, batch_size=batch_size, progress=progress
+    )
     cond = conditional_accuracy(feature_net, x_c, y, batch_size)
     buffer = sampler.buffer is not None
     steps_u = n_steps if n_steps is not None else (0 if buffer else sampler.n_steps)

@@ -55,11 +55,21 @@ def ood_scores(
     model: nn.Module,
     x: torch.Tensor,
     scores: Sequence[str] = tuple(SCORES),
+    *,
     batch_size: int = 256,
     progress: bool = False,
     desc: str = "OOD scores",
 ) -> dict[str, torch.Tensor]:
-    """The requested scores of every input, each a (N,) float64 CPU tensor (higher = more in-dist)."""
+    """The requested scores of every input, each a (N,) float64 CPU tensor (higher = more in-dist).
+
+    Args:
+        model: any classifier returning logits.
+        x: inputs (N, ...) in [-1, 1].
+        scores: names of scores from ``SCORES`` (default: all).
+        batch_size: inputs per batch (default 256).
+        progress: show a progress bar (default False).
+        desc: the progress bar's label (default "OOD scores").
+    """
     scores = check_scores(scores)
     if len(x) == 0:
         raise InputError(f"{desc}: the set is empty")
@@ -156,6 +166,7 @@ def ood_detection(
     model: nn.Module,
     x_in: torch.Tensor,
     ood_sets: dict[str, torch.Tensor],
+    *,
     scores: Sequence[str] = tuple(SCORES),
     batch_size: int = 256,
     progress: bool = False,
@@ -164,6 +175,14 @@ def ood_detection(
 
     ``sets``: {set: {"n", score: {metrics}}}; ``arrays``: {"in" | set: {score: list}}, the raw scores
     for the histograms.
+
+    Args:
+        model: any classifier returning logits.
+        x_in: in-distribution inputs (N, ...) in [-1, 1].
+        ood_sets: {name: inputs (M, ...)} of the same shape.
+        scores: names of scores from ``SCORES`` (default: all).
+        batch_size: inputs per batch (default 256).
+        progress: show a progress bar (default False).
     """
     scores = check_scores(scores)
     if len(x_in) == 0:
@@ -179,10 +198,10 @@ def ood_detection(
                 f"OOD set {name!r} has inputs of shape {tuple(x.shape[1:])}; the in-distribution set has {shape} "
                 "(use fit_to_shape)"
             )
-    s_in = ood_scores(model, x_in, scores, batch_size, progress, "OOD scores (in-dist)")
+    s_in = ood_scores(model, x_in, scores, batch_size=batch_size, progress=progress, desc="OOD scores (in-dist)")
     result = OODResult(n_in=len(x_in), scores=scores, sets={}, arrays={"in": _lists(s_in)})
     for name, x in ood_sets.items():
-        s_out = ood_scores(model, x, scores, batch_size, progress, f"OOD scores ({name})")
+        s_out = ood_scores(model, x, scores, batch_size=batch_size, progress=progress, desc=f"OOD scores ({name})")
         result.sets[name] = {"n": len(x), **{s: ood_metrics(s_in[s], s_out[s]) for s in scores}}
         result.arrays[name] = _lists(s_out)
     return result

@@ -13,6 +13,7 @@ def conv1d(
     in_channels: int = 1,
     n_classes: int = 10,
     width: int = 32,
+    *,
     activation: str = "swish",
     pool: int = 5,
 ) -> nn.Module:
@@ -20,6 +21,13 @@ def conv1d(
     then a linear head (``n_classes=0``: the features). Pooling to a fixed length makes the net
     take any signal length; keeping ``pool`` positions keeps where a pattern is, which matters
     for MNIST-1D. Swish by default: smooth input gradients for SGLD.
+
+    Args:
+        in_channels: channels of the input signal (N, C, L) (default 1).
+        n_classes: outputs of the linear head (default 10; 0: no head, the features).
+        width: channels of the first conv layer (default 32).
+        activation: the activation's name (default "swish").
+        pool: positions kept by the adaptive average pooling (default 5).
     """
     net = nn.Sequential(
         nn.Conv1d(in_channels, width, 5, padding=2),

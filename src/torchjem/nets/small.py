@@ -20,6 +20,7 @@ def convnet(
     in_channels: int = 1,
     n_classes: int = 10,
     width: int = 64,
+    *,
     activation: str = "swish",
     image_size: int = 8,
     image_height: int | None = None,
@@ -30,6 +31,14 @@ def convnet(
     ``image_height`` its height (None: square).
     Swish is the default activation: smooth input gradients make SGLD behave (the
     maintainers' advice for stable JEM training).
+
+    Args:
+        in_channels: channels of the input images (N, C, H, W) (default 1).
+        n_classes: outputs of the linear head (default 10; 0: no head, the features).
+        width: channels of the conv layers (default 64).
+        activation: the activation's name (default "swish").
+        image_size: the input's width in pixels (default 8).
+        image_height: the input's height in pixels (default None: ``image_size``, square).
     """
     height = image_size if image_height is None else image_height
     cells = ((height + 1) // 2) * ((image_size + 1) // 2)  # after the stride-2 conv
@@ -54,10 +63,19 @@ def mlp(
     in_features: int = 64,
     n_classes: int = 10,
     hidden: int = 256,
+    *,
     depth: int = 2,
     activation: str = "swish",
 ) -> nn.Module:
-    """Flatten, ``depth`` hidden layers of ``hidden`` units, linear head."""
+    """Flatten, ``depth`` hidden layers of ``hidden`` units, linear head.
+
+    Args:
+        in_features: values per input, after flattening (default 64).
+        n_classes: outputs of the linear head (default 10).
+        hidden: units per hidden layer (default 256).
+        depth: the number of hidden layers (default 2).
+        activation: the activation's name (default "swish").
+    """
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
     for _ in range(depth):

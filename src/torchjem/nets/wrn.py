@@ -89,6 +89,7 @@ def wrn(
     depth: int = 28,
     width: int = 10,
     n_classes: int = 10,
+    *,
     in_channels: int = 3,
     norm: str = "none",
     dropout: float = 0.0,
@@ -97,5 +98,16 @@ def wrn(
 ) -> nn.Module:
     """Wide-ResNet-depth-width; ``n_classes=0`` returns features (for an energy head).
     ``bn_momentum``: PyTorch's convention (weight of the new batch); the JEM, JEM++ and SADA-JEM
-    code builds its batch norms with 0.9, which ``jem import`` keeps."""
+    code builds its batch norms with 0.9, which ``jem import`` keeps.
+
+    Args:
+        depth: the network's depth, 6 n + 4 (default 28).
+        width: the widening factor (default 10).
+        n_classes: outputs of the linear head (default 10; 0: no head, the features).
+        in_channels: channels of the input images (N, C, H, W) (default 3).
+        norm: the normalisation layer: none, batch, instance or layer (default "none").
+        dropout: the dropout probability inside the blocks (default 0.0: none).
+        slope: the negative slope of the leaky ReLUs (default 0.2).
+        bn_momentum: the batch norms' momentum, PyTorch's convention (default 0.1).
+    """
     return WideResNet(depth, width, n_classes, in_channels, norm, dropout, slope, bn_momentum)

@@ -18,6 +18,7 @@ def langevin_update(
     x: torch.Tensor,
     grad: torch.Tensor,
     step_size: float,
+    *,
     noise: float = 0.0,
     clamp: tuple[float, float] | None = None,
     grad_clamp: float | None = None,
@@ -28,6 +29,14 @@ def langevin_update(
     and ``grad`` carry a graph (``JEMDefence``'s exact gradient); pass ``x.detach()`` otherwise.
     The one Langevin update of :class:`SGLD`, PYLD's inner steps and the JEM-n defence: one noise
     draw (``torch.randn_like(x)``) when ``noise > 0``, none else, so seeded chains agree.
+
+    Args:
+        x: the chains' states (N, ...).
+        grad: the gradient of log p(x) at ``x``, the same shape.
+        step_size: the gradient's multiplier.
+        noise: the std of the Gaussian noise added, in data units (default 0.0: none, no draw).
+        clamp: (low, high) bounds of the result (default None: unbounded).
+        grad_clamp: bound on the gradient's absolute values (default None: unclipped).
     """
     if grad_clamp is not None:
         grad = grad.clamp(-grad_clamp, grad_clamp)

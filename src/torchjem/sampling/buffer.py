@@ -73,7 +73,7 @@ class ReplayBuffer(nn.Module):
         return self.x.device
 
     def fit_gaussian(
-        self, x: torch.Tensor, y: torch.Tensor, full: bool = False, rank: int = 256, full_max_dim: int = 1024
+        self, x: torch.Tensor, y: torch.Tensor, full: bool = False, *, rank: int = 256, full_max_dim: int = 1024
     ) -> None:
         """Fit per-class Gaussians to data and re-initialise the buffer from them. Examples with a
         negative label (unlabelled, -100) are left out. With D values per example and C classes:
@@ -85,7 +85,15 @@ class ReplayBuffer(nn.Module):
           (randomised PCA), scaled by the square roots of their variances, plus a diagonal for the
           residual variance (+ 1e-4); C D (rank + 2) floats.
 
-        Statistics are computed in float64, one class at a time, and stored in float32."""
+        Statistics are computed in float64, one class at a time, and stored in float32.
+
+        Args:
+            x: the training inputs (N, ...) in the data range.
+            y: their labels (N,) int64; negative labels are left out.
+            full: fit full covariances (or low-rank + diagonal) instead of diagonal ones (default False).
+            rank: principal directions kept when D > ``full_max_dim`` (default 256).
+            full_max_dim: the largest D with an exact full covariance (default 1024).
+        """
         if rank < 1 or full_max_dim < 1:
             raise InputError(f"fit_gaussian needs rank >= 1 and full_max_dim >= 1, got {rank}, {full_max_dim}")
         keep = (y >= 0).to(x.device)
@@ -281,10 +289,18 @@ def merge_shards(shards: list[torch.Tensor], n_classes: int) -> torch.Tensor:
     return merged.reshape(-1, *merged.shape[2:])
 
 
-def split_shard(merged: torch.Tensor, n_classes: int, rank: int, world: int, size: int) -> tuple[torch.Tensor, int]:
+def split_shard(merged: torch.Tensor, n_classes: int, rank: int, *, world: int, size: int) -> tuple[torch.Tensor, int]:
     """Rank ``rank``'s shard of ``size`` entries from a merged buffer (the inverse of
     :func:`merge_shards` when the layout is unchanged); returns (shard, missing), where the
-    ``missing`` entries per class (a larger new layout) are NaN for the caller to refill."""
+    ``missing`` entries per class (a larger new layout) are NaN for the caller to refill.
+
+    Args:
+        merged: the merged buffer (C * per-class entries, ...), class blocks in order.
+        n_classes: the number of classes C.
+        rank: this process's rank.
+        world: the number of processes.
+        size: the entries of the whole new buffer (its shard is ``size // world``).
+    """
     per_class = merged.reshape(n_classes, -1, *merged.shape[1:])
     block = size // n_classes
     lo, hi = rank * block, (rank + 1) * block

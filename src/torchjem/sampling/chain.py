@@ -45,13 +45,23 @@ class ChainSampler(nn.Module):
         model: nn.Module,
         n: int | None = None,
         y: torch.Tensor | None = None,
+        *,
         n_steps: int | None = None,
         update: bool = True,
         reinit: bool = True,
     ) -> torch.Tensor:
         """``n`` samples (or one per label in ``y``, class-conditional) after ``n_steps`` (default
         the sampler's K). ``update=False`` leaves the buffer as it was; ``reinit=False`` starts
-        every chain from the buffer (no fresh chains)."""
+        every chain from the buffer (no fresh chains).
+
+        Args:
+            model: the JEM (or any classifier returning logits) to sample from.
+            n: the number of chains (default None: one per label in ``y``).
+            y: labels (n,) int64 for class-conditional chains (default None: unconditional).
+            n_steps: SGLD steps (default None: the sampler's K).
+            update: write the final states back into the buffer (default True).
+            reinit: restart a fraction of chains from fresh noise, the buffer's reinit rate (default True).
+        """
         if y is None and n is None:
             raise InputError("sample needs n or labels y")
         n = len(y) if y is not None else n

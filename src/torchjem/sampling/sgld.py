@@ -54,4 +54,4 @@ class SGLD(LangevinSampler):
         logp = jem.log_px(x) if y is None else jem.log_pxy(x, y)
         (grad,) = torch.autograd.grad(logp.sum(), x, create_graph=create_graph)
         x = x if create_graph else x.detach()
-        return langevin_update(x, grad, self.step_size, self.noise, self.clamp, self.grad_clamp)
+        return langevin_update(x, grad, self.step_size, noise=self.noise, clamp=self.clamp, grad_clamp=self.grad_clamp)

@@ -39,10 +39,21 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 def batch_indices(
-    n: int, batch_size: int, rank: int, world: int, seed: int, epoch: int, start: int = 0, device=None
+    n: int, batch_size: int, rank: int, *, world: int, seed: int, epoch: int, start: int = 0, device=None
 ) -> Iterator[torch.Tensor]:
     """This rank's slice of each global batch of epoch ``epoch``, from batch ``start`` on: the one
-    order both batch sources follow."""
+    order both batch sources follow.
+
+    Args:
+        n: the training set's length.
+        batch_size: the global batch size.
+        rank: this process's rank.
+        world: the number of processes.
+        seed: the run's data-order seed.
+        epoch: the epoch (the order's permutation depends on seed and epoch).
+        start: the first batch of the epoch to yield (default 0).
+        device: where the permutation lives (default None: the CPU).
+    """
     perm = epoch_order(n, seed, epoch)
     if device is not None:
         perm = perm.to(device)
@@ -66,8 +77,17 @@ class TensorBatches:
         self.steps_per_epoch = steps_per_epoch(self.n, batch_size)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        args = (self.n, self.batch_size, self.rank, self.world, self.seed, epoch, start, self.device)
-        for idx in batch_indices(*args):  # the permutation lives on the device: no copy per batch
+        order = batch_indices(
+            self.n,
+            self.batch_size,
+            self.rank,
+            world=self.world,
+            seed=self.seed,
+            epoch=epoch,
+            start=start,
+            device=self.device,
+        )
+        for idx in order:  # the permutation lives on the device: no copy per batch
             yield to_float(self.x[idx]), self.y[idx]
 
 
@@ -81,8 +101,10 @@ class _EpochSampler(Sampler[int]):
         self.epoch, self.start = 0, 0
 
     def __iter__(self) -> Iterator[int]:
-        args = (self.n, self.batch_size, self.rank, self.world, self.seed, self.epoch, self.start)
-        for idx in batch_indices(*args):
+        order = batch_indices(
+            self.n, self.batch_size, self.rank, world=self.world, seed=self.seed, epoch=self.epoch, start=self.start
+        )
+        for idx in order:
             yield from idx.tolist()
 
     def __len__(self) -> int:
@@ -137,7 +159,15 @@ def describe(data: Any) -> tuple[tuple[int, ...], int, tuple[torch.Tensor, torch
 
 
 def val_batches(data: Any, val: Dataset | None, rank: int, world: int, batch_size: int = 512):
-    """This rank's share of the validation set, in batches."""
+    """This rank's share of the validation set, in batches.
+
+    Args:
+        data: the run's data (DataSplits, or None with a Dataset ``val``).
+        val: a validation Dataset of (x, y) (default None: ``data``'s validation split).
+        rank: this process's rank.
+        world: the number of processes.
+        batch_size: inputs per batch (default 512).
+    """
     if isinstance(data, DataSplits) and val is None:
         x, y = data.x_val.tensor_split(world)[rank], data.y_val.tensor_split(world)[rank]
         for i in range(0, len(x), batch_size):
@@ -155,7 +185,17 @@ def make_batches(
     device: torch.device,
 ) -> TensorBatches | LoaderBatches:
     """The batch source of a run: in memory (labels thinned out by ``data.labels_per_class``) or a
-    DataLoader over a Dataset; checks that the global batch splits over the ranks and fills."""
+    DataLoader over a Dataset; checks that the global batch splits over the ranks and fills.
+
+    Args:
+        cfg: the run's config (``train.batch_size``, ``data.labels_per_class``, the seed).
+        data: the run's data (DataSplits or a map-style Dataset).
+        train_xy: the in-memory training data (x (N, ...), y (N,)), or None for a Dataset.
+        n_classes: the number of classes.
+        rank: this process's rank.
+        world: the number of processes.
+        device: the training device.
+    """
     batch = cfg.train.batch_size
     if batch % world:
         raise ConfigError(

@@ -116,7 +116,7 @@ class TrainState:
         b = state.buffer
         if self.buffer is not None and b is not None:
             n_classes = self.buffer.n_classes
-            x, missing = split_shard(b["x"], n_classes, self.rank, self.world_size, self.buffer.size)
+            x, missing = split_shard(b["x"], n_classes, self.rank, world=self.world_size, size=self.buffer.size)
             if missing:  # a larger layout than the saved one: new chains for the missing entries
                 empty = x.flatten(1).isnan().any(1).to(self.device)
                 x = x.to(self.device)

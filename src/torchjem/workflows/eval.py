@@ -116,14 +116,16 @@ def evaluate_run(
     x_test, y_test = data.x_test[: o.limit], data.y_test[: o.limit]
     n_classes = data.n_classes
     per_class = max(1, min(o.per_class, o.limit // n_classes)) if o.limit is not None else o.per_class
-    ood_sets, ood_desc = build_ood_sets(ood, x_test, held, seed, limit=o.limit)
+    ood_sets, ood_desc = build_ood_sets(ood, x_test, held, seed=seed, limit=o.limit)
     if o.input_noise > 0:  # as the reference evaluation: noise on the in-distribution and the OOD inputs
         g = torch.Generator().manual_seed(seed + 1)
         x_test = x_test + o.input_noise * torch.randn(x_test.shape, generator=g)
         ood_sets = {k: v + o.input_noise * torch.randn(v.shape, generator=g) for k, v in ood_sets.items()}
     fnet = None
     if o.generate:
-        fnet = resolve_feature_net(o.feature_net, data, main.dir.feature_net, model_device(main.jem), o.progress)
+        fnet = resolve_feature_net(
+            o.feature_net, data, main.dir.feature_net, device=model_device(main.jem), progress=o.progress
+        )
     x_ref = data.x_train[: len(x_test)]
 
     models: dict[str, ModelReport] = {}

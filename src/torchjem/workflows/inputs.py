@@ -90,6 +90,7 @@ def build_ood_sets(
     specs: Sequence[str],
     x_in: torch.Tensor,
     held_out: torch.Tensor | None = None,
+    *,
     seed: int = 0,
     limit: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -98,7 +99,15 @@ def build_ood_sets(
     (the test images of the classes a run was not trained on) serves the ``held_out`` spec; it and
     the sets read from data sets, files or folders are used whole, or their first ``limit`` inputs.
 
-    Raises InputError for an unknown spec, or ``held_out`` asked for without (or with empty) images."""
+    Raises InputError for an unknown spec, or ``held_out`` asked for without (or with empty) images.
+
+    Args:
+        specs: OOD set specs (``uniform``, ``held_out``, a data set name, a file or a folder).
+        x_in: the in-distribution test inputs (N, ...) in [-1, 1].
+        held_out: test inputs of the classes the run was not trained on (default None).
+        seed: the seed of the first synthetic set (default 0).
+        limit: the most inputs taken from a read set (default None: all).
+    """
     sets, desc = {}, {}
     n, shape = len(x_in), tuple(x_in.shape[1:])
     for i, spec in enumerate(check_ood_specs(specs)):
@@ -169,11 +178,11 @@ def default_feature_net(
     data: Any,
     cache_dir: str | Path | None = None,
     device: torch.device | str = "cpu",
+    *,
     epochs: int = 15,
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = False,
-    *,
     shared_cache: str | Path | bool = True,
     patience: int = 2,
     min_gain: float = 0.001,
@@ -195,6 +204,18 @@ def default_feature_net(
     written atomically to both places. A cache file that cannot be read is retrained (a warning);
     a shared cache that cannot be written is a warning too. Training never touches the global RNG
     state (it runs under a forked, seeded RNG). ``net.history`` records the epochs trained.
+
+    Args:
+        data: the data (DataSplits) to train the classifier on.
+        cache_dir: the run's own cache folder (default None: none).
+        device: where to train (default "cpu").
+        epochs: the most epochs (default 15).
+        batch_size: training batch size (default 64).
+        seed: the training seed (default 0).
+        progress: show a progress bar (default False).
+        shared_cache: True for :func:`default_cache_dir`, a folder, or False (default True).
+        patience: epochs without ``min_gain`` before stopping (default 2).
+        min_gain: the validation accuracy gain that counts, as a fraction (default 0.001).
     """
     if epochs < 1 or batch_size < 1 or patience < 1 or min_gain < 0:
         raise InputError(
@@ -362,6 +383,7 @@ def resolve_feature_net(
     spec: str | nn.Module | None,
     data: Any,
     cache_dir: str | Path | None,
+    *,
     device: torch.device | str = "cpu",
     progress: bool = False,
     shared_cache: str | Path | bool = True,
@@ -369,7 +391,16 @@ def resolve_feature_net(
     """``"auto"``/None: the default classifier (:func:`default_feature_net`: ``cache_dir`` holds the
     run's copy, ``shared_cache`` is the cache shared by runs); ``"inception:PATH"`` or a
     ``.pt``/``.pth`` path: a TorchScript Inception; a FeatureNet: itself; any other nn.Module: its
-    logits as features."""
+    logits as features.
+
+    Args:
+        spec: "auto", None, "inception:PATH", a .pt/.pth path, a FeatureNet or an nn.Module.
+        data: the run's data (DataSplits), for the default classifier.
+        cache_dir: the run's own cache folder (None: none).
+        device: where the network runs (default "cpu").
+        progress: show progress bars (default False).
+        shared_cache: the cache shared by runs, as in :func:`default_feature_net` (default True).
+    """
     if spec is None or spec == "auto":
         return default_feature_net(data, cache_dir, device, progress=progress, shared_cache=shared_cache)
     if isinstance(spec, FeatureNet):

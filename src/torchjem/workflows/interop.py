@@ -158,7 +158,21 @@ def import_checkpoint(
     """Write ``out``, an ordinary run directory (config.yaml, checkpoints/last.pt), from a published
     checkpoint of ``kind`` (jem, jempp, sadajem) or a ``jem export`` folder (torchjem). ``data``:
     the data set name (default cifar10, or cifar100 for 100 classes), ``data_root`` its files;
-    ``overrides``: config changes, a nested dict or KEY=VALUE strings (the network's keys are the file's)."""
+    ``overrides``: config changes, a nested dict or KEY=VALUE strings (the network's keys are the file's).
+
+    Args:
+        kind: jem, jempp, sadajem or torchjem.
+        path: the checkpoint file (or a ``jem export`` folder).
+        out: the run directory to write.
+        data: the data set name (default None: cifar10, or cifar100 for 100 classes).
+        data_root: the folder of the data set's files (default None: its default location).
+        norm: instance or layer, for a network whose affine norm has no running statistics
+            (default None: read from the file).
+        uncond: the checkpoint is unconditional (default False).
+        image_size: the input's side in pixels (default 32).
+        overwrite: replace an existing run in ``out`` (default False: refused).
+        overrides: config changes, a nested dict or KEY=VALUE strings (default None).
+    """
     if kind not in FORMATS:
         raise InputError(f"unknown checkpoint format {kind!r}; expected one of {', '.join(FORMATS)}")
     extra = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})

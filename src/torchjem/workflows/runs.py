@@ -99,7 +99,7 @@ def load_run(
     has_buffer = state.buffer is not None
     if has_buffer:  # the saved buffer's size (a data-parallel run saves every shard merged)
         cfg.buffer.size = len(state.buffer["x"])
-    sampler = build.build_sampler(cfg, shape, n_classes, dev, buffer=has_buffer, mode=build.chain_mode(cfg, jem))
+    sampler = build.build_sampler(cfg, shape, n_classes, device=dev, buffer=has_buffer, mode=build.chain_mode(cfg, jem))
     if has_buffer:
         sampler.buffer.load_state_dict(state.buffer)
     return LoadedRun(cfg, jem, sampler, state, run.path)

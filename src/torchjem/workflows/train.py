@@ -29,7 +29,16 @@ def train_run(
 ) -> tuple[Trainer, dict[str, Any]]:
     """Train into ``out`` (default runs/train) (or, with ``resume``, continue that run directory); returns the trainer
     and its final figures. ``overrides``: a nested dict or KEY=VALUE strings. An existing run in
-    ``out`` is refused unless ``overwrite``."""
+    ``out`` is refused unless ``overwrite``.
+
+    Args:
+        config: a YAML file or a shipped recipe's name (default None: the defaults).
+        overrides: a nested dict or KEY=VALUE strings (default None).
+        out: the run directory (default None: runs/train).
+        resume: a run directory to continue (default None: a new run).
+        progress: show progress bars (default True).
+        overwrite: replace an existing run in ``out`` (default False: refused).
+    """
     with distributed_session():
         if resume is not None:
             trainer = Trainer.resume(resume, progress=progress, overrides=overrides)

@@ -164,7 +164,15 @@ class Study:
     @classmethod
     def open(cls, url: str, name: str, spec: SweepSpec, *, lock: Path, heartbeat: float) -> Study:
         """Create or load the study ``name`` in the storage at ``url``; refuses a study that holds
-        another sweep (RunDirError). ``lock``: the claim lock's file; ``heartbeat``: seconds."""
+        another sweep (RunDirError). ``lock``: the claim lock's file; ``heartbeat``: seconds.
+
+        Args:
+            url: the Optuna storage URL.
+            name: the study's name.
+            spec: the sweep's spec (a study holding another sweep is refused).
+            lock: the claim lock's file.
+            heartbeat: the trials' heartbeat interval, in seconds.
+        """
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         seed = spec.seeds[0]
         sampler = (
