@@ -178,7 +178,10 @@ def read_resume(
     build.check_rebuildable(state.net, model, run.path)
     cfg = load_config(None, extra, base=from_dict(state.config))
     saved_size = state.config.get("buffer", {}).get("size")
-    if state.buffer is not None and saved_size is not None and cfg.buffer.size != saved_size:
+    # On another number of processes the buffer is re-split and may grow (new chains fill the
+    # entries the saved one lacks: docs/distributed.md); on the same number its chains continue.
+    same_layout = state.world_size == ddp.get_world_size()
+    if state.buffer is not None and saved_size is not None and cfg.buffer.size != saved_size and same_layout:
         raise ConfigError(
             f"cannot resume {str(run.path)!r} with buffer.size = {cfg.buffer.size}: the replay buffer's size is fixed "
             f"for a run (its chains continue; this one holds {saved_size}); resume without buffer.size, or start a "
