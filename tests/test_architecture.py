@@ -27,7 +27,7 @@ LAYERS = {
     "objective": 4,
     "sam": 4,
     "evaluate": 4,
-    "runs": 4,
+    "rundir": 4,
     "grids": 4,
     "build": 5,
     "training": 6,
@@ -127,7 +127,7 @@ def test_config_objects_are_built_in_one_place(pattern):
 # evaluate/ is pure functions of (model, tensors): it reads and writes no files, loads no data set and
 # trains nothing. The OOD sets named by specs and the cached FID feature network are workflows/inputs.py's.
 NOT_IN_EVALUATE = (
-    "torchjem.data", "torchjem.checkpoint", "torchjem.rundir", "torchjem.runs", "torchjem.build", "torchjem.training",
+    "torchjem.data", "torchjem.checkpoint", "torchjem.rundir", "torchjem.rundir", "torchjem.build", "torchjem.training",
     "torchjem.workflows",  # workflows.runs: load_run
 )
 # data/augment.py's resize_to is tensor -> tensor (fit_to_shape uses it); importing it loads no data set
@@ -195,8 +195,8 @@ def test_the_checker_catches_file_and_data_access_in_evaluate(tmp_path):
     ]
 
 
-# -- the run directory has one owner (torchjem/runs/) ------------------------------------------------
-# Names of files and folders inside a run directory: spelled only in runs/layout.py. A string that is
+# -- the run directory has one owner (torchjem/rundir/) ---------------------------------------------
+# Names of files and folders inside a run directory: spelled only in rundir/layout.py. A string that is
 # a path (no spaces) with one of RUN_FILES as a component, or a `path / NAME` join with a name of
 # either set, counts; docstrings and prose messages do not.
 RUN_FILES = {"config.yaml", "metrics.jsonl", "train.log", "last.pt", "best.pt", "attack.json", "report.json",
@@ -231,10 +231,10 @@ def test_only_the_runs_package_spells_run_directory_names():
     bad = []
     for path in modules():
         rel = str(path.relative_to(SRC))
-        if rel.startswith("runs/") or rel in NOT_A_RUN_DIR:
+        if rel.startswith("rundir/") or rel in NOT_A_RUN_DIR:
             continue
         bad += [f"{rel}:{line} spells {name}" for line, name in run_dir_names(path)]
-    assert not bad, "use torchjem.runs.RunDir's paths:\n" + "\n".join(bad)
+    assert not bad, "use torchjem.rundir.RunDir's paths:\n" + "\n".join(bad)
 
 
 def test_the_run_directory_checker_catches_a_spelled_name(tmp_path):

@@ -206,7 +206,7 @@ def test_jem_attack_suite_writes_the_audit_and_the_report_shows_it(run_dir, tmp_
     from torchjem.cli import main
     from torchjem.evaluate.results import RobustnessResult
     from torchjem.report import EvaluationReport, ModelReport, write_report
-    from torchjem.runs import read_attack
+    from torchjem.rundir import read_attack
 
     args = ["attack", str(run_dir), "--eps", "0", "0.1", "0.3", "--refine-steps", "0", "1", "--limit", "12",
             "--steps", "3", "--chains", "1", "--distal", "0", "--suite", "quick", "--suite-limit", "8",

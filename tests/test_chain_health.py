@@ -15,7 +15,7 @@ from conftest import tiny_config
 from torchjem import JEM, Trainer
 from torchjem.build import chain_mode, training_plan
 from torchjem.objective import chain_health
-from torchjem.runs.history import History
+from torchjem.rundir.history import History
 from torchjem.sampling import ReplayBuffer
 
 BN_NET = ["net.name=wrn", "net.kwargs={depth: 10, width: 1, norm: batch}"]

@@ -14,7 +14,7 @@ from torchjem.checkpoint import save_checkpoint
 from torchjem.cli import main
 from torchjem.data import load_data
 from torchjem.errors import DataError
-from torchjem.runs import DataSpec, read_state
+from torchjem.rundir import DataSpec, read_state
 
 
 @pytest.fixture(scope="module")

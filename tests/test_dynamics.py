@@ -11,8 +11,8 @@ import pytest
 from matplotlib.image import imread
 
 from torchjem.report import EvaluationReport, ModelReport, plot_dynamics, write_report
-from torchjem.runs import History, RunDir, dynamics_summary
-from torchjem.runs.history import superseded as _superseded
+from torchjem.rundir import History, RunDir, dynamics_summary
+from torchjem.rundir.history import superseded as _superseded
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

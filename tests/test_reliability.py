@@ -278,7 +278,7 @@ def test_a_full_disk_is_a_message_naming_the_file_and_the_old_checkpoint_survive
 def test_waiting_for_a_run_directory_returns_when_its_writer_lets_go(tmp_path):
     import threading
 
-    from torchjem.runs import RunDir, RunLock
+    from torchjem.rundir import RunDir, RunLock
 
     RunLock(RunDir(tmp_path / "none")).wait()  # no lock file: returns at once
     writer = RunLock(RunDir(tmp_path / "r"))

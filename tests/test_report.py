@@ -14,7 +14,7 @@ from torchjem.evaluate.ood import SCORES, builtin_ood_set
 from torchjem.evaluate.results import OODResult
 from torchjem.evaluate.suite import evaluate_model
 from torchjem.report.page import fmt, get_path
-from torchjem.runs import RunDir
+from torchjem.rundir import RunDir
 from torchjem.training import train
 from torchjem.workflows.eval import evaluate_run, headline
 from torchjem.workflows.inputs import default_feature_net

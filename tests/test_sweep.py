@@ -21,7 +21,7 @@ from torchjem.cli import main
 from torchjem.errors import ConfigError, DataError, InputError, RunDirError, UserError
 from torchjem.evaluate.calibration import calibration
 from torchjem.evaluate.classification import classification
-from torchjem.runs import History, RunDir
+from torchjem.rundir import History, RunDir
 from torchjem.workflows.runs import load_run
 from torchjem.workflows.sweep import TrialRecord, mark_collapse, open_sweep, plan_sweep, run_sweep, sweep_records
 

@@ -3,7 +3,7 @@
 from .config import Config, ConfigError, load_config
 from .energy import JEM, as_jem
 from .objective import HybridObjective
-from .runs import RunDir
+from .rundir import RunDir
 from .sampling import PYLD, SGLD, ChainSampler, ReplayBuffer
 from .training import DivergenceError, Trainer, train
 from .workflows import LoadedRun, load_run

@@ -263,7 +263,7 @@ class RobustnessResult(_Result):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RobustnessResult:
-        """The record of an attack.json dict (validated first: ``torchjem.runs.check_attack``)."""
+        """The record of an attack.json dict (validated first: ``torchjem.rundir.check_attack``)."""
         names = {f.name for f in fields(cls)} - {"extra"}
         known = {k: v for k, v in d.items() if k in names}
         return cls(**known, extra={k: v for k, v in d.items() if k not in names})

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..runs.layout import REPORT_HTML, REPORT_JSON
+from ..rundir.layout import REPORT_HTML, REPORT_JSON
 from .page import Page, clean_json, fmt, get_path, write_json, write_page
 from .plots import model_plots, plot_curves, plot_dynamics, plot_ood_histograms, plot_reliability, save_samples
 from .schema import DataInfo, EvaluationReport, ModelReport, ReportSettings, SideReport

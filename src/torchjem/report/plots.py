@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 from ..evaluate.results import CalibrationResult, OODResult
 from ..figures import DPI, save_png
 from ..grids import grid_image, save_samples
-from ..runs.history import History, is_window, number, record_step
+from ..rundir.history import History, is_window, number, record_step
 from .schema import ModelReport
 
 

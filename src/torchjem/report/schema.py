@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluate.results import ModelEvaluation, RobustnessResult
-from ..runs.history import DynamicsSummary, History
+from ..rundir.history import DynamicsSummary, History
 
 
 @dataclass(kw_only=True)

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..config import Config, ConfigError
 from ..data import DataSplits, check_splits, to_float
 from ..errors import InputError
-from ..runs import DataSpec
+from ..rundir import DataSpec
 from ..utils import predict_logits
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import WriteError
-from ..runs import RunDir
+from ..rundir import RunDir
 from . import distributed as ddp
 from .tensorboard import TensorBoardLog, summary_writer
 

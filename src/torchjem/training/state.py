@@ -18,7 +18,7 @@ from ..checkpoint import rng_state, set_rng_state
 from ..config import Config, ConfigError, from_dict, load_config, parse_overrides
 from ..energy import JEM
 from ..errors import MissingError
-from ..runs import DataSpec, Progress, RunDir, RunState
+from ..rundir import DataSpec, Progress, RunDir, RunState
 from ..sampling import ReplayBuffer, merge_shards, split_shard
 from ..utils import seed_everything
 from . import distributed as ddp

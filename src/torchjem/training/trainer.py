@@ -16,7 +16,7 @@ from .. import build
 from ..config import Config, save_config
 from ..data import DataSplits, augment, check_model_input
 from ..errors import DataError
-from ..runs import DataSpec, RunDir, RunLock
+from ..rundir import DataSpec, RunDir, RunLock
 from ..sam import SAM
 from ..sampling import ReplayBuffer
 from ..speed import autocast, configure_speed

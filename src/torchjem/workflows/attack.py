@@ -28,8 +28,8 @@ from ..evaluate.robustness import (
     robust_accuracy,
 )
 from ..report import plot_curves
-from ..runs import DataSpec, write_attack
-from ..runs.layout import ATTACK_PNG
+from ..rundir import DataSpec, write_attack
+from ..rundir.layout import ATTACK_PNG
 from ..utils import model_device, seed_everything
 from .runs import LoadedRun, check_same_data, load_run
 

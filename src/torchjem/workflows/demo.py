@@ -14,7 +14,7 @@ from ..config import CONFIG_DIR, load_config, merge
 from ..evaluate.classification import classification
 from ..evaluate.robustness import PGDSettings, eps_key
 from ..report import SideReport, write_report
-from ..runs.layout import ATTACK_PNG
+from ..rundir.layout import ATTACK_PNG
 from ..training import train
 from .attack import AttackOptions, attack_run
 from .eval import evaluate_run, headline

@@ -23,7 +23,7 @@ from ..evaluate.ood import SCORES, check_scores
 from ..evaluate.results import RobustnessResult
 from ..evaluate.suite import evaluate_model
 from ..report import DataInfo, EvaluationReport, ModelReport, ReportSettings, write_report
-from ..runs import check_attack, read_attack
+from ..rundir import check_attack, read_attack
 from ..utils import model_device
 from .inputs import DEFAULT_OOD, HELD_OUT, build_ood_sets, check_ood_specs, resolve_feature_net
 from .runs import check_same_data, load_run

@@ -32,7 +32,7 @@ from .. import build, sampling
 from ..checkpoint import load_checkpoint
 from ..config import CONFIG_DIR, Config, from_dict, load_config, merge, parse_overrides, save_config
 from ..errors import CheckpointError, InputError, UserError, one_line
-from ..runs import DataSpec, RunDir, RunLock, RunState, save_export
+from ..rundir import DataSpec, RunDir, RunLock, RunState, save_export
 from .runs import load_run
 
 log = logging.getLogger("torchjem")

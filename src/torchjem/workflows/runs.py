@@ -14,7 +14,7 @@ from ..config import Config, from_dict
 from ..data import DataSplits
 from ..energy import JEM
 from ..errors import DataError, InputError
-from ..runs import RunDir, RunState, read_state
+from ..rundir import RunDir, RunState, read_state
 from ..sampling import ChainSampler, LangevinSampler, ReplayBuffer
 from ..training.batches import data_spec
 from ..utils import resolve_device

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ...config import load_config
 from ...errors import RunDirError
-from ...runs import COLLAPSE, RunDir
+from ...rundir import COLLAPSE, RunDir
 from ...sweep_report import TrialRecord, write_sweep_report
 from ..train import resolve_recipe
 from .open import Sweep

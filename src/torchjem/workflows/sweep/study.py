@@ -36,7 +36,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from ...errors import InputError, RunDirError
-from ...runs import FileLock
+from ...rundir import FileLock
 from .layout import trial_name
 from .spec import SweepSpec
 

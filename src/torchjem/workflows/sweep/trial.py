@@ -15,7 +15,7 @@ from ...checkpoint import atomic_write_text
 from ...config import load_config
 from ...evaluate.calibration import calibration
 from ...evaluate.classification import classification
-from ...runs import History, RunDir, RunLock
+from ...rundir import History, RunDir, RunLock
 from ...sweep_report import TrialRecord
 from ...training import Trainer
 from ...training.guard import DivergenceError

@@ -11,7 +11,7 @@ RUN_DIR/feature_net/         the run's copy of the FID feature network
 RUN_DIR/trial.json           what a `jem sweep` trial recorded
 RUN_DIR/tb/                  TensorBoard event files (`train.tensorboard: true`)
 RUN_DIR/export/              `jem export`'s default folder
-RUN_DIR/.lock                held by the process that writes into it (runs/lock.py)
+RUN_DIR/.lock                held by the process that writes into it (rundir/lock.py)
 
 An export folder (`jem export`) is a run directory of another form: torchjem.json,
 model.safetensors and (optionally) buffer.safetensors, readable without torchjem.
