@@ -42,8 +42,9 @@ test-fast: $(VENV)/.installed-test
 test-postgres: $(VENV)/.installed-test
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
 	  { echo "test-postgres: installing the PostgreSQL server (apt-get install postgresql)"; \
-	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null 2>&1 || \
-	     (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null 2>&1)) || \
+	    (DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q postgresql >/dev/null 2>&1 || \
+	     (timeout 300 apt-get update -q >/dev/null 2>&1 && \
+	      DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q postgresql >/dev/null 2>&1)) || \
 	    echo "test-postgres: could not install the PostgreSQL server here: the test will say skipped"; }
 	$(BIN)/python -m pytest -m postgres -rs tests/test_sweep_postgres.py
 
