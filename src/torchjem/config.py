@@ -393,16 +393,22 @@ def from_dict(values: dict[str, Any]) -> Config:
     """Config from a plain dict (as saved in a run directory), validated. The ``out`` key that
     runs saved before the run's path left the config is ignored."""
     cfg = Config()
-    _apply(cfg, {k: v for k, v in values.items() if k != "out"})
+    _apply(cfg, without_run_path(values))
     return cfg.validate()
 
 
-def _drop_run_path(values: dict[str, Any], where: str) -> dict[str, Any]:
-    """A config file's values without ``out`` (the run directory, a config key in older files)."""
-    if "out" not in values:
-        return values
-    log.warning("%s: ignoring 'out: %s'; the run directory is an argument (jem train --out DIR)", where, values["out"])
+def without_run_path(values: dict[str, Any]) -> dict[str, Any]:
+    """A config dict without ``out``: the run directory, a config key in files written before it
+    became an argument (saved configs, checkpoints, exports)."""
     return {k: v for k, v in values.items() if k != "out"}
+
+
+def _drop_run_path(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """A config file's values without ``out``, with a warning that it is ignored."""
+    if "out" in values:
+        log.warning("%s: ignoring 'out: %s'; the run directory is an argument (jem train --out DIR)", where,
+                    values["out"])
+    return without_run_path(values)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import atomic_write_bytes, atomic_write_text
+from ..config import without_run_path
 from ..errors import CheckpointError
 from ..sampling import buffer_settings, buffer_state
 from .layout import EXPORT_BUFFER, EXPORT_WEIGHTS, RunDir
@@ -76,7 +77,7 @@ def load_export(folder: str | Path, map_location: str | torch.device = "cpu") ->
         buffer = buffer_state(**tensors(EXPORT_BUFFER), **meta.get("buffer", {}))
     return RunState(
         model=tensors(EXPORT_WEIGHTS),
-        config={k: v for k, v in meta["config"].items() if k != "out"},
+        config=without_run_path(meta["config"]),
         data=DataSpec.from_dict(meta["data"]),
         net={"source": "export", "name": meta["net"].get("name", "")},
         buffer=buffer,

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import without_run_path
 from ..errors import CheckpointError
 
 VERSION = 2  # 2: the buffer is an nn.Module state_dict; "net" records how to rebuild the network
@@ -152,7 +153,7 @@ class RunState:
         missing = [k for k in REQUIRED if k not in state]
         if missing:
             raise CheckpointError(f"{where} lacks {', '.join(missing)}: it is not a torchjem run checkpoint")
-        config = {k: v for k, v in state["config"].items() if k != "out"}  # the run's path is no longer config
+        config = without_run_path(state["config"])  # the run's path is no longer config
         try:
             data = DataSpec.from_dict(state["data"])
         except (KeyError, TypeError, ValueError) as e:
