@@ -57,3 +57,19 @@ class Faulty:
             loss = loss * float("nan")
             stats["loss"] = loss.detach()
         return loss, stats
+
+
+def spawn_workers(worker, tmp, nprocs: int = 2, timeout_s: float = 240.0) -> None:
+    """Run ``worker(rank, str(tmp))`` on ``nprocs`` processes; fail the test (killing them) when
+    they are still running after ``timeout_s`` (a collective mismatch hangs instead of raising)."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.spawn(worker, args=(str(tmp),), nprocs=nprocs, join=False)
+    deadline = time.monotonic() + timeout_s
+    while not ctx.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"distributed workers still running after {timeout_s} s (a collective mismatch?)")

@@ -9,14 +9,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-from conftest import Faulty, tiny_config
+from conftest import Faulty, spawn_workers, tiny_config
 from torchjem import RunDir, Trainer, load_run, sampling
 from torchjem.checkpoint import load_checkpoint
 from torchjem.evaluate.classification import classification
@@ -94,16 +92,6 @@ def _worker(rank: int, tmp: str) -> None:
         ddp.shutdown_distributed()
 
 
-def _spawn(tmp: Path, timeout_s: float = 240.0) -> None:
-    ctx = mp.spawn(_worker, args=(str(tmp),), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + timeout_s
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"distributed workers still running after {timeout_s} s (a collective mismatch?)")
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
@@ -111,7 +99,7 @@ def runs(tmp_path_factory):
     single.fit()
     clf_single = Trainer(cfg(*CLF), progress=False, out=tmp / "clf_single")
     clf_single.fit()
-    _spawn(tmp)  # the workers also resume `single` on 2 processes (into the same run directory)
+    spawn_workers(_worker, tmp, WORLD)  # the workers also resume `single` on 2 processes (into the same run directory)
     ranks = [torch.load(tmp / f"result_{r}.pt", weights_only=False) for r in range(WORLD)]
     return {"tmp": tmp, "single": single, "clf_single": clf_single, "ranks": ranks}
 

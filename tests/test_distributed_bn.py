@@ -19,14 +19,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-from conftest import Faulty, tiny_config
+from conftest import Faulty, spawn_workers, tiny_config
 from torchjem import RunDir, Trainer, build, load_run
 from torchjem.checkpoint import load_checkpoint
 from torchjem.objective import Batch
@@ -132,23 +130,13 @@ def _worker(rank: int, tmp: str) -> None:
         ddp.shutdown_distributed()
 
 
-def _spawn(tmp: Path, timeout_s: float = 240.0) -> None:
-    ctx = mp.spawn(_worker, args=(str(tmp),), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + timeout_s
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"distributed workers still running after {timeout_s} s (a collective mismatch?)")
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp_bn")
     reference = two_fixed_steps(Trainer(cfg("data.augment=false"), progress=False, out=tmp / "eq_single"))
     single = Trainer(cfg(), progress=False, out=tmp / "single")
     single.fit()
-    _spawn(tmp)  # the workers also resume `single` on 2 processes (into the same run directory)
+    spawn_workers(_worker, tmp, WORLD)  # the workers also resume `single` on 2 processes (into the same run directory)
     ranks = [torch.load(tmp / f"result_{r}.pt", weights_only=False) for r in range(WORLD)]
     return {"tmp": tmp, "reference": reference, "ranks": ranks}
 
