@@ -230,12 +230,8 @@ class JEMDefence(nn.Module):
         gradient: str = "exact",
     ) -> None:
         super().__init__()
-        if n_steps < 0 or n_chains < 1:
-            raise InputError(f"JEMDefence needs n_steps >= 0 and n_chains >= 1, got {n_steps}, {n_chains}")
-        if step_size <= 0 or noise < 0 or init_noise < 0:
-            raise InputError(
-                f"JEMDefence needs step_size > 0, noise >= 0, init_noise >= 0, got {step_size}, {noise}, {init_noise}"
-            )
+        if n_chains < 1 or not init_noise >= 0:  # (the chains' own settings are checked by SGLD below)
+            raise InputError(f"JEMDefence needs n_chains >= 1 and init_noise >= 0, got {n_chains}, {init_noise}")
         if gradient not in ("exact", "bpda"):
             raise InputError(f"JEMDefence gradient must be 'exact' or 'bpda', got {gradient!r}")
         self.jem = as_jem(model)
