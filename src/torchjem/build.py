@@ -139,6 +139,8 @@ class TrainingPlan:
     ``augment``: (pad, flip) of the training batches' augmentation, None without; ``augment_px``:
     whether the p(x) term sees the augmented batch (else the un-augmented one, as SADA-JEM);
     ``labels_per_class``: semi-supervised, the labels kept per class (the rest become -100);
+    ``chains``: the p(x) chains per step on this process (``sgld.chains`` split over the
+    processes; None: one per data example);
     ``chain_mode``: the net's mode in the chains (``sgld.model_mode`` with ``auto`` resolved by
     ``chain_mode``: train for a net with batch norm); ``chain_warning``: why that mode is a risk
     (eval mode forced on a net with batch norm), logged at the start, or None."""
@@ -156,6 +158,7 @@ class TrainingPlan:
     chain_mode: str = "eval"
     chain_warning: str | None = None
     sync_bn: bool = False
+    chains: int | None = None
 
 
 def chain_mode(cfg: Config, jem: nn.Module | None) -> str:
@@ -218,11 +221,14 @@ def training_plan(
         energy_l2=0.0 if clf else o.energy_l2,
         sampler=sampler,
         separate_passes=separate,
-        ddp_unused_parameters=world_size > 1 and jem is not None and jem.energy_head is not None and px == 0,
+        # an energy head gets no gradient without a p(x) term, or on the steps that skip it
+        ddp_unused_parameters=world_size > 1 and jem is not None and jem.energy_head is not None
+        and (px == 0 or o.px_from_epoch > 0 or o.px_every > 1),
         augment=(max(1, shape[-1] // 8), bool(flip)) if d.augment and shape is not None else None,
         augment_px=d.augment_px,
         labels_per_class=d.labels_per_class,
         sync_bn=sync_bn,
+        chains=None if cfg.sgld.chains is None else max(1, cfg.sgld.chains // world_size),
         chain_mode=chain_mode(cfg, jem),
         chain_warning=(
             "sgld.model_mode = eval on a net with batch norm: the chains use the running statistics of the data "
@@ -342,6 +348,7 @@ def build_objective(cfg: Config, sampler: ChainSampler | None, plan: TrainingPla
         data_noise=cfg.objective.data_noise,
         energy_l2=plan.energy_l2,
         separate_passes=plan.separate_passes,
+        n_chains=plan.chains,
     )
 
 

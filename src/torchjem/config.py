@@ -54,6 +54,8 @@ class SGLDConfig:
     inner_step_size: float = 0.2  # pyld: step of the inner steps (JEM++'s pyld_lr)
     first_layer: str | None = None  # pyld: module path of the first layer (e.g. net.conv1); null: found by a probe
     model_mode: str = "auto"  # auto | eval | train: the net's mode in the chains (auto: train with batch norm)
+    chains: int | None = None  # chains run per training step (null: one per data example, the paper's)
+    steps_by_epoch: list[int] | None = None  # K per epoch ([10, 5, 5]: 10 in epoch 0, then 5; the last repeats)
 
 
 @dataclass
@@ -72,6 +74,9 @@ class ObjectiveConfig:
     pxy: float = 0.0  # weight of log p(x|y)
     data_noise: float = 0.03  # Gaussian noise sigma added to data inputs
     energy_l2: float = 0.0  # weight of the L2 penalty on energies
+    px_from_epoch: int = 0  # the p(x) / p(x|y) terms start at this epoch (before it: classifier steps, no chains)
+    px_every: int = 1  # the p(x) / p(x|y) terms on every n-th step only (the others: classifier steps)
+    px_ramp_steps: int = 0  # their weights rise linearly from 0 over this many steps after they start
 
 
 @dataclass
@@ -86,6 +91,7 @@ class OptimConfig:
     decay_rate: float = 0.3  # lr multiplier at each decay epoch
     sam_rho: float = 0.0  # sharpness-aware minimisation radius (SADA-JEM: 2 with sam_adaptive); 0: off
     sam_adaptive: bool = False  # ASAM: the neighbourhood scaled by |w| (Kwon et al. 2021)
+    sam_every: int = 1  # SAM's second pass on every n-th step only (the others: plain steps)
 
 
 @dataclass
@@ -103,6 +109,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the network (first steps are slow while it compiles)
     sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch (every rank's slice)
     tensorboard: bool = False  # also write metrics, validations, events and epoch sample grids to RUN_DIR/tb
+    init_from: str | None = None  # start from these weights: a run directory, a `jem export` folder or a .safetensors
 
 
 @dataclass
@@ -160,6 +167,19 @@ class Config:
                 "a module path such as net.conv1, or null",
             ),
             ("sgld.model_mode", self.sgld.model_mode in ("auto", "eval", "train"), "auto, eval or train"),
+            ("sgld.chains", self.sgld.chains is None or self.sgld.chains >= 1, ">= 1, or null (one per example)"),
+            (
+                "sgld.steps_by_epoch",
+                self.sgld.steps_by_epoch is None or (len(self.sgld.steps_by_epoch) > 0
+                                                     and min(self.sgld.steps_by_epoch) >= 0),
+                "a non-empty list of step counts >= 0, or null",
+            ),
+            ("objective.px_from_epoch", self.objective.px_from_epoch >= 0, ">= 0"),
+            ("objective.px_every", self.objective.px_every >= 1, ">= 1"),
+            ("objective.px_ramp_steps", self.objective.px_ramp_steps >= 0, ">= 0"),
+            ("optim.sam_every", self.optim.sam_every >= 1, ">= 1"),
+            ("train.init_from", self.train.init_from is None or bool(self.train.init_from.strip()),
+             "a run directory, an export folder or a .safetensors file, or null"),
             ("buffer.size", self.buffer.size > 0, "> 0"),
             ("buffer.reinit_freq", 0 <= self.buffer.reinit_freq <= 1, "in [0, 1]"),
             (

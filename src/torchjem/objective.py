@@ -29,6 +29,8 @@ class Batch:
     xy_q: torch.Tensor | None
     y_l: torch.Tensor | None
     age: torch.Tensor | None = None  # the mean age of the p(x) chains drawn from the buffer (chain health)
+    scale: float = 1.0  # multiplier of the p(x) and p(x|y) weights this step (0: a classifier step)
+    sgld_steps: int = 0  # the SGLD steps the chains ran this step (what the step cost)
 
 
 def joint_passes(
@@ -56,7 +58,9 @@ class HybridObjective:
     sigma). ``energy_l2`` penalises weight * (E_data^2 + E_sample^2), the maintainers' advice
     against divergence. With ``px == pxy == 0`` it is a plain classifier loss (no sampling, no
     sampler needed). ``separate_passes``: data and samples through separate forward passes (for
-    nets with BatchNorm, so that their batch statistics are not mixed).
+    nets with BatchNorm, so that their batch statistics are not mixed). ``n_chains``: the p(x)
+    term's chains per step (None: one per data example, the paper's; fewer make a step cheaper,
+    the data mean of log p(x) still over the whole batch).
 
     ``loss, stats = objective(model, x, y)``: ``model`` is any classifier returning logits (or a
     JEM, or torchjem's DistributedDataParallel wrapper); labels ``y == -100`` mark unlabelled
@@ -73,8 +77,11 @@ class HybridObjective:
         data_noise: float = 0.03,
         energy_l2: float = 0.0,
         separate_passes: bool = False,
+        n_chains: int | None = None,
     ) -> None:
-        self.sampler = sampler
+        if n_chains is not None and n_chains < 1:
+            raise InputError(f"n_chains must be >= 1 or None (one per example), got {n_chains}")
+        self.sampler, self.n_chains = sampler, n_chains
         self.pyx, self.px, self.pxy = pyx, px, pxy
         self.data_noise, self.energy_l2, self.separate_passes = data_noise, energy_l2, separate_passes
         if self.needs_samples and sampler is None:
@@ -97,23 +104,40 @@ class HybridObjective:
         data the p(x) term sees when it differs from ``x`` (SADA-JEM: un-augmented images)."""
         return self.loss(model, self.draw(model, x, y, x_px))
 
-    def draw(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_px: torch.Tensor | None = None) -> Batch:
+    def draw(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_px: torch.Tensor | None = None,
+        *,
+        scale: float = 1.0,
+        sgld_steps: int | None = None,
+    ) -> Batch:
         """The random part of a step: data noise and the SGLD samples (written back to the buffer).
-        A second ``loss`` on the same Batch (SAM's second pass) sees exactly the same inputs."""
+        A second ``loss`` on the same Batch (SAM's second pass) sees exactly the same inputs.
+        ``scale`` multiplies the p(x) and p(x|y) weights this step (0: no chains run, a classifier
+        step; the schedule of ``objective.px_from_epoch`` / ``px_every`` / ``px_ramp_steps``);
+        ``sgld_steps``: the chains' steps this step (None: the sampler's K)."""
+        if not scale >= 0:
+            raise InputError(f"scale must be >= 0, got {scale}")
         jem = as_jem(model)  # the chains run on the bare JEM, with no collective under DDP
         if self.data_noise > 0:
             x = x + self.data_noise * torch.randn_like(x)
             if x_px is not None:
                 x_px = x_px + self.data_noise * torch.randn_like(x_px)
         x_q = xy_q = y_l = age = None
-        if self.px > 0:
-            x_q = self.sampler.sample(jem, len(x))
+        steps, k = 0, {} if sgld_steps is None else {"n_steps": sgld_steps}
+        if self.needs_samples and scale > 0:  # (a sampler without n_steps: one of the tests' stand-ins)
+            steps = getattr(self.sampler, "n_steps", 0) if sgld_steps is None else sgld_steps
+        if self.px > 0 and scale > 0:
+            x_q = self.sampler.sample(jem, self.n_chains or len(x), **k)
             buffer = getattr(self.sampler, "buffer", None)
             age = buffer.drawn_age if buffer is not None else None
-        if self.pxy > 0:
+        if self.pxy > 0 and scale > 0:
             y_l = y[y != IGNORE]  # (a boolean index synchronises with the device: only for this term)
-            xy_q = self.sampler.sample(jem, y=y_l) if len(y_l) else None
-        return Batch(x, y, x_px, x_q, xy_q, y_l, age)
+            xy_q = self.sampler.sample(jem, y=y_l, **k) if len(y_l) else None
+        return Batch(x, y, x_px if scale > 0 else None, x_q, xy_q, y_l, age, scale=scale, sgld_steps=steps)
 
     def loss(self, model: nn.Module, b: Batch) -> tuple[torch.Tensor, dict]:
         """The loss of a drawn Batch. Data and samples go through one forward pass (exact and
@@ -151,9 +175,9 @@ class HybridObjective:
             offset += len(b.x_q)  # (chain_health below reads the samples' logits just before offset)
             # Energies are -log p: E_data = -lpx_data, E_sample = -lpx_q.
             l_px = -(lpx_data.mean() - lpx_q.mean())
-            loss = loss + self.px * l_px
+            loss = loss + b.scale * self.px * l_px
             if self.energy_l2 > 0:  # logged on its own: the loss is then ce + loss_px + this
-                penalty = self.energy_l2 * (lpx_data.pow(2).mean() + lpx_q.pow(2).mean())
+                penalty = b.scale * self.energy_l2 * (lpx_data.pow(2).mean() + lpx_q.pow(2).mean())
                 loss = loss + penalty
                 stats["loss_energy_l2"] = penalty.detach()
             stats["loss_px"] = l_px.detach()
@@ -167,9 +191,9 @@ class HybridObjective:
             f_data = logits[labelled].gather(1, b.y_l[:, None]).mean()
             f_q = logits_all[offset:].gather(1, b.y_l[:, None]).mean()
             l_pxy = -(f_data - f_q)
-            loss = loss + self.pxy * l_pxy
+            loss = loss + b.scale * self.pxy * l_pxy
             stats["loss_pxy"] = l_pxy.detach()
-        elif self.pxy > 0:  # no labelled example in this batch (same keys on every rank)
+        elif self.pxy > 0 and b.scale > 0:  # no labelled example in this batch (same keys on every rank)
             stats["loss_pxy"] = loss.new_zeros(()).detach()
         stats["loss"] = loss.detach()
         return loss, stats

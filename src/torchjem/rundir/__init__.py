@@ -3,6 +3,7 @@ writer lock, the typed run state that alone builds and reads checkpoints, the ex
 history of metrics.jsonl and the attack.json record."""
 
 from .attack import check_attack, read_attack, write_attack
+from .cost import Cost
 from .export import EXPORT_FORMAT, load_export, save_export
 from .history import COLLAPSE, DynamicsSummary, History, dynamics_summary
 from .layout import RunDir
@@ -11,6 +12,7 @@ from .state import DataSpec, Progress, RunState, read_state
 
 __all__ = [
     "COLLAPSE",
+    "Cost",
     "EXPORT_FORMAT",
     "DataSpec",
     "DynamicsSummary",

@@ -19,6 +19,7 @@ from ..config import without_run_path
 from ..errors import CheckpointError
 from ..sampling import buffer_settings, buffer_state
 from .layout import EXPORT_BUFFER, EXPORT_WEIGHTS, RunDir
+from .cost import Cost
 from .state import DataSpec, Progress, RunState
 
 EXPORT_FORMAT = "torchjem-export"
@@ -43,6 +44,8 @@ def save_export(folder: str | Path, state: RunState, source: dict[str, Any], buf
         "source": source,
         "config": state.config,
     }
+    if state.cost is not None:  # what training it cost (rundir/cost.py), for --init-from comparisons
+        meta["cost"] = state.cost.to_dict()
     b = state.buffer
     if buffer and b is not None:
         keep = [k for k in BUFFER_TENSORS if k in b and b[k].numel()]
@@ -82,4 +85,5 @@ def load_export(folder: str | Path, map_location: str | torch.device = "cpu") ->
         net={"source": "export", "name": meta["net"].get("name", "")},
         buffer=buffer,
         progress=Progress(step=int(meta.get("step", 0)), epoch=int(meta.get("epoch", 0))),
+        cost=Cost.from_dict(meta.get("cost")),
     )

@@ -14,6 +14,8 @@ loaded with ``torch.load(weights_only=True)`` so that no code runs:
                  "class_names", "length", "fingerprint": see DataSpec)
     net          how to rebuild the network ({"source": "config" | "object" | "export", ...})
     distributed  {"world_size", "rng": per-rank RNG states} when written by several processes
+    cost         what the training cost so far (passes by kind, seconds: rundir/cost.py); absent
+                 in checkpoints written before issue 22
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import without_run_path
 from ..errors import CheckpointError
+from .cost import Cost
 
 VERSION = 2  # 2: the buffer is an nn.Module state_dict; "net" records how to rebuild the network
 REQUIRED = ("model", "config", "data", "step", "epoch")  # what a run's checkpoint must hold
@@ -127,6 +130,7 @@ class RunState:
     rng: dict[str, Any] | None = None
     progress: Progress = field(default_factory=Progress)
     distributed: dict[str, Any] | None = None
+    cost: Cost | None = None
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The checkpoint dict (version 2)."""
@@ -145,6 +149,8 @@ class RunState:
             del state["rng"]
         if self.distributed is not None:
             state["distributed"] = self.distributed
+        if self.cost is not None:
+            state["cost"] = self.cost.to_dict()
         return state
 
     @classmethod
@@ -168,6 +174,7 @@ class RunState:
             rng=state.get("rng"),
             progress=Progress.from_checkpoint(state),
             distributed=state.get("distributed"),
+            cost=Cost.from_dict(state.get("cost")),
         )
 
     def save(self, path: str | Path) -> None:

@@ -65,7 +65,7 @@ class TrainingLoop:
         if t.max_steps is not None:
             last_val = tr.validate()
             tr.save("last")
-        self.event("done", retries=p.retries, **last_val)
+        self.event("done", retries=p.retries, **last_val, cost=self.t.state.meter.fold().to_dict())
         log.info("done: step %d, epoch %d, %s", p.step, p.epoch, last_val)
         return {"step": p.step, "epoch": p.epoch, "retries": p.retries, **last_val}
 
@@ -149,6 +149,9 @@ class TrainingLoop:
 
     def log_window(self) -> None:
         p = self.p
-        means = self.t.metrics.flush(step=p.step, epoch=p.epoch, lr=self.t.lr_at(p.step, p.epoch))
+        cost = self.t.state.meter.fold()  # the cost so far, on every metrics line (cost curves)
+        means = self.t.metrics.flush(step=p.step, epoch=p.epoch, lr=self.t.lr_at(p.step, p.epoch),
+                                     cost_units=cost.total_units, cpu_s=round(cost.total_cpu_s, 3),
+                                     wall_s=round(cost.total_wall_s, 3))
         if means is not None:
             self.bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means.get('acc', float('nan')):.3f}")

@@ -22,15 +22,19 @@ log = logging.getLogger("torchjem")
 
 
 class Window:
-    """Running sums of per-step diagnostics, kept on the device until flushed."""
+    """Running sums of per-step diagnostics, kept on the device until flushed. A key is averaged
+    over the steps that reported it (the p(x) term's figures exist only on its steps when
+    ``objective.px_every`` > 1 or before ``objective.px_from_epoch``)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
         self.count, self.t0 = 0, time.perf_counter()
 
     def add(self, stats: dict[str, torch.Tensor]) -> None:
         for k, v in stats.items():
             self.sums[k] = self.sums[k] + v.float() if k in self.sums else v.float()
+            self.counts[k] = self.counts.get(k, 0) + 1
         self.count += 1
 
     def flush(self) -> dict[str, float] | None:
@@ -38,10 +42,12 @@ class Window:
         rank must flush at the same steps; it_per_s stays this rank's)."""
         if not self.count:
             return None
-        means_t = ddp.all_reduce_mean(torch.stack(list(self.sums.values())) / self.count)
+        sums = torch.stack(list(self.sums.values()))
+        counts = torch.tensor([self.counts[k] for k in self.sums], dtype=sums.dtype, device=sums.device)
+        means_t = ddp.all_reduce_mean(sums / counts)
         means = dict(zip(self.sums, means_t.tolist()))
         means["it_per_s"] = self.count / (time.perf_counter() - self.t0)
-        self.sums, self.count, self.t0 = {}, 0, time.perf_counter()
+        self.sums, self.counts, self.count, self.t0 = {}, {}, 0, time.perf_counter()
         return means
 
 

@@ -18,10 +18,11 @@ from ..checkpoint import rng_state, set_rng_state
 from ..config import Config, ConfigError, from_dict, load_config, parse_overrides
 from ..energy import JEM
 from ..errors import MissingError
-from ..rundir import DataSpec, Progress, RunDir, RunState
+from ..rundir import Cost, DataSpec, Progress, RunDir, RunState
 from ..sampling import ReplayBuffer, merge_shards, split_shard
 from ..utils import seed_everything
 from . import distributed as ddp
+from .cost import CostMeter
 
 log = logging.getLogger("torchjem")
 
@@ -51,6 +52,7 @@ class TrainState:
         self.data, self.net, self.device = data, net, device
         self.rank, self.world_size = ddp.get_rank(), ddp.get_world_size()
         self.progress = Progress()
+        self.meter = CostMeter(device, self.world_size)  # what the training costs (kept in checkpoints)
 
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint dict of ``capture()`` (every rank must call it in a distributed run)."""
@@ -69,6 +71,7 @@ class TrainState:
             buffer=self.buffer.state_dict() if self.buffer is not None else None,
             rng=rng_state(),
             progress=copy.copy(self.progress),
+            cost=copy.deepcopy(self.meter.fold()),
         )
         if self.world_size > 1:
             rngs = ddp.gather_objects(ddp.rank_rng_state(self.device))
@@ -97,6 +100,9 @@ class TrainState:
         if state.optimizer is not None:  # (an imported run starts with a fresh optimiser)
             self.optimizer.load_state_dict(state.optimizer)
         self.progress = copy.copy(state.progress)
+        # the cost so far goes on (a checkpoint without one: counted from this step on)
+        cost = copy.deepcopy(state.cost) if state.cost is not None else Cost(since_step=state.progress.step)
+        self.meter = CostMeter(self.device, self.world_size, cost)
         if state.world_size == self.world_size == 1:
             if self.buffer is not None and state.buffer is not None:
                 self.buffer.load_state_dict(state.buffer)

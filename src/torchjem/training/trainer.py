@@ -26,6 +26,7 @@ from .batches import data_spec, describe, make_batches, val_batches, validation_
 from .guard import DivergenceGuard
 from .loop import TrainingLoop
 from .metrics import MetricsLog
+from .schedule import step_plan
 from .state import TrainState, net_record, read_resume, reset_backoff
 
 log = logging.getLogger("torchjem")
@@ -103,6 +104,11 @@ class Trainer:
         return data_name(self.data)
 
     @property
+    def langevin(self) -> Any:
+        """The chains' Langevin sampler (SGLD or PYLD), None for a classifier."""
+        return self.sampler.langevin if self.sampler is not None else None
+
+    @property
     def buffer(self) -> ReplayBuffer | None:
         return self.sampler.buffer if self.sampler is not None else None
 
@@ -161,15 +167,19 @@ class Trainer:
         if self.plan.augment is not None:
             pad, flip = self.plan.augment
             x, x_px = augment(x, pad=pad, flip=flip), (None if self.plan.augment_px else x)
+        plan = step_plan(self.cfg, p.step, p.epoch, self.steps_per_epoch)  # p(x) term, SAM, K of this step
+        sam = plan.sam and isinstance(self.optimizer, SAM)
         self.model.train()
+        self.state.meter.step_started()
         with autocast(self.cfg.train.amp, self.device):  # the chains and the loss; see torchjem.speed
-            batch = self.objective.draw(self.model, x, y, x_px)
+            batch = self.objective.draw(self.model, x, y, x_px, scale=plan.scale, sgld_steps=plan.sgld_steps)
             loss, stats = self.objective.loss(self.model, batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if isinstance(self.optimizer, SAM):  # the same samples at w + e
+            if sam:  # the same samples at w + e
                 self.optimizer.second_pass(self.model, lambda: self.objective.loss(self.model, batch)[0])
         self.optimizer.step()
+        self.state.meter.step_ended(batch, sam=sam, inner_steps=getattr(self.langevin, "inner_steps", 0))
         p.step, p.batch = p.step + 1, p.batch + 1
         return stats
 
@@ -178,6 +188,7 @@ class Trainer:
         are combined, so every rank gets the same numbers (and makes the same saves)."""
         sums = validation_sums(self.jem, val_batches(self.data, self.val, self.rank, self.world_size))
         acc, nll, n = ddp.all_reduce_sum(sums.to(self.device)).tolist()
+        self.state.meter.validation(int(n))
         return {"val_acc": acc / n, "val_nll": nll / n} if n else {}
 
     # -- the loop --------------------------------------------------------------------------------
