@@ -18,8 +18,8 @@ from ..checkpoint import atomic_write_bytes, atomic_write_text
 from ..config import without_run_path
 from ..errors import CheckpointError
 from ..sampling import buffer_settings, buffer_state
-from .layout import EXPORT_BUFFER, EXPORT_WEIGHTS, RunDir
 from .cost import Cost
+from .layout import EXPORT_BUFFER, EXPORT_WEIGHTS, RunDir
 from .state import DataSpec, Progress, RunState
 
 EXPORT_FORMAT = "torchjem-export"
