@@ -65,8 +65,12 @@ class TrainingLoop:
         if t.max_steps is not None:
             last_val = tr.validate()
             tr.save("last")
-        self.event("done", retries=p.retries, **last_val, cost=self.t.state.meter.fold().to_dict())
+        cost = self.t.state.meter.fold()
+        self.event("done", retries=p.retries, **last_val, cost=cost.to_dict())
         log.info("done: step %d, epoch %d, %s", p.step, p.epoch, last_val)
+        log.info("cost: %d forward-pass units (%.1f per training example-step), %.1f CPU s, %.1f wall s%s",
+                 cost.units, cost.units / max(1, cost.count("data", "forward")), cost.cpu_s, cost.wall_s,
+                 " (+ the run it started from)" if cost.init is not None else "")
         return {"step": p.step, "epoch": p.epoch, "retries": p.retries, **last_val}
 
     def epoch(self) -> bool:

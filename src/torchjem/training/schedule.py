@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import Config
+from ..rundir import Cost
 
 
 @dataclass(frozen=True)
@@ -45,3 +46,54 @@ def step_plan(cfg: Config, step: int, epoch: int, steps_per_epoch: int) -> StepP
     steps = None if k is None else int(k[min(epoch, len(k) - 1)])
     sam = cfg.optim.sam_rho > 0 and step % cfg.optim.sam_every == 0
     return StepPlan(scale=scale, sam=sam, sgld_steps=steps)
+
+
+def predict_cost(cfg: Config, *, n_train: int, n_val: int = 0, inner_steps: int | None = None) -> Cost:
+    """The passes a run of ``cfg`` will make, from its schedule alone (no training): for a GPU
+    recipe's cost before it runs, and a cross-check of the meter (training/cost.py). Assumes no
+    divergence rewind, a batch-norm-free or separate-pass net alike (passes are counted in
+    examples either way), labelled data (the p(x|y) chains are one per labelled example) and
+    ``train.epochs`` (or ``train.max_steps``) from the start.
+
+    Args:
+        cfg: the run's config (``train.clf_only`` gives a classifier's passes).
+        n_train: training examples (``steps_per_epoch`` = n_train // batch_size, at least 1).
+        n_val: validation examples, scored every ``train.eval_every`` epochs and at the end.
+        inner_steps: PYLD's inner steps per outer step (default: ``sgld.inner_steps`` when
+            ``sgld.kind`` is pyld, else 0).
+
+    Returns a ``Cost`` with passes and steps filled in and no seconds.
+    """
+    from .batches import steps_per_epoch as _steps_per_epoch
+
+    t, o = cfg.train, cfg.objective
+    per_epoch = _steps_per_epoch(n_train, t.batch_size)
+    total = t.max_steps if t.max_steps is not None else t.epochs * per_epoch
+    inner = inner_steps if inner_steps is not None else (cfg.sgld.inner_steps if cfg.sgld.kind == "pyld" else 0)
+    n, m = t.batch_size, cfg.sgld.chains or t.batch_size
+    jem = not t.clf_only and (o.px > 0 or o.pxy > 0)
+    cost = Cost()
+    for step in range(total):
+        epoch = step // per_epoch
+        plan = step_plan(cfg, step, epoch, per_epoch)
+        on = jem and plan.scale > 0
+        n_data = n * (2 if on and cfg.data.augment and not cfg.data.augment_px else 1)
+        n_samples = (m if o.px > 0 else 0) + (n if o.pxy > 0 else 0) if on else 0
+        k = plan.sgld_steps if plan.sgld_steps is not None else cfg.sgld.steps
+        cost.add("data", n_data, "forward", "backward")
+        if n_samples:
+            cost.add("samples", n_samples, "forward", "backward")
+            cost.add("sgld", n_samples * k, "forward", "input_backward")
+            if inner:
+                cost.add("sgld_inner", n_samples * k * inner, "forward", "input_backward")
+        if plan.sam and cfg.optim.sam_rho > 0:
+            cost.add("sam", n_data + n_samples, "forward", "backward")
+        cost.steps += 1
+    if n_val:
+        # at each epoch's end when due (and at the last one), plus once more at a max_steps run's end
+        validations = sum(1 for e in range(1, total // per_epoch + 1)
+                          if e % t.eval_every == 0 or e * per_epoch == total)
+        if t.max_steps is not None:  # a max_steps run validates once more at its end
+            validations += 1
+        cost.add("validation", n_val * validations, "forward")
+    return cost
