@@ -65,6 +65,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
     p.add_argument("--clf-only", action="store_true", help="train a plain classifier baseline (train.clf_only=true)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (refused otherwise)")
+    p.add_argument("--init-from", metavar="SOURCE", help="start from the weights of a run directory, a `jem export` "
+                   "folder or a .safetensors file (train.init_from; no optimiser state, buffer or progress)")
     _common(p)
     p.set_defaults(func=cmd_train)
 
@@ -75,8 +77,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     extra = merge(parse_overrides(list(args.overrides)), _as_config(args, "device", "seed"))
     if args.clf_only:
         extra = merge(extra, {"train": {"clf_only": True}})
+    if args.init_from is not None:
+        extra = merge(extra, {"train": {"init_from": args.init_from}})
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces one: use one of them")
+    if args.resume and args.init_from is not None:
+        raise ConfigError("--resume continues a run from its own checkpoint and --init-from starts a new one: "
+                          "use one of them")
     trainer, result = train_run(
         args.config, extra, out=args.out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite
     )

@@ -24,6 +24,7 @@ from ..utils import seed_everything
 from . import distributed as ddp
 from .batches import data_spec, describe, make_batches, val_batches, validation_sums
 from .guard import DivergenceGuard
+from .init import init_from
 from .loop import TrainingLoop
 from .metrics import MetricsLog
 from .schedule import step_plan
@@ -65,9 +66,10 @@ class Trainer:
         # rank 0 claims the directory (every rank stops if it is taken); only the outcome is broadcast
         ddp.run_on_main(lambda: bool(self.lock.claim(overwrite=overwrite, resuming=resuming)))
         with self.lock.abandon_on_error():
-            self._setup(cfg, data, model, val)
+            self._setup(cfg, data, model, val, resuming=resuming)
 
-    def _setup(self, cfg: Config, data: Any, model: nn.Module | None, val: Dataset | None) -> None:
+    def _setup(self, cfg: Config, data: Any, model: nn.Module | None, val: Dataset | None, *,
+               resuming: bool = False) -> None:
         self.data, self.val = (build.build_data(cfg) if data is None else data), val
         self.shape, self.n_classes, train_xy = describe(self.data)
         if train_xy is not None:  # semi-supervised: the hidden labels become -100 before anything sees them
@@ -77,6 +79,8 @@ class Trainer:
         seed_everything(cfg.seed)
         self.jem = build.build_jem(cfg, self.shape, self.n_classes, model).to(self.device)
         check_model_input(self.jem, self.shape, self.n_classes, f"data set {self.data_name!r}")
+        # train.init_from: a new run starts from those weights (a resumed one from its own checkpoint)
+        self.init_record = init_from(self.jem, cfg.train.init_from) if cfg.train.init_from and not resuming else None
         self.plan = build.training_plan(cfg, self.jem, self.shape, world_size=self.world_size,
                                         data_flip=getattr(self.data, "flip", False))
         if self.plan.sync_bn:  # batch statistics of the global batch (train.sync_bn)
@@ -93,6 +97,8 @@ class Trainer:
         self.batches = make_batches(cfg, self.data, train_xy, self.n_classes, self.rank, self.world_size, self.device)
         meta = data_spec(self.data, self.data_name, (self.shape, self.n_classes))
         self.state = TrainState(cfg, self.jem, self.optimizer, self.buffer, meta, net_record(cfg, model), self.device)
+        if self.init_record is not None:  # the source's training cost, counted in this run's totals
+            self.state.meter.cost.init = self.init_record.cost
         self.guard = DivergenceGuard(cfg.divergence, self.state, cfg.seed)
         self.metrics = MetricsLog(self.run, self.is_main, tensorboard=cfg.train.tensorboard)
         self.resume_note: str | None = None
@@ -204,6 +210,12 @@ class Trainer:
                     log.warning(self.resume_note)
                 self.metrics.event("resharded", self.step, self.epoch, note=self.resume_note)
                 self.resume_note = None
+            if self.init_record is not None and self.step == 0:
+                if self.is_main:
+                    r = self.init_record
+                    log.info("weights from %s (%s): %d tensors, sha256 %s", r.source, r.kind, r.tensors, r.fingerprint)
+                # an event record, written whole: its "kind" field would clash with event()'s argument
+                self.metrics.write({"event": "init_from", "step": 0, "epoch": self.epoch, **self.init_record.to_dict()})
             return TrainingLoop(self).run()
 
     def scale_sampler_step(self) -> None:
