@@ -13,10 +13,11 @@ from torchjem.cli import main
 from torchjem.evaluate.ood import SCORES, builtin_ood_set
 from torchjem.evaluate.results import OODResult
 from torchjem.evaluate.suite import evaluate_model
+from torchjem.report import EvaluationReport, ModelReport, write_report
 from torchjem.report.page import fmt, get_path
-from torchjem.rundir import RunDir
+from torchjem.rundir import Cost, RunDir, RunState
 from torchjem.training import train
-from torchjem.workflows.eval import evaluate_run, headline
+from torchjem.workflows.eval import evaluate_run, headline, headline_text
 from torchjem.workflows.inputs import default_feature_net
 
 ATTACK = {
@@ -238,3 +239,66 @@ def test_page_builder_prints_figures_from_the_document_by_path(tmp_path):
     assert f'<td data-key="{key}">0.9123</td>' in html and ">0.0002</td>" in html and ">n/a</td>" in html
     assert "<title>a &lt;title&gt;</title>" in html and "(plot: no image)" in html
     assert fmt(None, missing="—") == "—" and fmt(3.14159, ".1f") == "3.1" and fmt(1234.5) == "1234.5"
+
+
+# -- the training cost (issue 22) ---------------------------------------------------------------
+def test_training_cost_section_ratio_and_headline(runs, report):
+    rep, out = report
+    data = json.loads((out / "report.json").read_text())
+    model, base = data["models"]["model"]["cost"], data["models"]["baseline"]["cost"]
+    assert rep.models["model"].cost == RunState.load(RunDir(runs / "jem").checkpoint("last")).cost
+    # by hand: 12 steps of 32 examples, K=5 chains of 32 on every step; the baseline only the data;
+    # each validated its (equal) validation set once
+    v = model["passes"]["validation"]["forward"]
+    assert v == base["passes"]["validation"]["forward"] > 0
+    assert model["units"] == 3 * 32 * 12 + (3 + 2 * 5) * 32 * 12 + v
+    assert base["units"] == 3 * 32 * 12 + v and base["passes"]["sgld"] == {"forward": 0, "input_backward": 0}
+    assert model["total_units"] == model["units"] and model["complete"] and base["complete"]
+    ratio = data["cost_ratio"]
+    assert ratio["units"] == pytest.approx((3 * 32 * 12 + 13 * 32 * 12 + v) / (3 * 32 * 12 + v))
+    assert ratio["cpu_s"] == pytest.approx(model["cpu_s"] / base["cpu_s"]) and ratio["why_not"] is None
+    html = (out / "report.html").read_text()
+    assert "<h2>Training cost</h2>" in html and "same machine with the same number of threads" in html
+    key = json.dumps(["cost_ratio", "units"]).replace('"', "&quot;")
+    assert f'data-key="{key}">{fmt(ratio["units"])}<' in html
+    h = headline(rep, "model")
+    assert h["cost"]["units"] == model["units"] and h["cost"]["ratio"]["units"] == pytest.approx(ratio["units"])
+    assert "ratio" not in headline(rep, "baseline")["cost"]
+    line = headline_text("jem", h).splitlines()[-1]
+    assert line == (f"  cost: {model['units']:,} units, {model['cpu_s']:.1f} CPU s "
+                    f"({ratio['units']:.2f} x baseline units, {ratio['cpu_s']:.2f} x its CPU s)")
+
+
+def _cost_report(tmp_path, model, baseline):
+    rep = EvaluationReport(title="t", created="now", models={
+        "model": ModelReport(label="a", cost=model),
+        "baseline": ModelReport(label="b", kind="classifier", cost=baseline),
+    })
+    files = write_report(rep, tmp_path)
+    return rep, json.loads(files["json"].read_text()), files["html"].read_text()
+
+
+def _cost(units_data, cpu, **kw):
+    return Cost(passes={"data": {"forward": units_data, "backward": units_data}}, cpu_s=cpu, wall_s=cpu, **kw)
+
+
+def test_cost_not_recorded_partial_init_and_other_device(tmp_path):
+    # no cost for the baseline: "not recorded", no ratio
+    rep, doc, html = _cost_report(tmp_path / "a", _cost(10, 2.0), None)
+    assert doc["models"]["baseline"]["cost"] is None and doc["cost_ratio"]["units"] is None
+    assert "not recorded" in html and "baseline&#x27;s cost is not recorded" in html
+    assert headline_text("b", headline(rep, "baseline")).endswith("cost: not recorded")
+    # a model resumed from a pre-cost checkpoint: flagged, no ratio
+    rep, doc, html = _cost_report(tmp_path / "b", _cost(10, 2.0, since_step=7), _cost(5, 1.0))
+    assert doc["cost_ratio"]["units"] is None and "partial" in html and "from step 7 on" in html
+    assert "ratio" not in headline(rep, "model")["cost"]
+    # started from another run: totals include it (3 * 10 + 3 * 20 units), stated; the ratio on totals
+    rep, doc, html = _cost_report(tmp_path / "c", _cost(10, 2.0, init=_cost(20, 4.0)), _cost(15, 3.0))
+    assert doc["models"]["model"]["cost"]["total_units"] == 90 and doc["models"]["model"]["cost"]["units"] == 30
+    assert doc["cost_ratio"]["units"] == pytest.approx(90 / 45) and doc["cost_ratio"]["cpu_s"] == pytest.approx(2.0)
+    assert "total units, this run and the run it started from" in html
+    assert "with the run it started from" in headline_text("a", headline(rep, "model"))
+    # a CUDA run against a CPU run: the units compare, the CPU seconds do not
+    _, doc, html = _cost_report(tmp_path / "d", _cost(10, 2.0, device_s=1.0), _cost(5, 1.0))
+    assert doc["cost_ratio"]["units"] == pytest.approx(2.0) and doc["cost_ratio"]["cpu_s"] is None
+    assert "No ratio of CPU seconds" in html

@@ -3,7 +3,9 @@ produces and ``write_report`` turns into report.json, the PNGs and report.html.
 
 ``to_dict()`` gives report.json's shape: {"version", "title", "created", "data", "settings",
 "models": {role: {"label", "kind", "run_dir", "checkpoint", <ModelEvaluation's parts>,
-"robustness"?, "dynamics"?, "png"}}}. Plot arrays (OOD scores, samples, the metrics records)
+"robustness"?, "dynamics"?, "cost", "png"}}, "cost_ratio"?}: ``cost`` is the run's training cost
+(``report.cost.cost_entry``; null: not recorded), ``cost_ratio`` model / baseline (``cost_ratio``,
+with a baseline only). Plot arrays (OOD scores, samples, the metrics records)
 stay in the results and go into the PNGs only (``page.clean_json`` drops them).
 """
 
@@ -14,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluate.results import ModelEvaluation, RobustnessResult
+from ..rundir.cost import Cost
 from ..rundir.history import DynamicsSummary, History
+from .cost import cost_entry, cost_ratio
 
 
 @dataclass(kw_only=True)
@@ -54,7 +58,8 @@ class ModelReport:
 
     ``evaluation``: ``evaluate_model``'s result (None: only the other sections); ``robustness``: its
     attack.json record (None: no section); ``dynamics`` and ``history``: the summary and records of
-    the run's metrics.jsonl (None: a run without one, e.g. an imported checkpoint).
+    the run's metrics.jsonl (None: a run without one, e.g. an imported checkpoint); ``cost``: what
+    its training cost (its checkpoint's ``RunState.cost``; None: not recorded).
     """
 
     label: str
@@ -65,6 +70,7 @@ class ModelReport:
     robustness: RobustnessResult | None = None
     dynamics: DynamicsSummary | None = None
     history: History | None = None
+    cost: Cost | None = None
 
     def to_dict(self, png: dict[str, str] | None = None) -> dict[str, Any]:
         """The model's entry of report.json (arrays included: ``page.clean_json`` drops them);
@@ -77,6 +83,7 @@ class ModelReport:
             out["robustness"] = self.robustness.to_dict()
         if self.dynamics is not None:
             out["dynamics"] = self.dynamics.to_dict()
+        out["cost"] = cost_entry(self.cost) if self.cost is not None else None
         out["png"] = dict(png or {})
         return out
 
@@ -124,6 +131,8 @@ class EvaluationReport:
             "data": self.data.to_dict() if self.data is not None else {},
             "settings": self.settings.to_dict(),
             "models": {r: m.to_dict(png.get(r)) for r, m in self.models.items()},
+            **({"cost_ratio": cost_ratio(self.models["model"].cost, self.models["baseline"].cost)}
+               if "model" in self.models and "baseline" in self.models else {}),
             **({"side": side} if side else {}),
         }
 

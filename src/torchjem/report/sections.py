@@ -1,7 +1,7 @@
 """The sections of report.html, one function each, in page order: ``header``, ``summary``,
 ``classification``, ``calibration``, ``ood``, ``side_studies`` (other runs' classification and OOD
 results, e.g. the demo's held-out classes), ``generation``, ``robustness``, ``robustness_audit``,
-``dynamics``.
+``dynamics``, ``training_cost`` (in cost.py).
 
 Each takes the ``Page`` (its document is report.json's content) and the typed ``EvaluationReport``:
 the report says what there is to show (which models, OOD sets, scores, curves), and every figure
@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .cost import training_cost
 from .page import MISSING, Page, esc
 from .schema import EvaluationReport, ModelReport
 
@@ -461,5 +462,5 @@ def dynamics(page: Page, report: EvaluationReport) -> None:
 
 SECTIONS: tuple[Callable[[Page, EvaluationReport], None], ...] = (
     header, summary, classification, calibration, ood, side_studies, generation, robustness, robustness_audit,
-    dynamics,
+    dynamics, training_cost,
 )

@@ -23,6 +23,7 @@ from ..evaluate.ood import SCORES, check_scores
 from ..evaluate.results import RobustnessResult
 from ..evaluate.suite import evaluate_model
 from ..report import DataInfo, EvaluationReport, ModelReport, ReportSettings, write_report
+from ..report.cost import headline_cost, headline_cost_text
 from ..rundir import check_attack, read_attack
 from ..utils import model_device
 from .inputs import DEFAULT_OOD, HELD_OUT, build_ood_sets, check_ood_specs, resolve_feature_net
@@ -151,6 +152,7 @@ def evaluate_run(
             robustness=RobustnessResult.from_dict(rob) if rob is not None else None,
             dynamics=history.summary() if history.records else None,
             history=history if history.records else None,
+            cost=run.cost,
         )
     if "baseline" in models and models["baseline"].label == models["model"].label:
         models["baseline"].label += " (baseline)"
@@ -173,11 +175,14 @@ def evaluate_run(
 
 def headline(report: EvaluationReport, role: str) -> dict[str, Any]:
     """The figures `jem demo` and `jem eval` print for the model in ``role``: {"accuracy", "nll",
-    "ece", "mce", "ood"?: {set: {score: {"auroc"}}}, "fid"?, "feature_net"?, "conditional_accuracy"?}.
+    "ece", "mce", "ood"?: {set: {score: {"auroc"}}}, "fid"?, "feature_net"?, "conditional_accuracy"?,
+    "cost": {"units", "cpu_s", "includes_init", "since_step", "ratio"?: {"units", "cpu_s"}} or None
+    (not recorded)}: the training cost's totals (the run it started from included) and, for the
+    model beside a baseline, the ratios model / baseline (``report.cost.headline_cost``).
     KeyError for a role the report does not have."""
     ev = report.models[role].evaluation
     if ev is None:
-        return {}
+        return {"cost": headline_cost(report, role)}
     clf, cal = ev.classification, ev.calibration  # (None for a one-class model: ev.skipped says why)
     out: dict[str, Any] = {
         "accuracy": clf.accuracy if clf is not None else None,
@@ -192,11 +197,13 @@ def headline(report: EvaluationReport, role: str) -> dict[str, Any]:
     g = ev.generation
     if g is not None:
         out.update(fid=g.fid, feature_net=g.feature_net, conditional_accuracy=g.conditional_accuracy)
+    out["cost"] = headline_cost(report, role)
     return out
 
 
 def headline_text(label: str, h: dict[str, Any]) -> str:
-    """A model's ``headline`` figures as two readable lines (what `jem eval` prints)."""
+    """A model's ``headline`` figures as readable lines (what `jem eval` prints): the figures, the
+    OOD AUROCs, and "cost: U units, C CPU s (R x baseline units, ...)" when ``h`` has a cost entry."""
     figures = (("accuracy", "accuracy"), ("NLL", "nll"), ("ECE", "ece"))  # (None for a one-class model)
     parts = [f"{name} {h[k]:.4f}" for name, k in figures if h.get(k) is not None] or ["one class: no accuracy"]
     if h.get("fid") is not None:
@@ -207,4 +214,6 @@ def headline_text(label: str, h: dict[str, Any]) -> str:
     ood = {s: v["px"]["auroc"] for s, v in (h.get("ood") or {}).items() if "px" in v}
     if ood:
         text += "\n  OOD AUROC, log p(x): " + ", ".join(f"{s} {a:.4f}" for s, a in ood.items())
+    if "cost" in h:
+        text += "\n  " + headline_cost_text(h["cost"])
     return text

@@ -14,7 +14,7 @@ from ..config import Config, from_dict
 from ..data import DataSplits
 from ..energy import JEM
 from ..errors import DataError, InputError
-from ..rundir import RunDir, RunState, read_state
+from ..rundir import Cost, RunDir, RunState, read_state
 from ..sampling import ChainSampler, LangevinSampler, ReplayBuffer
 from ..training.batches import data_spec
 from ..utils import resolve_device
@@ -51,6 +51,12 @@ class LoadedRun:
     @property
     def n_classes(self) -> int:
         return self.state.data.n_classes
+
+    @property
+    def cost(self) -> Cost | None:
+        """What the run's training cost (its checkpoint's or export's ``RunState.cost``: passes,
+        seconds; rundir/cost.py); None for a run written before costs were recorded."""
+        return self.state.cost
 
     @property
     def dir(self) -> RunDir:
