@@ -46,7 +46,7 @@ class Faulty:
         return getattr(self.inner, name)
 
     def __call__(self, model, x, y, x_px=None):
-        return self.loss(model, self.inner.draw(model, x, y, x_px))
+        return self.loss(model, self.inner.draw(model, x, y, x_px=x_px))
 
     def loss(self, *args, **kwargs):  # the trainer calls draw() then loss(): one loss call per step
         self.calls += 1

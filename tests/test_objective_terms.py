@@ -229,7 +229,7 @@ def test_data_noise_has_the_configured_sigma_on_both_data_views():
     jem, _ = make_model("lse")
     obj = HybridObjective(None, pyx=1.0, px=0.0, pxy=0.0, data_noise=0.05)
     x, x_px = fixed(20_000, 1, 2, 2, seed=6), fixed(20_000, 1, 2, 2, seed=7)
-    b = obj.draw(jem, x, torch.zeros(20_000, dtype=torch.long), x_px)
+    b = obj.draw(jem, x, torch.zeros(20_000, dtype=torch.long), x_px=x_px)
     e, e_px = (b.x - x).flatten(), (b.x_px - x_px).flatten()
     for noise in (e, e_px):
         assert float(noise.std()) == pytest.approx(0.05, rel=0.02)

@@ -102,23 +102,31 @@ class HybridObjective:
     ) -> tuple[torch.Tensor, dict]:
         """Loss and diagnostics (0-dim tensors, not synchronised to the host). ``x_px``: the
         data the p(x) term sees when it differs from ``x`` (SADA-JEM: un-augmented images)."""
-        return self.loss(model, self.draw(model, x, y, x_px))
+        return self.loss(model, self.draw(model, x, y, x_px=x_px))
 
     def draw(
         self,
         model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
-        x_px: torch.Tensor | None = None,
         *,
+        x_px: torch.Tensor | None = None,
         scale: float = 1.0,
         sgld_steps: int | None = None,
     ) -> Batch:
         """The random part of a step: data noise and the SGLD samples (written back to the buffer).
         A second ``loss`` on the same Batch (SAM's second pass) sees exactly the same inputs.
-        ``scale`` multiplies the p(x) and p(x|y) weights this step (0: no chains run, a classifier
-        step; the schedule of ``objective.px_from_epoch`` / ``px_every`` / ``px_ramp_steps``);
-        ``sgld_steps``: the chains' steps this step (None: the sampler's K)."""
+
+        Args:
+            model: the JEM (or classifier, or DDP wrapper) being trained.
+            x: data inputs (N, ...) in the data range.
+            y: labels (N,) int64; -100 marks an unlabelled example.
+            x_px: the data the p(x) term sees when it differs from ``x`` (N, ...) (default None: ``x``).
+            scale: multiplier of the p(x) and p(x|y) weights this step (default 1.0; 0: no chains
+                run, a classifier step: the schedule of ``objective.px_from_epoch`` / ``px_every`` /
+                ``px_ramp_steps``). InputError when negative.
+            sgld_steps: the chains' steps this step (default None: the sampler's K).
+        """
         if not scale >= 0:
             raise InputError(f"scale must be >= 0, got {scale}")
         jem = as_jem(model)  # the chains run on the bare JEM, with no collective under DDP

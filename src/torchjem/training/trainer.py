@@ -178,7 +178,7 @@ class Trainer:
         self.model.train()
         self.state.meter.step_started()
         with autocast(self.cfg.train.amp, self.device):  # the chains and the loss; see torchjem.speed
-            batch = self.objective.draw(self.model, x, y, x_px, scale=plan.scale, sgld_steps=plan.sgld_steps)
+            batch = self.objective.draw(self.model, x, y, x_px=x_px, scale=plan.scale, sgld_steps=plan.sgld_steps)
             loss, stats = self.objective.loss(self.model, batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
