@@ -2,8 +2,9 @@
 stays a set of pure functions of (model, tensors):
 
 - the OOD sets named by specs (``check_ood_specs``, ``build_ood_sets``): the built-in synthetic
-  sets (``torchjem.evaluate.ood.builtin_ood_set``), the held-out classes of a run, and data sets
-  the data layer reads (``named_ood_set``), resized to the model's input;
+  sets (``torchjem.evaluate.ood.builtin_ood_set``), the held-out classes of a run, ``letters``
+  (natural non-digits rendered by the data layer, ``torchjem.data.glyphs``), and data sets the data
+  layer reads (``named_ood_set``), resized to the model's input;
 - the feature network for FID / KID / the Inception-style score (``resolve_feature_net``): the
   default classifier, trained once per data set and cached on disk (``default_feature_net``), or a
   TorchScript Inception-v3 read from a local file (``load_inception``).
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data import list_datasets, load_data, read_folder_inputs, read_npz_inputs, to_float
+from ..data.glyphs import MIN_SIDE, describe_glyphs, glyph_images
 from ..errors import CheckpointError, InputError, MissingError, WriteError
 from ..evaluate.features import ClassifierFeatures, FeatureNet, InceptionFeatures, ModuleFeatures
 from ..evaluate.ood import BUILTIN_SETS, builtin_ood_set, fit_to_shape
@@ -36,22 +38,24 @@ log = logging.getLogger("torchjem")
 
 DEFAULT_OOD = ("uniform", "gaussian", "interp")
 HELD_OUT = "held_out"  # the test images of the classes a run was not trained on (data.classes)
+LETTERS = "letters"  # natural non-digits: letters and symbols rendered from matplotlib's fonts, MNIST-style
+LETTERS_N = 10_000  # the size of ``letters`` when no count is given (MNIST's test set)
 
 
 # -- OOD sets from specs ----------------------------------------------------------------------
 def check_ood_specs(specs: Sequence[str]) -> list[str]:
-    """OOD set names: built-in sets, ``held_out``, or data sets (``NAME`` or ``NAME:ROOT``).
+    """OOD set names: built-in sets, ``held_out``, ``letters``, or data sets (``NAME`` or ``NAME:ROOT``).
 
     Raises InputError for an unknown name or a name listed twice (nothing is loaded)."""
     specs = list(specs)
     known = list_datasets()
     for s in specs:
-        if s in BUILTIN_SETS or s == HELD_OUT:
+        if s in BUILTIN_SETS or s in (HELD_OUT, LETTERS):
             continue
         if s.partition(":")[0] not in known:
             raise InputError(
-                f"unknown OOD set {s!r}; use {', '.join(BUILTIN_SETS)}, {HELD_OUT} (runs trained on data.classes) "
-                f"or a data set name (NAME or NAME:ROOT) from: {', '.join(known)}"
+                f"unknown OOD set {s!r}; use {', '.join(BUILTIN_SETS)}, {LETTERS}, {HELD_OUT} (runs trained on "
+                f"data.classes) or a data set name (NAME or NAME:ROOT) from: {', '.join(known)}"
             )
     if len(set(specs)) != len(specs):
         raise InputError(f"OOD sets listed twice: {specs}")
@@ -61,15 +65,25 @@ def check_ood_specs(specs: Sequence[str]) -> list[str]:
 FILE_SETS = ("npz", "image_folder")  # OOD sets read from a file or folder: used whole, labels not needed
 
 
-def named_ood_set(spec: str, shape: Sequence[int], n: int | None = None) -> torch.Tensor:
+def named_ood_set(spec: str, shape: Sequence[int], n: int | None = None, *, seed: int = 0) -> torch.Tensor:
     """A data set the data layer can read, as ``NAME`` or ``NAME:ROOT``, resized to ``shape``, at
     most ``n`` examples (None: all). A file or folder (``npz:FILE``, ``image_folder:DIR``) is used
     whole, every input it holds, with or without labels; a named data set gives its test split
-    (the training split when it has no test split).
+    (the training split when it has no test split). ``letters`` renders ``n`` (None: 10,000) glyph
+    images at the model's height and width (``torchjem.data.glyphs.glyph_images``, seeded by
+    ``seed``; 3 channels by repetition).
 
-    Raises the data layer's errors for a set it cannot load, InputError when it cannot be resized."""
+    Raises the data layer's errors for a set it cannot load, InputError when it cannot be resized
+    (``letters``: inputs that are not (1 or 3, H, W) images with H, W >= 8)."""
     name, _, root = spec.partition(":")
-    if name in FILE_SETS and root:
+    if spec == LETTERS:
+        if len(shape) != 3 or min(shape[1:]) < MIN_SIDE:
+            raise InputError(
+                f"OOD set {LETTERS!r} is images of at least {MIN_SIDE}x{MIN_SIDE} pixels; the model takes inputs "
+                f"of shape {tuple(shape)}"
+            )
+        x = glyph_images(LETTERS_N if n is None else n, size=(int(shape[1]), int(shape[2])), seed=seed)
+    elif name in FILE_SETS and root:
         size = tuple(shape[-2:]) if len(shape) == 3 else None
         raw = read_npz_inputs(Path(root).expanduser()) if name == "npz" else read_folder_inputs(root, size)
         x = to_float(raw)
@@ -79,7 +93,11 @@ def named_ood_set(spec: str, shape: Sequence[int], n: int | None = None) -> torc
     return fit_to_shape(x[:n] if n else x, shape, spec)
 
 
-def describe_named_set(spec: str) -> str:
+def describe_named_set(spec: str, n: int | None = None, seed: int = 0) -> str:
+    """One line saying what the set ``spec`` of :func:`named_ood_set` is (``n``, ``seed``: those it was
+    built with, for ``letters``)."""
+    if spec == LETTERS:
+        return describe_glyphs(LETTERS_N if n is None else n, seed)
     name, _, root = spec.partition(":")
     if name in FILE_SETS and root:
         return f"every input of {root}, resized"
@@ -98,11 +116,13 @@ def build_ood_sets(
     i-th built-in synthetic set is seeded with ``seed + i`` and has ``len(x_in)`` inputs; ``held_out``
     (the test images of the classes a run was not trained on) serves the ``held_out`` spec; it and
     the sets read from data sets, files or folders are used whole, or their first ``limit`` inputs.
+    ``letters`` (glyphs rendered from matplotlib's fonts) has ``len(x_in)`` inputs, at most ``limit``,
+    and is seeded like the synthetic sets.
 
     Raises InputError for an unknown spec, or ``held_out`` asked for without (or with empty) images.
 
     Args:
-        specs: OOD set specs (``uniform``, ``held_out``, a data set name, a file or a folder).
+        specs: OOD set specs (``uniform``, ``letters``, ``held_out``, a data set name, a file or a folder).
         x_in: the in-distribution test inputs (N, ...) in [-1, 1].
         held_out: test inputs of the classes the run was not trained on (default None).
         seed: the seed of the first synthetic set (default 0).
@@ -122,6 +142,10 @@ def build_ood_sets(
                 raise InputError(f"OOD set {HELD_OUT!r} is empty: no test images outside the trained classes")
             sets[spec] = held_out[:limit].float()
             desc[spec] = "test images of the classes the model was not trained on"
+        elif spec == LETTERS:
+            m = min(n, limit) if limit else n
+            sets[spec] = named_ood_set(spec, shape, m, seed=seed + i)
+            desc[spec] = describe_named_set(spec, m, seed + i)
         else:
             sets[spec], desc[spec] = named_ood_set(spec, shape, limit), describe_named_set(spec)
     return sets, desc
