@@ -295,8 +295,9 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         default=None,
         metavar="SET",
-        help="OOD sets: uniform, gaussian, interp, held_out (runs trained on data.classes), or a data set name "
-        "(NAME or NAME:ROOT, see `jem datasets`); default: uniform gaussian interp [held_out]",
+        help="OOD sets: uniform, gaussian, interp, letters (glyphs rendered from fonts), held_out (runs trained on "
+        "data.classes), or a data set name (NAME or NAME:ROOT, see `jem datasets`); default: uniform gaussian "
+        "interp [held_out]",
     )
     p.add_argument("--out", default=None, help="report directory (default RUN_DIR/report)")
     p.add_argument("--limit", type=int, default=None, help="at most N test examples, OOD inputs and samples")
