@@ -21,16 +21,25 @@ from torchjem.cli import main
 from torchjem.errors import ConfigError, DataError, InputError, RunDirError, UserError
 from torchjem.evaluate.calibration import calibration
 from torchjem.evaluate.classification import classification
-from torchjem.rundir import History, RunDir
+from torchjem.rundir import History, RunDir, RunState
 from torchjem.workflows.runs import load_run
-from torchjem.workflows.sweep import TrialRecord, mark_collapse, open_sweep, plan_sweep, run_sweep, sweep_records
+from torchjem.workflows.sweep import (
+    TrialRecord,
+    mark_collapse,
+    open_sweep,
+    plan_sweep,
+    run_sweep,
+    run_trial,
+    sweep_records,
+)
 
 BASE = [*TINY, "data.limit=256", "train.max_steps=6", "device=cpu"]
 # divergence.max_loss 1e-6 flags every checked step: the run rewinds once, then gives up
 GRID = ["optim.lr=0.001,0.002", "divergence.max_loss=1e8,1e-6"]
 # RUN_DIR/trial.json's keys (the study's user attributes add the trial's number and point)
 TRIAL_KEYS = {"run", "params", "seed", "recoveries", "first_trouble_step", "cause", "energy_gap", "diverged", "status",
-              "steps", "resumed", "val_acc", "test_acc", "ece", "nll", "seconds", "best_val_acc"}
+              "steps", "resumed", "val_acc", "test_acc", "ece", "nll", "seconds", "best_val_acc", "cost_units", "cpu_s",
+              "wall_s"}
 
 
 def trials_in(out: Path) -> list[optuna.trial.FrozenTrial]:
@@ -230,3 +239,16 @@ def test_claims_follow_the_queue_and_a_result_for_a_trial_failed_meanwhile_is_lo
     claims = [study.claim(), study.claim()]
     assert sorted((c.run, c.params["optim.lr"]) for c in claims) == [("p000-s1", 0.001), ("p001-s1", 0.002)]
     assert study.claim() is None and len(study.optuna.trials) == 3
+
+
+def test_a_trial_records_its_training_cost(tmp_path):
+    spec = plan_sweep(None, BASE, ["optim.lr=0.001"], seeds=1)
+    rec = run_trial(spec, tmp_path / "p000-s1", {"optim.lr": 0.001}, seed=1)
+    cost = RunState.load(RunDir(tmp_path / "p000-s1").checkpoint("last")).cost
+    # by hand: 6 steps of 32 examples, K=5 on 32 chains each step, one validation (the end of max_steps)
+    v = cost.count("validation", "forward")
+    assert v > 0 and rec.cost_units == cost.total_units == 3 * 32 * 6 + (3 + 2 * 5) * 32 * 6 + v
+    # seconds: folded just after training, a little after last.pt was written
+    assert rec.cpu_s >= cost.total_cpu_s > 0 and rec.wall_s >= cost.total_wall_s > 0
+    saved = json.loads((tmp_path / "p000-s1" / "trial.json").read_text())
+    assert set(saved) == TRIAL_KEYS and saved["cost_units"] == rec.cost_units

@@ -16,6 +16,8 @@ from torchjem.errors import InputError
 from torchjem.sweep_report import (
     TrialRecord,
     best_setting,
+    cheapest_within,
+    pareto_front,
     plot_heatmaps,
     stable_region,
     summarize,
@@ -353,3 +355,59 @@ def test_every_figure_on_the_page_is_printed_from_sweep_json_at_the_path_its_cel
         assert (text == "n/a") == (value is None), (path, text)
         if value is not None:
             assert float(text) == pytest.approx(value, rel=1e-3, abs=5e-5), (path, text)
+
+
+# -- cost against figures (issue 22) ------------------------------------------------------------
+def costed(run, units, test_acc, ece, *, diverged=False, val=None):
+    return TrialRecord(run=run, params={"optim.lr": units / 1e6}, seed=1, diverged=diverged,
+                       status="diverged" if diverged else "done", val_acc=val, test_acc=None if diverged else test_acc,
+                       ece=None if diverged else ece, cost_units=units, cpu_s=units / 100, wall_s=units / 50)
+
+
+COSTED = [  # by hand: best accuracy 0.950 at 1000 units; 0.948 at 300 is within 0.003 of it, 0.946 is not
+    costed("a", 1000, 0.950, 0.050),
+    costed("b", 300, 0.948, 0.052),
+    costed("c", 100, 0.946, 0.060),
+    costed("d", 50, 0.930, 0.040),  # the best (lowest) ECE, and the cheapest trial
+    costed("e", 10, None, None, diverged=True),  # diverged: left out although cheapest
+    replace(costed("f", 20, 0.999, 0.001), cost_units=None, cpu_s=None, wall_s=None),  # no cost recorded: left out
+]
+
+
+def test_pareto_front_by_hand():
+    pts = [(1, 0.90), (2, 0.95), (3, 0.93), (4, 0.97), (4, 0.96)]
+    assert pareto_front(pts) == [0, 1, 3]  # (3, .93) is beaten by (2, .95), (4, .96) by (4, .97)
+    assert pareto_front([(1, 0.05), (2, 0.03), (3, 0.04), (3, 0.03)], higher_better=False) == [0, 1]
+    assert pareto_front([(1, 0.5), (1, 0.5)]) == [0, 1]  # equal points are both on it
+
+
+def test_cheapest_trial_within_the_tolerance_by_hand():
+    rows = {r["metric"]: r for r in cheapest_within(COSTED)}
+    assert set(rows) == {"test_acc", "ece"}  # no trial has a validation accuracy here
+    acc = rows["test_acc"]
+    assert (acc["best_run"], acc["run"], acc["units"], acc["value"]) == ("a", "b", 300, 0.948)
+    assert acc["target"] == pytest.approx(0.947) and acc["saving"] == pytest.approx(1000 / 300)
+    assert acc["params"] == {"optim.lr": 300 / 1e6} and acc["cpu_s"] == 3.0
+    ece = rows["ece"]  # lower is better: the best is d's 0.040, target 0.043: d itself is the cheapest
+    assert (ece["best_run"], ece["run"], ece["saving"]) == ("d", "d", 1.0) and ece["target"] == pytest.approx(0.043)
+    assert cheapest_within(COSTED, tolerance=0.005)[0]["run"] == "c"  # 0.946 >= 0.945
+
+
+def test_cost_plot_and_table_in_the_report_and_old_records_without_cost(tmp_path):
+    paths = write_sweep_report(COSTED, ["optim.lr"], tmp_path / "new")
+    assert paths["png_cost"].read_bytes()[:8] == PNG
+    doc, page = json.loads(paths["json"].read_text()), paths["html"].read_text()
+    assert doc["cost"]["png"] == paths["png_cost"].name and doc["cost"]["why_not"] is None
+    assert doc["cost"]["cheapest"] == json.loads(json.dumps(cheapest_within(COSTED)))
+    assert "1 of 5 trials that did not diverge have no recorded cost" in doc["cost"]["left_out"]
+    assert "<h2>Cost</h2>" in page and "cheapest trial reaching it" in page
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 2  # the heat map strip and the cost plot
+    assert [r["cost_units"] for r in doc["records"][:4]] == [1000, 300, 100, 50]
+    assert "cost_units" not in doc["records"][5]  # a record without a cost keeps its old JSON shape
+    assert TrialRecord.from_dict(COSTED[0].to_dict()) == COSTED[0]
+    # records written before costs were recorded: no plot, a line saying why
+    paths = write_sweep_report(grid(), KEYS, tmp_path / "old")
+    doc = json.loads(paths["json"].read_text())
+    assert "png_cost" not in paths and doc["cost"]["png"] is None and doc["cost"]["cheapest"] == []
+    assert "before costs were recorded" in doc["cost"]["why_not"]
+    assert "No cost plot: no trial that did not diverge has a recorded cost" in paths["html"].read_text()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..report.page import Page, clean_json, esc, fmt, write_json, write_page
 from .axes import Axis, check, value_text
+from .cost import cost_summary
 from .heatmaps import plot_heatmaps
 from .record import TrialRecord
 from .tables import best_setting, stable_region, summarize
@@ -42,6 +43,40 @@ def _heatmaps(page: Page, doc: dict) -> None:
             page.add(page.img(name, name, "wide"))
 
 
+def _cost(page: Page, doc: dict) -> None:
+    cost = doc.get("cost")
+    if not cost:
+        return
+    page.h2("Cost")
+    if cost["png"]:
+        page.add(page.img(cost["png"], "figures against training cost", "wide"))
+    else:
+        page.note(f"No cost plot: {esc(cost['why_not'])}.")
+    if cost["left_out"]:
+        page.note(esc(cost["left_out"]) + ".")
+    rows = []
+    for i, r in enumerate(cost["cheapest"]):
+        at = ["cost", "cheapest", i]
+        params = ", ".join(f"{k}={value_text(v)}" for k, v in r["params"].items())
+        rows.append([page.td(r["label"], "l"), page.cell([*at, "best"]), page.td(r["best_run"], "l"),
+                     page.cell([*at, "best_units"]), page.cell([*at, "target"]), page.td(r["run"], "l"),
+                     page.td(params, "l"), page.cell([*at, "value"]), page.cell([*at, "units"]),
+                     page.cell([*at, "saving"])])
+    if rows:
+        page.table([page.th("metric", "l"), "best", page.th("best trial", "l"), "its units", "target",
+                    page.th("cheapest trial reaching it", "l"), page.th("setting", "l"), "its figure", "its units",
+                    "units saved (x)"], rows)
+    page.note(
+        "Each trial's figures against its training cost in units (forward-pass equivalents: a forward pass 1, a "
+        "backward pass 2, an SGLD step's input gradient 1, per example; machine-independent), log scale, one point "
+        "per trial (each seed its own); diverged trials are left out. The Pareto front joins the trials that no "
+        "other trial beats on both cost and figure. Cheapest setting that reaches the target: per metric, the best "
+        f"trial's figure less {esc(fmt(cost['tolerance']))} (0.3 percentage points; plus for ECE, lower being "
+        "better) is the target, and the row names the cheapest trial at or past it. One trial is one seed: a "
+        "setting that reaches the target on one seed may not on another (see the per-setting table)."
+    )
+
+
 def _per_setting(page: Page, doc: dict) -> None:
     keys = doc["keys"]
     page.h2("Per setting")
@@ -64,6 +99,8 @@ def _all_trials(page: Page, doc: dict) -> None:
     header = [page.th("run", "l"), "#", *map(esc, keys), "seed", page.th("status", "l"), "recoveries"]
     header += ["first trouble step", "steps", "val acc", "test acc", "ECE", "NLL", "energy gap", "seconds"]
     records = [TrialRecord.from_dict(r) for r in doc["records"]]
+    costed = any(r.cost_units is not None for r in records)  # (records written before costs were: no column)
+    header += ["cost units"] if costed else []
     order = sorted(
         range(len(records)), key=lambda i: (records[i].number is None, records[i].number or 0, records[i].run)
     )
@@ -76,12 +113,13 @@ def _all_trials(page: Page, doc: dict) -> None:
         cells += [page.cell([*at, k]) for k in ("recoveries", "first_trouble_step", "steps")]
         cells += [page.cell([*at, k]) for k in ("val_acc", "test_acc", "ece", "nll")]
         cells += [page.cell([*at, "energy_gap"], ".3g"), page.cell([*at, "seconds"], ".1f")]
+        cells += [page.cell([*at, "cost_units"])] if costed else []
         cells.append(page.td(r.cause or "", "l"))
         rows.append(page.row(cells, "bad" if r.diverged else ("warn" if r.troubled else "")))
     page.table([*header, page.th("cause", "l")], rows)
 
 
-SECTIONS: list[Callable[[Page, dict], None]] = [_regions, _best, _heatmaps, _per_setting, _all_trials]
+SECTIONS: list[Callable[[Page, dict], None]] = [_regions, _best, _heatmaps, _cost, _per_setting, _all_trials]
 
 
 def sweep_page(doc: dict, out_dir: str | Path) -> Page:
@@ -108,9 +146,10 @@ def write_sweep_report(
     title: str = "torchjem sweep",
     notes: Sequence[str] = (),
 ) -> dict[str, Path]:
-    """Write the heat-map PNGs, sweep.json (title, notes, keys, the axes of the heat maps, the
-    records, the per-setting summary, the stable regions with and without recovery, the best
-    setting) and sweep.html (self-contained) into ``out_dir``, each atomically.
+    """Write the heat-map PNGs, the cost plot (when trials recorded their cost: ``cost.plot_cost``),
+    sweep.json (title, notes, keys, the axes of the heat maps, the records, the per-setting summary,
+    the stable regions with and without recovery, the best setting, ``cost``: ``cost.cost_summary``)
+    and sweep.html (self-contained) into ``out_dir``, each atomically.
 
     Args:
         records: the finished trials.
@@ -119,12 +158,14 @@ def write_sweep_report(
         title: the page's title.
         notes: lines shown under the title (config, budget, ...).
 
-    Returns {"html", "json", "png_<keys>": path}; raises InputError for records or keys that do not fit."""
+    Returns {"html", "json", "png_<keys>": path, "png_cost"?: path}; raises InputError for records
+    or keys that do not fit."""
     keys = check(records, keys)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = list(records)
     pngs = plot_heatmaps(records, keys, out)
+    cost = cost_summary(records, out)
     doc = {
         "title": title,
         "notes": [str(n) for n in notes],
@@ -138,10 +179,13 @@ def write_sweep_report(
         "best": best_setting(records, keys),
         "summary": summarize(records, keys),
         "heatmaps": [p.name for p in pngs],
+        "cost": cost,
         "records": [r.to_dict() for r in records],
     }
     doc = clean_json(doc, drop=())
     paths = {"html": out / "sweep.html", "json": write_json(out / "sweep.json", doc)}
     write_page(paths["html"], sweep_page(doc, out))
     paths.update({"png_" + p.stem.removeprefix("heatmap_"): p for p in pngs})
+    if cost["png"]:
+        paths["png_cost"] = out / cost["png"]
     return paths

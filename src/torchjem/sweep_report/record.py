@@ -15,6 +15,9 @@ from ..errors import InputError
 
 # Where a trial sits in the study: known once the study holds it, absent from RUN_DIR/trial.json
 _STUDY_ONLY = ("number", "point")
+# The training cost: absent when not recorded (records written before costs were), so that such a
+# record keeps its JSON shape
+_COST = ("cost_units", "cpu_s", "wall_s")
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,11 @@ class TrialRecord:
     ``test_acc``, ``ece``, ``nll``: of the final model (None when it gave up, or without a test split);
     ``energy_gap``: E(samples) - E(data) in the last logged window; ``best_val_acc``: the best
     validation accuracy of its epochs; ``steps``: optimiser steps done; ``seconds``: wall seconds of the
-    attempt that finished it; ``resumed``: whether it continued a killed attempt; ``number``: the
-    Optuna trial number; ``point``: the setting's index (NNN)."""
+    attempt that finished it; ``resumed``: whether it continued a killed attempt; ``cost_units``,
+    ``cpu_s``, ``wall_s``: the training cost of the whole run (every attempt; rundir/cost.py: units
+    are forward-pass equivalents, machine-independent; None in records written before costs were
+    recorded, or for a run resumed from a checkpoint without a cost); ``number``: the Optuna trial
+    number; ``point``: the setting's index (NNN)."""
 
     run: str
     params: dict[str, Any] = field(default_factory=dict)
@@ -49,6 +55,9 @@ class TrialRecord:
     steps: int | None = None
     seconds: float | None = None
     resumed: bool = False
+    cost_units: int | None = None
+    cpu_s: float | None = None
+    wall_s: float | None = None
     number: int | None = None
     point: int | None = None
 
@@ -64,9 +73,9 @@ class TrialRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of RUN_DIR/trial.json and of the study's user attributes (``number`` and
-        ``point`` only once known)."""
+        ``point`` only once known, the cost fields only when recorded)."""
         out = dataclasses.asdict(self)
-        for key in _STUDY_ONLY:
+        for key in (*_STUDY_ONLY, *_COST):
             if out[key] is None:
                 del out[key]
         return out

@@ -56,6 +56,8 @@ def run_trial(
         diverged = False
     except DivergenceError:
         final, diverged = {}, True
+    cost = trainer.state.meter.fold()  # the training's (before the test evaluation below)
+    complete = cost.since_step == 0  # (a resume from a checkpoint without a cost: only part of it)
     history = run.history()
     summary = history.summary()
     gap = summary.final["energy_gap"]
@@ -73,6 +75,9 @@ def run_trial(
         resumed=resumed,
         **({} if diverged else _figures(trainer, final)),
         seconds=time.perf_counter() - t0,  # this attempt's (a resumed run's earlier ones not)
+        cost_units=cost.total_units if complete else None,  # every attempt's (kept in the checkpoints)
+        cpu_s=cost.total_cpu_s if complete else None,
+        wall_s=cost.total_wall_s if complete else None,
     )
     record = mark_collapse(record, history)
     atomic_write_text(run.trial, json.dumps(record.to_dict(), indent=2))
