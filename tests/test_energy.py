@@ -74,3 +74,39 @@ def test_classification_result_counts_hits_and_keeps_the_report_schema():
     assert res.nll == pytest.approx(-log_probs[np.arange(50), labels].mean(), rel=1e-5)
     assert res.to_dict() == {"accuracy": res.accuracy, "nll": res.nll, "n": 50, "refine_steps": 0}
     assert list(res.to_dict()) == ["accuracy", "nll", "n", "refine_steps"]
+
+
+def test_residual_energy_head_adds_the_classifier_logsumexp_and_leaves_the_class_head_to_cross_entropy():
+    from torchjem.config import ConfigError, load_config
+
+    class Backbone(nn.Module):
+        num_features = 5
+
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 5)
+
+        def forward(self, x):
+            return torch.tanh(self.lin(x))
+
+    torch.manual_seed(0)
+    jem = JEM(Backbone(), energy_head=True, n_classes=4, residual=True)
+    x = torch.randn(6, 3, requires_grad=True)
+    logits, lpx = jem.joint(x)
+    # by hand: h = tanh(W x + b); log p(x) = logsumexp(C h + c) + (e . h + e0)
+    h = torch.tanh(x @ jem.net.lin.weight.T + jem.net.lin.bias)
+    by_hand = (h @ jem.class_head.weight.T + jem.class_head.bias).logsumexp(1) + (h @ jem.energy_head.weight.T).squeeze(
+        1) + jem.energy_head.bias
+    assert torch.allclose(lpx, by_hand, atol=1e-6)
+    assert torch.allclose(logits, h @ jem.class_head.weight.T + jem.class_head.bias, atol=1e-6)
+    # the input gradient (SGLD's) goes through both parts; the class head gets none from log p(x)
+    (g_x,) = torch.autograd.grad(lpx.sum(), x, retain_graph=True)
+    (g_hand,) = torch.autograd.grad(by_hand.sum(), x)
+    assert torch.allclose(g_x, g_hand, atol=1e-6)
+    lpx.sum().backward()
+    assert jem.class_head.weight.grad is None and jem.energy_head.weight.grad is not None
+    assert jem.net.lin.weight.grad is not None and jem.net.lin.weight.grad.abs().sum() > 0
+    with pytest.raises(Exception, match="energy_head"):
+        JEM(Backbone(), residual=True)
+    with pytest.raises(ConfigError, match="net.residual_energy"):
+        load_config(None, ["net.residual_energy=true"])

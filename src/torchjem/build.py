@@ -120,7 +120,7 @@ def build_jem(cfg: Config, shape: tuple[int, ...], n_classes: int, model: nn.Mod
             f"config net.energy_head = true needs a backbone with a num_features attribute (timm's name for the "
             f"feature size); {cfg.net.name!r} has none"
         )
-    return JEM(net, energy_head=True, n_classes=n_classes)
+    return JEM(net, energy_head=True, n_classes=n_classes, residual=cfg.net.residual_energy)
 
 
 # -- what a config implies for training, decided once ------------------------------------------

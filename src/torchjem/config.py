@@ -40,6 +40,7 @@ class NetConfig:
     name: str = "convnet"  # a registered net (see `jem nets`) or an import path package.module:factory
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the net's constructor
     energy_head: bool = False  # separate scalar energy head instead of logsumexp of the logits (not with clf_only)
+    residual_energy: bool = False  # with energy_head: log p(x) = logsumexp of the logits (class head frozen) + the head
 
 
 @dataclass
@@ -242,6 +243,8 @@ class Config:
                 raise ConfigError(f"config {key} = {get_value(self, key)!r} is invalid: expected {expected}")
         if self.objective.pyx == 0 and self.objective.px == 0 and self.objective.pxy == 0:
             raise ConfigError("config objective: every loss weight is 0; set pyx, px or pxy > 0")
+        if self.net.residual_energy and not self.net.energy_head:
+            raise ConfigError("config net.residual_energy = true needs net.energy_head = true (the residual is that head)")
         if self.objective.pxy > 0 and self.net.energy_head:
             raise ConfigError("config objective.pxy > 0 needs net.energy_head = false (p(x|y) uses the logits)")
         return self

@@ -22,6 +22,13 @@ class JEM(nn.Module):
     ``forward_head(forward_features(x), pre_logits=True)`` when the backbone has both (a timm
     model), else ``forward_features(x)``, else ``backbone(x)``; their size is ``feature_dim``,
     by default the backbone's ``num_features``.
+
+    ``residual=True`` (with ``energy_head``): log p(x) = logsumexp_y f(x)[y] + h(x), the
+    classifier's own log p(x) plus the energy head as a learned correction. The logsumexp is taken
+    with the class head's weights detached, so that a p(x) term trains the backbone and the energy
+    head but never the class head: the logit scale the classifier learned (its calibration) is
+    left to cross-entropy. Input gradients (SGLD) go through both parts. (torchjem's option for
+    fine-tuning a trained classifier into a JEM, issue 22; docs/recipes.md has the measurements.)
     """
 
     def __init__(
@@ -31,8 +38,12 @@ class JEM(nn.Module):
         energy_head: bool = False,
         n_classes: int | None = None,
         feature_dim: int | None = None,
+        residual: bool = False,
     ) -> None:
         super().__init__()
+        if residual and not energy_head:
+            raise InputError("JEM(residual=True) needs energy_head=True (the residual is that head)")
+        self.residual = residual
         self.net = classifier
         self.class_head: nn.Module | None = None
         self.energy_head: nn.Module | None = None
@@ -62,7 +73,11 @@ class JEM(nn.Module):
         h = self.features(x)
         if self.class_head is None:
             return h, h.logsumexp(dim=1)
-        return self.class_head(h), self.energy_head(h).squeeze(1)
+        logits, lpx = self.class_head(h), self.energy_head(h).squeeze(1)
+        if self.residual:
+            head = self.class_head
+            lpx = lpx + nn.functional.linear(h, head.weight.detach(), head.bias.detach()).logsumexp(dim=1)
+        return logits, lpx
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(x)
