@@ -244,7 +244,8 @@ class Config:
         if self.objective.pyx == 0 and self.objective.px == 0 and self.objective.pxy == 0:
             raise ConfigError("config objective: every loss weight is 0; set pyx, px or pxy > 0")
         if self.net.residual_energy and not self.net.energy_head:
-            raise ConfigError("config net.residual_energy = true needs net.energy_head = true (the residual is that head)")
+            raise ConfigError("config net.residual_energy = true needs net.energy_head = true (the residual is "
+                              "that head)")
         if self.objective.pxy > 0 and self.net.energy_head:
             raise ConfigError("config objective.pxy > 0 needs net.energy_head = false (p(x|y) uses the logits)")
         return self
