@@ -52,3 +52,13 @@ def test_sync_batch_norm_is_batch_norm_in_one_process():
     sync = ddp.convert_sync_batch_norm(torch.nn.Sequential(torch.nn.BatchNorm2d(4))).cuda()
     x = torch.randn(8, 4, 5, 5, device="cuda")
     assert torch.allclose(sync(x), bn(x)) and torch.allclose(sync[0].running_mean, bn.running_mean)
+
+
+def test_a_gpu_run_records_its_device_seconds(tmp_path):
+    from torchjem.rundir import RunState
+
+    t = _trainer(tmp_path)
+    t.fit()
+    cost = RunState.load(t.run.checkpoint("last")).cost
+    assert cost.device_s is not None and 0 < cost.device_s <= cost.wall_s  # CUDA events around each step
+    assert cost.steps == 4 and cost.count("data", "forward") == 4 * 32
