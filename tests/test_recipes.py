@@ -81,7 +81,8 @@ def test_recipe_builds_net_and_pipeline_and_trains(recipe: str, tmp_path: Path) 
     if cfg.net.name == "wrn":
         # WRN-28-10; the head grows with the classes; batch norm adds a scale and a shift per channel
         bn = sum(2 * m.num_features for m in jem.modules() if isinstance(m, torch.nn.BatchNorm2d))
-        assert n_params == 36_471_338 + 641 * (data.n_classes - 10) + bn
+        head = 641 if cfg.net.energy_head else 0  # a separate energy head: 640 weights and a bias
+        assert n_params == 36_471_338 + 641 * (data.n_classes - 10) + bn + head
         assert (bn > 0) == (cfg.net.kwargs.get("norm") == "batch")
     # the augmentation the recipe asks for keeps shapes and range
     if cfg.data.augment:

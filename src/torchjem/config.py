@@ -75,6 +75,7 @@ class ObjectiveConfig:
     pxy: float = 0.0  # weight of log p(x|y)
     data_noise: float = 0.03  # Gaussian noise sigma added to data inputs
     energy_l2: float = 0.0  # weight of the L2 penalty on energies
+    energy_anchor: str = "zero"  # zero | start: energy_l2 holds log p(x) near 0, or near the data's at p(x)'s start
     px_from_epoch: int = 0  # the p(x) / p(x|y) terms start at this epoch (before it: classifier steps, no chains)
     px_every: int = 1  # the p(x) / p(x|y) terms on every n-th step only (the others: classifier steps)
     px_ramp_steps: int = 0  # their weights rise linearly from 0 over this many steps after they start
@@ -176,6 +177,7 @@ class Config:
                 "a non-empty list of step counts >= 0, or null",
             ),
             ("objective.px_from_epoch", self.objective.px_from_epoch >= 0, ">= 0"),
+            ("objective.energy_anchor", self.objective.energy_anchor in ("zero", "start"), "zero or start"),
             ("objective.px_every", self.objective.px_every >= 1, ">= 1"),
             ("objective.px_ramp_steps", self.objective.px_ramp_steps >= 0, ">= 0"),
             ("optim.sam_every", self.optim.sam_every >= 1, ">= 1"),

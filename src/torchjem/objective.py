@@ -55,12 +55,15 @@ class HybridObjective:
 
     Weights: ``pyx`` for cross-entropy, ``px`` for the contrastive p(x) term, ``pxy`` for the
     class-conditional term. ``data_noise`` adds N(0, sigma^2) to the data inputs (the paper's
-    sigma). ``energy_l2`` penalises weight * (E_data^2 + E_sample^2), the maintainers' advice
-    against divergence. With ``px == pxy == 0`` it is a plain classifier loss (no sampling, no
-    sampler needed). ``separate_passes``: data and samples through separate forward passes (for
-    nets with BatchNorm, so that their batch statistics are not mixed). ``n_chains``: the p(x)
-    term's chains per step (None: one per data example, the paper's; fewer make a step cheaper,
-    the data mean of log p(x) still over the whole batch).
+    sigma). ``energy_l2`` penalises weight * (mean (log p(x_data) - a)^2 + mean (log p(x_sample) -
+    a)^2), the maintainers' advice against divergence, with the anchor ``a = energy_anchor`` (0: the
+    plain penalty on E^2; ``objective.energy_anchor: start`` sets it to the data's mean log p(x) when
+    the p(x) term starts, so that a trained classifier's energies are held near their own level
+    instead of pulled to 0, which flattens its softmax). With ``px == pxy == 0`` it is a plain
+    classifier loss (no sampling, no sampler needed). ``separate_passes``: data and samples through
+    separate forward passes (for nets with BatchNorm, so that their batch statistics are not
+    mixed). ``n_chains``: the p(x) term's chains per step (None: one per data example, the
+    paper's; fewer make a step cheaper, the data mean of log p(x) still over the whole batch).
 
     ``loss, stats = objective(model, x, y)``: ``model`` is any classifier returning logits (or a
     JEM, or torchjem's DistributedDataParallel wrapper); labels ``y == -100`` mark unlabelled
@@ -84,6 +87,7 @@ class HybridObjective:
         self.sampler, self.n_chains = sampler, n_chains
         self.pyx, self.px, self.pxy = pyx, px, pxy
         self.data_noise, self.energy_l2, self.separate_passes = data_noise, energy_l2, separate_passes
+        self.energy_anchor = 0.0  # the log p(x) level the energy penalty holds the energies near
         if self.needs_samples and sampler is None:
             raise InputError("the p(x) and p(x|y) terms need a sampler (a ChainSampler)")
 
@@ -185,7 +189,8 @@ class HybridObjective:
             l_px = -(lpx_data.mean() - lpx_q.mean())
             loss = loss + b.scale * self.px * l_px
             if self.energy_l2 > 0:  # logged on its own: the loss is then ce + loss_px + this
-                penalty = b.scale * self.energy_l2 * (lpx_data.pow(2).mean() + lpx_q.pow(2).mean())
+                a = self.energy_anchor
+                penalty = b.scale * self.energy_l2 * ((lpx_data - a).pow(2).mean() + (lpx_q - a).pow(2).mean())
                 loss = loss + penalty
                 stats["loss_energy_l2"] = penalty.detach()
             stats["loss_px"] = l_px.detach()

@@ -20,6 +20,7 @@ loaded with ``torch.load(weights_only=True)`` so that no code runs:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ class Progress:
     retries: int = 0  # divergence recoveries so far
     best_val: float = -1.0  # best validation accuracy
     step_scale: float = 1.0  # divergence back-off of the SGLD step size (divergence.step_factor)
+    energy_anchor: float = math.nan  # objective.energy_anchor = start: the anchor once set (NaN: not yet)
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any]) -> Progress:

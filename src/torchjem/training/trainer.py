@@ -5,6 +5,7 @@ batch sources (batches.py) and the data-parallel helpers (distributed.py)."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from ..rundir import DataSpec, RunDir, RunLock
 from ..sam import SAM
 from ..sampling import ReplayBuffer
 from ..speed import autocast, configure_speed
-from ..utils import seed_everything
+from ..utils import frozen_eval, seed_everything
 from . import distributed as ddp
 from .batches import data_spec, describe, make_batches, val_batches, validation_sums
 from .guard import DivergenceGuard
@@ -175,6 +176,9 @@ class Trainer:
             x, x_px = augment(x, pad=pad, flip=flip), (None if self.plan.augment_px else x)
         plan = step_plan(self.cfg, p.step, p.epoch, self.steps_per_epoch)  # p(x) term, SAM, K of this step
         sam = plan.sam and isinstance(self.optimizer, SAM)
+        if plan.scale > 0 and self.cfg.objective.energy_anchor == "start" and math.isnan(p.energy_anchor):
+            p.energy_anchor = data_log_px(self.jem, x)  # the level the energy penalty holds log p(x) near
+        self.objective.energy_anchor = 0.0 if math.isnan(p.energy_anchor) else p.energy_anchor
         self.model.train()
         self.state.meter.step_started()
         with autocast(self.cfg.train.amp, self.device):  # the chains and the loss; see torchjem.speed
@@ -222,6 +226,14 @@ class Trainer:
         """The chains' step size: the configured one (the sampler's own) times the divergence back-off."""
         if self.sampler is not None:
             self.sampler.langevin.scale_step(self.state.progress.step_scale)
+
+
+def data_log_px(jem: nn.Module, x: torch.Tensor) -> float:
+    """The mean log p(x) of a data batch ``x`` (N, ...) under ``jem`` in eval mode, averaged over the
+    processes of a data-parallel run (``objective.energy_anchor = start``: where the energy
+    penalty's anchor is set, once)."""
+    with frozen_eval(jem), torch.no_grad():
+        return float(ddp.all_reduce_mean(jem.log_px(x).mean().float()))
 
 
 def data_name(data: Any) -> str:
