@@ -102,7 +102,7 @@ def test_augment_px_false_reaches_the_objective(tmp_path):
                 progress=False, out=tmp_path / "r")
     seen = {}
     real = t.objective.draw
-    t.objective.draw = lambda m, x, y, x_px=None: seen.update(x=x, x_px=x_px) or real(m, x, y, x_px)
+    t.objective.draw = lambda m, x, y, x_px=None, **k: seen.update(x=x, x_px=x_px) or real(m, x, y, x_px=x_px, **k)
     t.fit()
     assert seen["x_px"] is not None and not torch.equal(seen["x"], seen["x_px"])
 
