@@ -39,7 +39,7 @@ GRID = ["optim.lr=0.001,0.002", "divergence.max_loss=1e8,1e-6"]
 # RUN_DIR/trial.json's keys (the study's user attributes add the trial's number and point)
 TRIAL_KEYS = {"run", "params", "seed", "recoveries", "first_trouble_step", "cause", "energy_gap", "diverged", "status",
               "steps", "resumed", "val_acc", "test_acc", "ece", "nll", "seconds", "best_val_acc", "cost_units", "cpu_s",
-              "wall_s"}
+              "wall_s", "auroc_uniform", "auroc_interp"}
 
 
 def trials_in(out: Path) -> list[optuna.trial.FrozenTrial]:
@@ -252,3 +252,16 @@ def test_a_trial_records_its_training_cost(tmp_path):
     assert rec.cpu_s >= cost.total_cpu_s > 0 and rec.wall_s >= cost.total_wall_s > 0
     saved = json.loads((tmp_path / "p000-s1" / "trial.json").read_text())
     assert set(saved) == TRIAL_KEYS and saved["cost_units"] == rec.cost_units
+
+
+def test_a_trials_log_px_aurocs_are_those_of_jem_eval(tmp_path):
+    from torchjem.workflows.eval import evaluate_run
+
+    spec = plan_sweep(None, BASE, ["optim.lr=0.001"], seeds=1)
+    rec = run_trial(spec, tmp_path / "p000-s1", {"optim.lr": 0.001}, seed=1)
+    report = evaluate_run(tmp_path / "p000-s1", ood=["uniform", "interp"], generate=False, progress=False,
+                          write=False)
+    sets = report.models["model"].evaluation.ood.sets
+    assert rec.auroc_uniform == pytest.approx(sets["uniform"]["px"]["auroc"], abs=1e-9)
+    assert rec.auroc_interp == pytest.approx(sets["interp"]["px"]["auroc"], abs=1e-9)
+    assert 0 <= rec.auroc_interp <= 1 and rec.auroc_uniform != rec.auroc_interp

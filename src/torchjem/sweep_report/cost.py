@@ -22,12 +22,13 @@ from matplotlib.figure import Figure
 from ..figures import save_png
 from .record import TrialRecord
 
-# (record field, label, higher is better); the OOD AUROC is not among a trial's figures (a trial
-# evaluates accuracy, NLL and ECE: workflows/sweep/trial.py)
+# (record field, label, higher is better): what a trial evaluates (workflows/sweep/trial.py)
 METRICS: tuple[tuple[str, str, bool], ...] = (
     ("test_acc", "test accuracy", True),
     ("val_acc", "validation accuracy", True),
     ("ece", "ECE", False),
+    ("auroc_uniform", "log p(x) AUROC, uniform noise", True),
+    ("auroc_interp", "log p(x) AUROC, blends (interp)", True),
 )
 TOLERANCE = 0.003  # "reaches the target": within 0.3 percentage points of the best trial's figure
 COST_PNG = "cost_vs_metrics.png"

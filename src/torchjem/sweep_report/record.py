@@ -15,9 +15,9 @@ from ..errors import InputError
 
 # Where a trial sits in the study: known once the study holds it, absent from RUN_DIR/trial.json
 _STUDY_ONLY = ("number", "point")
-# The training cost: absent when not recorded (records written before costs were), so that such a
-# record keeps its JSON shape
-_COST = ("cost_units", "cpu_s", "wall_s")
+# The training cost and the log p(x) AUROCs: absent when not recorded (records written before they
+# were), so that such a record keeps its JSON shape
+_COST = ("cost_units", "cpu_s", "wall_s", "auroc_uniform", "auroc_interp")
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,10 @@ class TrialRecord:
     attempt that finished it; ``resumed``: whether it continued a killed attempt; ``cost_units``,
     ``cpu_s``, ``wall_s``: the training cost of the whole run (every attempt; rundir/cost.py: units
     are forward-pass equivalents, machine-independent; None in records written before costs were
-    recorded, or for a run resumed from a checkpoint without a cost); ``number``: the Optuna trial
+    recorded, or for a run resumed from a checkpoint without a cost); ``auroc_uniform``,
+    ``auroc_interp``: the final model's log p(x) OOD AUROC, test set against uniform noise and against
+    blends of two test inputs (``jem eval --ood uniform interp``'s sets and seeds: the trial's seed
+    and seed + 1; None without a test split, or in records written before they were); ``number``: the Optuna trial
     number; ``point``: the setting's index (NNN)."""
 
     run: str
@@ -58,6 +61,8 @@ class TrialRecord:
     cost_units: int | None = None
     cpu_s: float | None = None
     wall_s: float | None = None
+    auroc_uniform: float | None = None
+    auroc_interp: float | None = None
     number: int | None = None
     point: int | None = None
 
@@ -73,7 +78,7 @@ class TrialRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of RUN_DIR/trial.json and of the study's user attributes (``number`` and
-        ``point`` only once known, the cost fields only when recorded)."""
+        ``point`` only once known, the cost and AUROC fields only when recorded)."""
         out = dataclasses.asdict(self)
         for key in (*_STUDY_ONLY, *_COST):
             if out[key] is None:

@@ -13,8 +13,10 @@ from typing import Any
 
 from ...checkpoint import atomic_write_text
 from ...config import load_config
+from ...errors import InputError
 from ...evaluate.calibration import calibration
 from ...evaluate.classification import classification
+from ...evaluate.ood import builtin_ood_set, ood_metrics, ood_scores
 from ...rundir import History, RunDir, RunLock
 from ...sweep_report import TrialRecord
 from ...training import Trainer
@@ -107,4 +109,20 @@ def _figures(trainer: Trainer, final: dict[str, Any]) -> dict[str, float | None]
     if x is not None and len(x):
         c = classification(trainer.jem, x, y)
         out.update(test_acc=c.accuracy, nll=c.nll, ece=calibration(trainer.jem, x, y).ece)
+        out.update(_log_px_aurocs(trainer.jem, x, trainer.cfg.seed))
+    return out
+
+
+def _log_px_aurocs(jem: Any, x: Any, seed: int) -> dict[str, float | None]:
+    """log p(x) AUROC of the test inputs ``x`` against uniform noise and against blends, the sets
+    and seeds of ``jem eval --ood uniform interp`` (seed, seed + 1); None where the scores are not
+    finite (a model that broke)."""
+    s_in = ood_scores(jem, x, ["px"])["px"]
+    out: dict[str, float | None] = {}
+    for i, name in enumerate(("uniform", "interp")):
+        s_out = ood_scores(jem, builtin_ood_set(name, x, seed=seed + i), ["px"])["px"]
+        try:
+            out[f"auroc_{name}"] = ood_metrics(s_in, s_out)["auroc"]
+        except InputError:
+            out[f"auroc_{name}"] = None
     return out
