@@ -69,7 +69,7 @@ class FixedDraw:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def draw(self, model, x, y, x_px=None):
+    def draw(self, model, x, y, *, x_px=None, **schedule):  # (the step plan's scale and K: fixed here)
         return self.batch
 
 
