@@ -62,7 +62,9 @@ def test_grid_records_every_trial_divergence_is_a_result_and_rerun_skips(tmp_pat
         run_dir = out / "trials" / r.run
         assert (run_dir / "trial.json").is_file() and (run_dir / "config.yaml").is_file()
         saved = json.loads((run_dir / "trial.json").read_text())
-        assert set(saved) == TRIAL_KEYS and TrialRecord.from_dict(saved) == replace(r, number=None, point=None)
+        scored = set() if r.diverged else {"auroc_uniform", "auroc_interp"}  # (a diverged trial scores nothing)
+        assert set(saved) == TRIAL_KEYS - {"auroc_uniform", "auroc_interp"} | scored
+        assert TrialRecord.from_dict(saved) == replace(r, number=None, point=None)
         if r.params["divergence.max_loss"] == 1e-6:
             assert r.diverged and r.status == "diverged"
             assert "divergence.max_loss" in r.cause and r.recoveries == 1
@@ -87,7 +89,9 @@ def test_grid_records_every_trial_divergence_is_a_result_and_rerun_skips(tmp_pat
     assert len(complete) == 4
     for t in complete:
         assert t.value == (0.0 if t.user_attrs["diverged"] else t.user_attrs["val_acc"])
-        assert set(t.user_attrs) == TRIAL_KEYS | {"number", "point"} and t.user_attrs["number"] == t.number
+        scored = set() if t.user_attrs["diverged"] else {"auroc_uniform", "auroc_interp"}
+        assert set(t.user_attrs) == TRIAL_KEYS - {"auroc_uniform", "auroc_interp"} | scored | {"number", "point"}
+        assert t.user_attrs["number"] == t.number
     assert (out / "report" / "sweep.html").is_file()
 
     stamps = {p: p.stat().st_mtime_ns for p in (out / "trials").glob("*/trial.json")}
