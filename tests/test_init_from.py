@@ -158,3 +158,29 @@ def test_a_resumed_run_continues_from_its_own_checkpoint_not_the_source(source, 
     assert final.progress.step == 4 and final.config["train"]["init_from"] == str(copy)
     assert final.cost.init.to_dict() == last_state(src).cost.to_dict()  # still counted after the resume
     assert len(events(run, "init_from")) == 1
+
+
+def test_a_classifier_seeds_an_energy_head_jem_of_the_same_backbone(source, tmp_path):
+    src, _ = source
+    want = last_state(src).model  # a --clf-only run: the convnet's last Linear gives the logits
+    head = "energy_head=true"
+    t = Trainer(tiny_config(*QUICK, f"net.{head}", f"train.init_from={src}", "train.max_steps=1"), progress=False,
+                out=tmp_path / "head")
+    fresh = Trainer(tiny_config(*QUICK, f"net.{head}", "train.max_steps=1"), progress=False, out=tmp_path / "f")
+    fresh.lock.abandon()
+    got, new = t.jem.state_dict(), fresh.jem.state_dict()
+    (last,) = {k.rsplit(".", 1)[0] for k in set(want) - set(got)}  # by hand: the one layer the JEM lacks
+    assert t.init_record.class_head == last
+    assert torch.equal(got["class_head.weight"], want[f"{last}.weight"])
+    assert torch.equal(got["class_head.bias"], want[f"{last}.bias"])
+    for k in got:
+        if k.startswith("net."):
+            assert torch.equal(got[k], want[k]), k  # the backbone is the classifier's
+    for k in ("energy_head.weight", "energy_head.bias"):  # the energy head is new: as the same seed builds it
+        assert torch.equal(got[k], new[k]), k
+    t.fit()
+    assert events(tmp_path / "head", "init_from")[0]["class_head"] == last
+    # another backbone is still one error line
+    with pytest.raises(CheckpointError, match="do not fit"):
+        Trainer(tiny_config(*QUICK, f"net.{head}", "net.kwargs.width=16", f"train.init_from={src}"),
+                progress=False, out=tmp_path / "wide")

@@ -5,6 +5,13 @@ of the JEM's state_dict (``net.*`` keys, as `jem export` writes them) or of the 
 (the same keys without ``net.``). Only the weights are taken: no optimiser state, no replay buffer,
 no progress. Every key and shape is checked before anything is loaded, so a source that does not
 fit the network is one error line before training starts.
+
+A plain classifier (a ``--clf-only`` run, or any classifier whose last layer is a Linear) also
+seeds a JEM with a separate energy head (``net.energy_head``) of the same backbone: its last
+layer becomes the class head and the energy head starts as built (it is new). That is the one
+difference allowed, and only when it is exactly that: the source's extra keys are one Linear's
+weight (classes x features) and bias, the JEM's missing ones its ``class_head`` of those shapes
+and its ``energy_head``.
 """
 
 from __future__ import annotations
@@ -30,14 +37,17 @@ class InitRecord:
 
     ``source``: the resolved path; ``kind``: "run", "export" or "safetensors"; ``tensors``: how
     many state_dict entries were loaded; ``fingerprint``: the first 16 hex digits of the sha256
-    of the loaded weights (``fingerprint``); ``cost``: the source's training cost (None for a bare
-    .safetensors file or a run written before costs were recorded)."""
+    of the loaded weights (``fingerprint``, under the source's own keys); ``cost``: the source's
+    training cost (None for a bare .safetensors file or a run written before costs were recorded);
+    ``class_head``: the source's layer that became the JEM's class head (a classifier seeding an
+    energy-head JEM; None otherwise)."""
 
     source: str
     kind: str
     tensors: int
     fingerprint: str
     cost: Cost | None = None
+    class_head: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (the metrics event "init_from")."""
@@ -47,6 +57,7 @@ class InitRecord:
             "tensors": self.tensors,
             "fingerprint": self.fingerprint,
             "cost": self.cost.to_dict() if self.cost is not None else None,
+            "class_head": self.class_head,
         }
 
 
@@ -86,9 +97,34 @@ def init_from(jem: JEM, source: str | Path) -> InitRecord:
         )
     target = jem.state_dict()
     weights = _as_jem_keys(weights, target)
-    _check_fits(weights, target, path)
-    jem.load_state_dict(weights)
-    return InitRecord(str(path), kind, len(weights), fingerprint(weights), cost)
+    fp = fingerprint(weights)
+    weights, last = _onto_heads(weights, target)
+    fresh = {k: v for k, v in target.items() if k.startswith(ENERGY_HEAD)} if last is not None else {}
+    _check_fits({**weights, **fresh}, target, path)
+    jem.load_state_dict({**weights, **fresh})
+    return InitRecord(str(path), kind, len(weights), fp, cost, last)
+
+
+ENERGY_HEAD, CLASS_HEAD = "energy_head.", "class_head."
+
+
+def _onto_heads(weights: dict[str, torch.Tensor], target: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str | None]:
+    """A plain classifier's weights for an energy-head JEM: its last Linear (the only extra layer,
+    of the class head's shapes) renamed to the class head (module docstring). Returns the weights
+    (unchanged when the case does not apply) and the renamed layer's name, or None."""
+    heads = {k for k in target if k.startswith((CLASS_HEAD, ENERGY_HEAD))}
+    if not heads or heads & weights.keys() or heads != target.keys() - weights.keys():
+        return weights, None
+    extra = sorted(weights.keys() - target.keys())
+    layers = {k.rsplit(".", 1)[0] for k in extra}
+    if len(layers) != 1 or {k.rsplit(".", 1)[1] for k in extra} != {"weight", "bias"}:
+        return weights, None
+    (layer,) = layers
+    if any(weights[f"{layer}.{p}"].shape != target[f"{CLASS_HEAD}{p}"].shape for p in ("weight", "bias")):
+        return weights, None
+    renamed = {k: v for k, v in weights.items() if k not in extra}
+    renamed.update({f"{CLASS_HEAD}{p}": weights[f"{layer}.{p}"] for p in ("weight", "bias")})
+    return renamed, layer
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
