@@ -308,9 +308,9 @@ def build_training_sampler(
     cfg: Config,
     plan: TrainingPlan,
     shape: tuple[int, ...],
+    *,
     n_classes: int,
     device: torch.device | str,
-    *,
     world_size: int = 1,
     train_xy: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> ChainSampler | None:

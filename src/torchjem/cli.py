@@ -165,8 +165,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise InputError("jem sweep needs --out SWEEP_DIR (or --report SWEEP_DIR)")
     overrides = list(args.overrides) + [g for g in args.grid if "," not in g]  # one value: fixed, not swept
     overrides += _as_overrides(args, "device", "seed")
-    spec = plan_sweep(args.config, overrides, [g for g in args.grid if "," in g], args.ranges, seeds=args.seeds,
-                      trials=args.trials, sampler=args.sampler)
+    spec = plan_sweep(args.config, overrides, [g for g in args.grid if "," in g], ranges=args.ranges,
+                      seeds=args.seeds, trials=args.trials, sampler=args.sampler)
     result = run_sweep(spec, args.out, storage=args.storage, study_name=args.study, workers=args.workers,
                        threads=args.threads, heartbeat=args.heartbeat, progress=not args.quiet)
     records = result["records"]

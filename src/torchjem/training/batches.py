@@ -158,7 +158,7 @@ def describe(data: Any) -> tuple[tuple[int, ...], int, tuple[torch.Tensor, torch
     return tuple(torch.as_tensor(x0).shape), int(n_classes), None
 
 
-def val_batches(data: Any, val: Dataset | None, rank: int, world: int, batch_size: int = 512):
+def val_batches(data: Any, val: Dataset | None, rank: int, *, world: int, batch_size: int = 512):
     """This rank's share of the validation set, in batches.
 
     Args:
@@ -181,8 +181,8 @@ def val_batches(data: Any, val: Dataset | None, rank: int, world: int, batch_siz
 
 
 def make_batches(
-    cfg: Config, data: Any, train_xy: tuple[torch.Tensor, torch.Tensor] | None, n_classes: int, rank: int, world: int,
-    device: torch.device,
+    cfg: Config, data: Any, train_xy: tuple[torch.Tensor, torch.Tensor] | None, *, n_classes: int, rank: int,
+    world: int, device: torch.device,
 ) -> TensorBatches | LoaderBatches:
     """The batch source of a run: in memory (labels thinned out by ``data.labels_per_class``) or a
     DataLoader over a Dataset; checks that the global batch splits over the ranks and fills.

@@ -114,6 +114,13 @@ def init_distributed(
     group is created and the device is resolved as in a single-process run. On CUDA the group
     is ``cpu:gloo,cuda:nccl`` (gradients over NCCL, objects and barriers over gloo) and the
     rank's GPU becomes the current device; on CPU it is gloo.
+
+    Args:
+        device: auto | cpu | cuda | cuda:N (default auto).
+        init_method: the rendezvous URL (default None: torchrun's ``env://``).
+        rank: this process's rank (default None: ``RANK``).
+        world_size: the number of processes (default None: ``WORLD_SIZE``, 1 without it).
+        timeout_s: the process group's timeout in seconds (default 1800).
     """
     world = env_world_size() if world_size is None else world_size
     if world <= 1 and not is_distributed():

@@ -91,11 +91,12 @@ class Trainer:
         if self.world_size > 1:
             self.model = ddp.wrap_ddp(self.jem, self.device, find_unused_parameters=self.plan.ddp_unused_parameters)
             seed_everything(ddp.rank_seed(cfg.seed, self.rank))  # from here each rank draws its own noise
-        self.sampler = build.build_training_sampler(cfg, self.plan, self.shape, self.n_classes, self.device,
-                                                    world_size=self.world_size, train_xy=train_xy)
+        self.sampler = build.build_training_sampler(cfg, self.plan, self.shape, n_classes=self.n_classes,
+                                                    device=self.device, world_size=self.world_size, train_xy=train_xy)
         self.objective = build.build_objective(cfg, self.sampler, self.plan)
         self.optimizer = build.build_optimizer(cfg, self.jem.parameters(), self.device)
-        self.batches = make_batches(cfg, self.data, train_xy, self.n_classes, self.rank, self.world_size, self.device)
+        self.batches = make_batches(cfg, self.data, train_xy, n_classes=self.n_classes, rank=self.rank,
+                                    world=self.world_size, device=self.device)
         meta = data_spec(self.data, self.data_name, (self.shape, self.n_classes))
         self.state = TrainState(cfg, self.jem, self.optimizer, self.buffer, meta, net_record(cfg, model), self.device)
         if self.init_record is not None:  # the source's training cost, counted in this run's totals
@@ -146,13 +147,26 @@ class Trainer:
         run_dir: str | Path,
         model: nn.Module | None = None,
         progress: bool = True,
+        *,
         overrides: list[str] | dict[str, Any] | None = None,
         data: DataSplits | Dataset | DataLoader | None = None,
         val: Dataset | None = None,
     ) -> Trainer:
-        """Continue a run from its last checkpoint, with its saved config (plus ``overrides``,
-        e.g. ``{"train": {"epochs": 20}}``); it keeps writing to ``run_dir``, wherever it was moved.
-        ``model`` and ``data``: as given to the first Trainer when they did not come from the config."""
+        """Continue a run from its last checkpoint, with its saved config (plus ``overrides``); it
+        keeps writing to ``run_dir``, wherever it was moved. Raises MissingError without a last
+        checkpoint, DataError when ``data`` is not the data the run trained on.
+
+        Args:
+            run_dir: the run directory.
+            model: the network object given to the first Trainer, when it did not come from the
+                config (default None: rebuilt from the config).
+            progress: show a progress bar (default True).
+            overrides: config changes, a nested dict (``{"train": {"epochs": 20}}``) or KEY=VALUE
+                strings (default None).
+            data: the data given to the first Trainer, when it did not come from the config (default
+                None: the config's data set).
+            val: its validation Dataset (default None).
+        """
         cfg, state = read_resume(run_dir, overrides, model)
         data = build.build_data(cfg) if data is None else data
         check_resume_data(state.data, data_spec(data, data_name(data)), run_dir)
@@ -196,7 +210,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Validation accuracy and NLL; in a distributed run each rank scores a slice and the sums
         are combined, so every rank gets the same numbers (and makes the same saves)."""
-        sums = validation_sums(self.jem, val_batches(self.data, self.val, self.rank, self.world_size))
+        sums = validation_sums(self.jem, val_batches(self.data, self.val, self.rank, world=self.world_size))
         acc, nll, n = ddp.all_reduce_sum(sums.to(self.device)).tolist()
         self.state.meter.validation(int(n))
         return {"val_acc": acc / n, "val_nll": nll / n} if n else {}
@@ -281,12 +295,21 @@ def train(
     cfg: Config,
     data: DataSplits | Dataset | None = None,
     model: nn.Module | None = None,
-    progress: bool = True,
     *,
+    progress: bool = True,
     out: str | Path = DEFAULT_OUT,
     overwrite: bool = False,
 ) -> Trainer:
-    """Build a Trainer writing into ``out`` and fit it; returns the trainer (model, sampler, run directory)."""
+    """Build a Trainer writing into ``out`` and fit it; returns the trainer (model, sampler, run directory).
+
+    Args:
+        cfg: the run's config.
+        data: a DataSplits, or a Dataset of (x, y) pairs (default None: the config's data set).
+        model: any classifier returning logits (default None: the config's ``net.name``).
+        progress: show a progress bar (default True).
+        out: the run directory (default ``runs/train``).
+        overwrite: replace a run already in ``out`` (default False: refused).
+    """
     trainer = Trainer(cfg, data, model, progress, out=out, overwrite=overwrite)
     trainer.fit()
     return trainer
