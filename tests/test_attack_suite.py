@@ -46,7 +46,7 @@ def test_apgd_on_a_binary_linear_model_finds_exactly_the_inputs_within_reach(nor
     model, x, y, margin, dw = _linear(2)
     d = _min_distance(margin, dw, norm)
     assert 0.2 < (d < eps).float().mean() < 0.95  # an informative radius
-    res = apgd(model, x, y, eps, norm=norm, steps=30)
+    res = apgd(model, x, y, eps=eps, norm=norm, steps=30)
     broken = model(res.x_adv).argmax(1) != y
     assert torch.equal(broken, res.success)
     assert not (broken & (d > eps * 1.0001)).any()  # nothing beyond the known distance
@@ -62,7 +62,7 @@ def test_targeted_dlr_over_all_targets_reaches_the_nearest_boundary(norm, eps):
     d = _min_distance(margin, dw, norm)
     broken = torch.zeros(len(y), dtype=torch.bool)
     for t in range(1, 5):
-        broken |= apgd(model, x, y, eps, norm=norm, steps=40, loss="dlr", target=(y + t) % 5).success
+        broken |= apgd(model, x, y, eps=eps, norm=norm, steps=40, loss="dlr", target=(y + t) % 5).success
     assert not (broken & (d > eps * 1.0001)).any()
     assert broken[d < 0.95 * eps].all()
 
@@ -89,12 +89,12 @@ def test_apgd_averages_eot_draws_and_counts_its_calls():
             return self.net(x + 0.01 * torch.randn_like(x))
 
     noisy = Noisy()
-    apgd(noisy, x, y, 1e-4, steps=6, eot=3)  # too small to succeed: no early stop
+    apgd(noisy, x, y, eps=1e-4, steps=6, eot=3)  # too small to succeed: no early stop
     assert noisy.calls == 3 * 6 + 1  # eot draws per gradient (start + 5 steps), one look at the last iterate
     from torchjem.evaluate.adaptive import Counted, is_randomised
 
     counted = Counted(model)
-    apgd(counted, x, y, 1e-4, steps=6)
+    apgd(counted, x, y, eps=1e-4, steps=6)
     assert (counted.forwards, counted.backwards) == (7 * 8, 6 * 8)  # per input
     assert is_randomised(noisy, x) and not is_randomised(model, x)
 
@@ -104,7 +104,7 @@ def test_square_on_a_linear_model_stays_within_the_known_distance():
     eps = 0.05
     d = _min_distance(margin, dw, "linf")
     torch.manual_seed(0)
-    xa = square(model, x, y, eps, norm="linf", queries=300, n_classes=5)
+    xa = square(model, x, y, eps=eps, norm="linf", queries=300, n_classes=5)
     assert (xa - x).abs().max() <= eps + 1e-6 and xa.abs().max() <= 1
     broken = model(xa).argmax(1) != y
     assert not (broken & (d > eps * 1.0001)).any()
@@ -131,8 +131,8 @@ def mlp():
 def test_apgd_is_at_least_as_strong_as_arts(mlp, norm, eps):
     net, x, y = mlp
     torch.manual_seed(0)
-    ours = 1 - apgd(net, x, y, eps, norm=norm, steps=50).success.float().mean().item()
-    theirs = (net(art_apgd(net, x, y, eps, norm=norm, steps=50, n_classes=10)).argmax(1) == y).float().mean().item()
+    ours = 1 - apgd(net, x, y, eps=eps, norm=norm, steps=50).success.float().mean().item()
+    theirs = (net(art_apgd(net, x, y, eps=eps, norm=norm, steps=50, n_classes=10)).argmax(1) == y).float().mean().item()
     assert 0.1 < theirs < 0.9  # informative
     assert ours <= theirs + 0.02  # the same or lower robust accuracy, within sampling noise
 
@@ -143,9 +143,9 @@ def test_suite_worst_case_is_below_pgd_and_never_rises(mlp):
     eps = [0.0, 0.05, 0.1, 0.2]
     pgd = PGDSettings(steps=10)
     torch.manual_seed(0)
-    res = robust_accuracy(net, x, y, eps, pgd, progress=False)
-    a = audit(net, x, y, eps, suite_settings("quick"), pgd=pgd, start=res.robust, pgd_accuracy=res.accuracy,
-              progress=False)
+    res = robust_accuracy(net, x, y, eps=eps, attack=pgd, progress=False)
+    a = audit(net, x, y, eps=eps, settings=suite_settings("quick"), pgd=pgd, start=res.robust,
+              pgd_accuracy=res.accuracy, progress=False)
     clean = (net(x).argmax(1) == y).float().mean().item()
     assert a.worst[0] == pytest.approx(clean) and a.pgd == res.accuracy
     assert all(w <= p + 1e-9 for w, p in zip(a.worst, a.pgd))
@@ -177,7 +177,7 @@ def test_masking_checks_flag_a_rounding_model_and_pass_its_linear_original():
     for name, m in (("linear", model), ("rounded", Rounded(model))):
         yy = m(x).argmax(1).detach()
         torch.manual_seed(0)
-        a = audit(m, x, yy, eps, suite_settings("quick"), pgd=PGDSettings(steps=10), progress=False)
+        a = audit(m, x, yy, eps=eps, settings=suite_settings("quick"), pgd=PGDSettings(steps=10), progress=False)
         outcomes[name] = {c.name: c for c in a.checks}
         assert a.randomised is False
     assert all(c.passed for c in outcomes["linear"].values())

@@ -50,13 +50,13 @@ def test_eps_zero_is_clean_accuracy_and_curve_never_rises(clf, test_set):
     x, y = test_set
     with torch.no_grad():
         clean = (clf(x).argmax(1) == y).float().mean().item()
-    res = robust_accuracy(clf, x, y, [0.0, 0.05, 0.1, 0.2, 0.4], PGDSettings(steps=10), progress=False)
+    res = robust_accuracy(clf, x, y, eps=[0.0, 0.05, 0.1, 0.2, 0.4], attack=PGDSettings(steps=10), progress=False)
     acc = res.accuracy
     assert acc[0] == pytest.approx(clean, abs=1e-6)
     assert all(b <= a for a, b in zip(acc, acc[1:]))
     assert acc[-1] < acc[0] - 0.3  # the attack does bite at large eps
     # the stochastic defence too: cumulative robustness cannot rise
-    d = robust_accuracy(_defence(clf), x[:40], y[:40], [0.0, 0.1, 0.2], PGDSettings(steps=5), progress=False)
+    d = robust_accuracy(_defence(clf), x[:40], y[:40], eps=[0.0, 0.1, 0.2], attack=PGDSettings(steps=5), progress=False)
     assert all(b <= a for a, b in zip(d.accuracy, d.accuracy[1:]))
     assert not any(m.training for m in clf.modules())  # the wrapped classifier is left in eval mode
 
@@ -64,7 +64,7 @@ def test_eps_zero_is_clean_accuracy_and_curve_never_rises(clf, test_set):
 @pytest.mark.parametrize("norm,eps", [("linf", 0.15), ("l2", 1.5)])
 def test_adversarials_stay_in_ball_and_data_range(clf, test_set, norm, eps):
     x, y = test_set
-    res = pgd(clf, x, y, eps, norm=norm, steps=10, restarts=2)
+    res = pgd(clf, x, y, eps=eps, norm=norm, steps=10, restarts=2)
     d = (res.x_adv - x).flatten(1)
     dist = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
     assert (dist <= eps + 1e-5).all()
@@ -79,9 +79,9 @@ def test_l2_projection_is_the_nearest_feasible_point():
     x0 = torch.rand(64, 1, 8, 8) * 2 - 1
     x = x0 + torch.randn_like(x0) * 0.8
     eps = 1.0
-    p = project(x, x0, eps, "l2")
+    p = project(x, x0, eps, norm="l2")
     assert ((p - x0).flatten(1).norm(dim=1) <= eps + 1e-5).all() and p.abs().max() <= 1
-    assert torch.allclose(project(p, x0, eps, "l2"), p, atol=1e-5)  # idempotent
+    assert torch.allclose(project(p, x0, eps, norm="l2"), p, atol=1e-5)  # idempotent
     # clamping after a plain ball projection is feasible but never nearer, and here strictly farther
     d = x - x0
     naive = (x0 + d * (eps / d.flatten(1).norm(dim=1).clamp_min(eps)).view(-1, 1, 1, 1)).clamp(-1, 1)
@@ -89,7 +89,7 @@ def test_l2_projection_is_the_nearest_feasible_point():
     assert (ours <= theirs + 1e-5).all() and (ours < theirs - 1e-3).any()
     # no feasible point on the segment towards x beats it: random feasible points are all farther
     for _ in range(20):
-        q = project(x0 + torch.randn_like(x0) * 0.5, x0, eps, "l2")
+        q = project(x0 + torch.randn_like(x0) * 0.5, x0, eps, norm="l2")
         assert ((q - x).flatten(1).norm(dim=1) >= ours - 1e-5).all()
 
 
@@ -100,7 +100,7 @@ def test_agrees_with_foolbox_pgd(clf, test_set, norm, eps):
     attack = fb.attacks.LinfPGD if norm == "linf" else fb.attacks.L2PGD
     x, y = test_set
     step = eps / 8
-    ours = pgd(clf, x, y, eps, norm=norm, steps=15, step_size=step, random_start=False)
+    ours = pgd(clf, x, y, eps=eps, norm=norm, steps=15, step_size=step, random_start=False)
     fmodel = fb.PyTorchModel(clf, bounds=(-1, 1))
     _, adv, success = attack(abs_stepsize=step, steps=15, random_start=False)(fmodel, x, y, epsilons=eps)
     ours_acc, theirs_acc = 1 - ours.success.float().mean().item(), 1 - success.float().mean().item()
@@ -144,9 +144,9 @@ class _Trap(nn.Module):
 def test_restarts_keep_the_best_adversarial(clf, test_set):
     x, y = torch.zeros(400, 1, 1, 1), torch.zeros(400, dtype=torch.long)
     torch.manual_seed(5)
-    multi = pgd(_Trap(), x, y, 0.1, restarts=4, steps=5)
+    multi = pgd(_Trap(), x, y, eps=0.1, restarts=4, steps=5)
     torch.manual_seed(5)
-    singles = [pgd(_Trap(), x, y, 0.1, restarts=1, steps=5) for _ in range(4)]
+    singles = [pgd(_Trap(), x, y, eps=0.1, restarts=1, steps=5) for _ in range(4)]
     rates = [s.success.float().mean().item() for s in singles]
     assert all(0.15 < r < 0.35 for r in rates)
     any_single = torch.stack([s.success for s in singles]).any(0)
@@ -156,9 +156,9 @@ def test_restarts_keep_the_best_adversarial(clf, test_set):
     # where no restart succeeds, the kept adversarial is the one with the highest loss over all restarts
     x, y = test_set
     torch.manual_seed(6)
-    multi = pgd(clf, x, y, 0.05, restarts=3, steps=2)
+    multi = pgd(clf, x, y, eps=0.05, restarts=3, steps=2)
     torch.manual_seed(6)
-    best_loss = torch.stack([pgd(clf, x, y, 0.05, restarts=1, steps=2).loss for _ in range(3)]).amax(0)
+    best_loss = torch.stack([pgd(clf, x, y, eps=0.05, restarts=1, steps=2).loss for _ in range(3)]).amax(0)
     failed = ~multi.success
     assert failed.sum() > 50 and torch.allclose(multi.loss[failed], best_loss[failed], atol=1e-5)
 
@@ -166,7 +166,7 @@ def test_restarts_keep_the_best_adversarial(clf, test_set):
 def test_targeted_and_eot(clf, test_set):
     x, y = test_set[0][:40], test_set[1][:40]
     target = (y + 1) % 10
-    res = pgd(clf, x, target, 0.5, steps=20, targeted=True)
+    res = pgd(clf, x, target, eps=0.5, steps=20, targeted=True)
     assert res.success.float().mean() > 0.8
     assert torch.equal(clf(res.x_adv).argmax(1) == target, res.success)
 
@@ -180,25 +180,25 @@ def test_targeted_and_eot(clf, test_set):
             return self.net(x + 0.01 * torch.randn_like(x))
 
     model = Counting(clf)
-    pgd(model, x[:1], y[:1], 0.01, steps=3, eot=4, random_start=False)
+    pgd(model, x[:1], y[:1], eps=0.01, steps=3, eot=4, random_start=False)
     assert model.calls == 3 * 4 + 1  # 4 gradient draws per step, then one look at the last iterate
 
 
 def test_bad_input_is_rejected(clf, test_set):
     x, y = test_set
     with pytest.raises(ValueError, match="norm"):
-        pgd(clf, x, y, 0.1, norm="l3")
+        pgd(clf, x, y, eps=0.1, norm="l3")
     with pytest.raises(ValueError, match="increasing"):
-        robust_accuracy(clf, x, y, [0.2, 0.1], progress=False)
+        robust_accuracy(clf, x, y, eps=[0.2, 0.1], progress=False)
     with pytest.raises(ValueError, match="data range"):
-        pgd(clf, x * 3, y, 0.1)
+        pgd(clf, x * 3, y, eps=0.1)
     with pytest.raises(ValueError, match="labels"):
-        pgd(clf, x, y + 10, 0.1)
+        pgd(clf, x, y + 10, eps=0.1)
 
 
 def test_saved_adversarials_reevaluate_to_the_same_figures(clf, test_set, tmp_path):
     x, y = test_set
-    res = robust_accuracy(clf, x, y, [0.0, 0.1, 0.2], PGDSettings(steps=5), progress=False)
+    res = robust_accuracy(clf, x, y, eps=[0.0, 0.1, 0.2], attack=PGDSettings(steps=5), progress=False)
     path = save_adversarials(tmp_path / "adv.pt", res, y, norm="linf", setting="clf")
     again = evaluate_saved(path, clf)
     assert again["accuracy"] == res.accuracy and again["eps"] == [0.0, 0.1, 0.2]
@@ -209,14 +209,14 @@ def test_saved_adversarials_reevaluate_to_the_same_figures(clf, test_set, tmp_pa
 
 def test_transfer_candidates_only_lower_the_figure(clf, test_set):
     x, y = test_set[0][:40], test_set[1][:40]
-    source = robust_accuracy(clf, x, y, [0.0, 0.3], PGDSettings(steps=5), progress=False)
+    source = robust_accuracy(clf, x, y, eps=[0.0, 0.3], attack=PGDSettings(steps=5), progress=False)
     weak = nn.Sequential(clf, nn.Identity())  # the same function: the transferred adversarials fool it
     weak_pgd = PGDSettings(steps=1, step_size=1e-4, random_start=False)
-    res = robust_accuracy(weak, x, y, [0.0, 0.3], weak_pgd, candidates=source.x_adv, progress=False)
+    res = robust_accuracy(weak, x, y, eps=[0.0, 0.3], attack=weak_pgd, candidates=source.x_adv, progress=False)
     assert res.accuracy_direct[1] > source.accuracy[1] + 0.2  # the direct attack alone is too weak
     assert res.accuracy[1] <= source.accuracy[1] + 1e-6  # every transferred success counts
     # with a randomised defence too, adding candidates never raises the figure
-    res = robust_accuracy(_defence(clf), x, y, [0.0, 0.3], weak_pgd, candidates=source.x_adv, progress=False)
+    res = robust_accuracy(_defence(clf), x, y, eps=[0.0, 0.3], attack=weak_pgd, candidates=source.x_adv, progress=False)
     assert all(a <= d for a, d in zip(res.accuracy, res.accuracy_direct))
 
 

@@ -119,9 +119,9 @@ def run_suite(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
+    *,
     eps: Sequence[float],
     settings: SuiteSettings | None = None,
-    *,
     start: torch.Tensor | None = None,
     pgd_accuracy: Sequence[float] | None = None,
     batch_size: int = 100,
@@ -132,10 +132,16 @@ def run_suite(
 
     Args:
         model: any classifier returning logits (a ``JEMDefence`` for JEM-n).
-        x, y: inputs (N, ...) in ``data_range`` and their labels, on any device.
+        x: inputs (N, ...) in ``data_range``, on any device.
+        y: their labels (N,).
+        eps: the radii (E of them), increasing, in the data's scale; 0 is not attacked.
+        settings: how the suite attacks (default ``SuiteSettings()``: "standard", L-inf).
         start: (E, N) bool, whether each input is still robust after an earlier attack (PGD's
             ``RobustAccuracy.robust``); default: correctly classified (one evaluation).
-        pgd_accuracy: that attack's figure per eps, recorded beside the worst case.
+        pgd_accuracy: that attack's figure per eps, recorded beside the worst case (default None).
+        batch_size: inputs attacked (and evaluated) at once (default 100).
+        data_range: (low, high) bounds of the inputs and adversarials (default ``DATA_RANGE``).
+        progress: show a progress bar (default True).
 
     Returns a ``RobustnessAudit`` (``checks`` empty: ``masking.audit`` adds them) with, for
     APGD-CE, per eps the inputs it attacked, how many of them it raised the loss of, and the mean
@@ -167,11 +173,24 @@ def run_suite(
           "loss_best": [None] * len(eps)}
     dlr = {"attacked": [0] * len(eps), "loss_rose": [0] * len(eps)}  # APGD-T, its first target
 
-    def attack_batch(name: str, k: int, e: float, xb: torch.Tensor, yb: torch.Tensor, tb: torch.Tensor) -> torch.Tensor:
-        """The adversarials of one attack at eps ``e`` for a batch; whether each input stays robust."""
+    def attack_batch(
+        name: str, k: int, e: float, *, xb: torch.Tensor, yb: torch.Tensor, tb: torch.Tensor
+    ) -> torch.Tensor:
+        """The adversarials of one attack at eps ``e`` for a batch; whether each input stays robust.
+
+        Args:
+            name: the attack, one of ``ATTACKS``.
+            k: the index of ``e`` in ``eps`` (where its loss figures are recorded).
+            e: the radius, > 0.
+            xb: the batch's inputs (B, ...) on the model's device.
+            yb: their labels (B,).
+            tb: their target classes (B, n_targets) for APGD-T.
+
+        Returns (B,) bool on the CPU, whether each input is still correctly classified.
+        """
         nonlocal lo_seen, hi_seen
         if name == "APGD-CE":
-            r = apgd(counted, xb, yb, e, norm=s.norm, steps=s.steps, eot=s.eot, data_range=data_range)
+            r = apgd(counted, xb, yb, eps=e, norm=s.norm, steps=s.steps, eot=s.eot, data_range=data_range)
             sums = ce["loss_start"][k] or 0.0, ce["loss_best"][k] or 0.0
             ce["attacked"][k] += len(xb)
             ce["loss_rose"][k] += int((r.loss > r.loss_start + 1e-6).sum())
@@ -184,8 +203,8 @@ def run_suite(
                 idx = alive.nonzero()[:, 0]
                 if len(idx) == 0:
                     break
-                r = apgd(counted, xb[idx], yb[idx], e, norm=s.norm, steps=s.steps, loss="dlr", target=tb[idx, j],
-                         eot=s.eot, data_range=data_range)
+                r = apgd(counted, xb[idx], yb[idx], eps=e, norm=s.norm, steps=s.steps, loss="dlr",
+                         target=tb[idx, j], eot=s.eot, data_range=data_range)
                 xa[idx] = r.x_adv
                 alive[idx[~_correct(counted, r.x_adv, yb[idx])]] = False
                 if j == 0:
@@ -196,7 +215,7 @@ def run_suite(
         else:
             from .art import square  # ART is imported only when Square runs
 
-            xa = square(counted, xb, yb, e, norm=s.norm, queries=s.queries, n_classes=n_classes,
+            xa = square(counted, xb, yb, eps=e, norm=s.norm, queries=s.queries, n_classes=n_classes,
                         batch_size=batch_size, data_range=data_range)
         lo_seen, hi_seen = min(lo_seen, float(xa.min())), max(hi_seen, float(xa.max()))
         return _correct(counted, xa, yb).cpu()
@@ -217,7 +236,7 @@ def run_suite(
             for i in range(0, len(idx), batch_size):
                 sel = idx[i : i + batch_size]
                 dev = sel.to(device)
-                still = attack_batch(name, k, e, x[dev], y[dev], targets[dev])
+                still = attack_batch(name, k, e, xb=x[dev], yb=y[dev], tb=targets[dev])
                 robust[k, sel[~still]] = False
                 broken[k] += int((~still).sum())
             bar.update(1)

@@ -71,8 +71,8 @@ def apgd(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    eps: float,
     *,
+    eps: float,
     norm: str = "linf",
     steps: int = 40,
     loss: str = "ce",
@@ -89,6 +89,23 @@ def apgd(
     raised its loss, or where neither the step nor the best loss changed; it then restarts from the
     best point. ``momentum`` weighs the new step against the last one. The model runs in eval mode
     with frozen parameters. InputError for bad settings, shapes or inputs outside ``data_range``.
+
+    Args:
+        model: any classifier returning logits (a ``JEMDefence`` for JEM-n).
+        x: inputs (N, ...) in ``data_range``, on the model's device.
+        y: their true labels (N,).
+        eps: the radius (>= 0), in the data's scale.
+        norm: "linf" or "l2" (default "linf").
+        steps: iterations (default 40).
+        loss: "ce" or "dlr" (default "ce").
+        target: (N,) target labels of the targeted DLR loss (default None: untargeted).
+        eot: forward passes averaged per gradient of a randomised model (default 1).
+        random_start: start from a uniform point of the eps-ball, else from ``x`` (default True).
+        rho: the fraction of raising steps below which the step halves at a checkpoint (default 0.75).
+        momentum: the weight of the new step against the last one (default 0.75).
+        data_range: (low, high) bounds of the inputs and adversarials (default ``DATA_RANGE``).
+
+    Returns an ``APGDResult`` (x_adv, success, loss, loss_start, trace).
     """
     check_norm(norm)
     if eps < 0 or steps < 1 or eot < 1:
@@ -131,7 +148,11 @@ def apgd(
 
     marks = set(checkpoints(steps))
     with frozen_eval(model):
-        xk = project(_random_start(x0, eps, norm), x0, eps, norm, data_range) if random_start else x0.clone()
+        xk = (
+            project(_random_start(x0, eps, norm), x0, eps, norm=norm, data_range=data_range)
+            if random_start
+            else x0.clone()
+        )
         value, success, grad = evaluate(xk, True)
         keep(xk, value, success)
         loss_start, trace = value.clone(), [float(value.mean())]
@@ -143,8 +164,10 @@ def apgd(
         loss_max_at_mark, last_mark = loss_max.clone(), 0
         for k in range(steps):
             a = 1.0 if k == 0 else momentum
-            z = project(xk + _bcast(eta, xk) * _normalise(grad, norm), x0, eps, norm, data_range)
-            x_new = project(xk + a * (z - xk) + (1 - a) * (xk - x_prev), x0, eps, norm, data_range).detach()
+            z = project(xk + _bcast(eta, xk) * _normalise(grad, norm), x0, eps, norm=norm, data_range=data_range)
+            x_new = project(
+                xk + a * (z - xk) + (1 - a) * (xk - x_prev), x0, eps, norm=norm, data_range=data_range
+            ).detach()
             x_prev, xk = xk, x_new
             last = k == steps - 1
             value, success, g_new = evaluate(xk, need_grad=not last)

@@ -61,8 +61,8 @@ def square(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    eps: float,
     *,
+    eps: float,
     norm: str = "linf",
     queries: int = 1000,
     n_classes: int,
@@ -71,7 +71,20 @@ def square(
     data_range: tuple[float, float] = DATA_RANGE,
 ) -> torch.Tensor:
     """ART's Square attack on ``model`` (untargeted, margin loss, ``queries`` iterations of one
-    query per input still correctly classified); the adversarials (N, ...) on ``x``'s device."""
+    query per input still correctly classified); the adversarials (N, ...) on ``x``'s device.
+
+    Args:
+        model: any classifier returning logits.
+        x: inputs (N, ...) in ``data_range``.
+        y: their true labels (N,).
+        eps: the radius, in the data's scale.
+        norm: "linf" or "l2" (default "linf").
+        queries: iterations, one query per input still correctly classified (default 1000).
+        n_classes: the model's number of classes.
+        p_init: the initial fraction of the input a square covers (default 0.8).
+        batch_size: inputs attacked at once (default 100).
+        data_range: (low, high) bounds of the inputs and adversarials (default ``DATA_RANGE``).
+    """
     # np.errstate: ART's L2 Square divides by zero-norm updates on a few inputs (harmless, warned)
     with frozen_eval(model), _numpy_seeded(), np.errstate(divide="ignore", invalid="ignore"):
         attack = SquareAttack(
@@ -86,8 +99,8 @@ def art_apgd(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    eps: float,
     *,
+    eps: float,
     norm: str = "linf",
     steps: int = 40,
     restarts: int = 1,
@@ -95,7 +108,20 @@ def art_apgd(
     batch_size: int = 100,
     data_range: tuple[float, float] = DATA_RANGE,
 ) -> torch.Tensor:
-    """ART's APGD with the cross-entropy (untargeted) on ``model``: the adversarials (N, ...)."""
+    """ART's APGD with the cross-entropy (untargeted) on ``model``: the adversarials (N, ...).
+
+    Args:
+        model: any classifier returning logits.
+        x: inputs (N, ...) in ``data_range``.
+        y: their true labels (N,).
+        eps: the radius, in the data's scale (the first step is 2 eps).
+        norm: "linf" or "l2" (default "linf").
+        steps: iterations per restart (default 40).
+        restarts: random starts (default 1).
+        n_classes: the model's number of classes.
+        batch_size: inputs attacked at once (default 100).
+        data_range: (low, high) bounds of the inputs and adversarials (default ``DATA_RANGE``).
+    """
     with frozen_eval(model), _numpy_seeded():
         attack = AutoProjectedGradientDescent(
             _classifier(model, x, n_classes, data_range), norm=ART_NORM[norm], eps=eps, eps_step=2 * eps,

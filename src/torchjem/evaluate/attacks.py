@@ -48,6 +48,7 @@ def project(
     x: torch.Tensor,
     x0: torch.Tensor,
     eps: float,
+    *,
     norm: str = "linf",
     data_range: tuple[float, float] = DATA_RANGE,
     iters: int = 40,
@@ -59,6 +60,14 @@ def project(
     most eps (KKT conditions of the separable problem); that distance grows with t, so ``iters``
     bisection steps find t, always on the feasible side. Clamping after a plain ball projection
     (what most libraries do) stays feasible but is not the nearest point.
+
+    Args:
+        x: the points projected (N, ...).
+        x0: the balls' centres, the same shape.
+        eps: the radius, in the data's scale.
+        norm: "linf" or "l2" (default "linf").
+        data_range: (low, high) bounds of the result (default ``DATA_RANGE``).
+        iters: bisection steps of the L2 projection (default 40; unused for L-inf).
     """
     check_norm(norm)
     lo, hi = data_range
@@ -115,8 +124,8 @@ def pgd(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    eps: float,
     *,
+    eps: float,
     norm: str = "linf",
     steps: int = 40,
     step_size: float | None = None,
@@ -136,6 +145,23 @@ def pgd(
     the best loss), not the last one. ``eot`` > 1 averages the gradient over that many forward passes
     of a randomised model (expectation over transformation), so the attack sees its expected
     gradient rather than one noisy draw. The model runs in eval mode with frozen parameters.
+
+    Args:
+        model: any classifier returning logits (a ``JEMDefence`` for JEM-n).
+        x: inputs (N, ...) in ``data_range``, on the model's device.
+        y: their true labels (N,), or the target labels when ``targeted``.
+        eps: the radius (>= 0), in the data's scale.
+        norm: "linf" or "l2" (default "linf").
+        steps: iterations per restart (default 40).
+        step_size: the step length (default None: 2.5 eps / steps).
+        random_start: start from a uniform point of the eps-ball, else from ``x`` (default True).
+        restarts: independent runs, the best result kept per input (default 1).
+        targeted: descend the loss of ``y`` as targets instead of ascending it (default False).
+        eot: forward passes averaged per gradient of a randomised model (default 1).
+        data_range: (low, high) bounds of the inputs and adversarials (default ``DATA_RANGE``).
+
+    Returns an ``AttackResult`` (x_adv, success, loss). InputError for bad settings, shapes or
+    inputs outside ``data_range``.
     """
     check_norm(norm)
     if eps < 0:
@@ -190,14 +216,20 @@ def pgd(
 
     with frozen_eval(model):
         for _ in range(restarts):
-            xa = project(_random_start(x0, eps, norm), x0, eps, norm, data_range) if random_start else x0.clone()
+            xa = (
+                project(_random_start(x0, eps, norm), x0, eps, norm=norm, data_range=data_range)
+                if random_start
+                else x0.clone()
+            )
             for t in range(steps + 1):
                 last = t == steps
                 loss, success, grad = evaluate(xa, need_grad=not last)
                 keep(xa, loss, success)
                 if last or bool(best_success.all()):
                     break
-                xa = project(xa + sign * alpha * _normalise(grad, norm), x0, eps, norm, data_range).detach()
+                xa = project(
+                    xa + sign * alpha * _normalise(grad, norm), x0, eps, norm=norm, data_range=data_range
+                ).detach()
             if bool(best_success.all()):
                 break
     return AttackResult(best_x, best_success, sign * best_loss)
@@ -249,11 +281,21 @@ class JEMDefence(nn.Module):
         model: nn.Module,
         sampler: SGLD,
         n_steps: int,
+        *,
         n_chains: int = 5,
         init_noise: float = 0.0,
         gradient: str = "exact",
     ) -> JEMDefence:
-        """The defence with a trained run's SGLD settings (step size, noise, clamps)."""
+        """The defence with a trained run's SGLD settings (step size, noise, clamps).
+
+        Args:
+            model: the classifier refined (a JEM, or a model ``as_jem`` wraps).
+            sampler: the run's SGLD, whose step size, noise, clamp and grad_clamp the chains use.
+            n_steps: SGLD steps per chain (0 with ``init_noise`` 0: the plain classifier).
+            n_chains: noisy copies of each input whose logits are averaged (default 5).
+            init_noise: the std of the Gaussian noise added to the copies, in data units (default 0.0).
+            gradient: "exact" (through the chains) or "bpda" (straight through) (default "exact").
+        """
         s = sampler
         return cls(model, n_steps, n_chains, s.step_size, s.noise, init_noise, s.clamp, s.grad_clamp, gradient)
 
@@ -293,6 +335,17 @@ def distal_adversarials(
 
     Signed-gradient ascent on log p(y|x) for ``steps`` steps, kept inside ``data_range``. The paper's
     point: a plain classifier gives them high confidence, while JEM's log p(x) marks them as unlikely.
+
+    Args:
+        model: any classifier returning logits.
+        y: the target labels (N,), one adversarial per label.
+        shape: the shape of one input, e.g. (1, 8, 8).
+        steps: signed-gradient steps (default 100).
+        step_size: the length of each step, in data units (default 0.02).
+        data_range: (low, high) bounds of the noise drawn and of the adversarials (default ``DATA_RANGE``).
+
+    Returns the adversarials (N, *shape) on the model's device. InputError for steps < 1 or
+    step_size <= 0.
     """
     if steps < 1 or step_size <= 0:
         raise InputError(f"distal adversarials need steps >= 1 and step_size > 0, got {steps}, {step_size}")

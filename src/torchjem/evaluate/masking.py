@@ -44,16 +44,27 @@ def masking_checks(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
+    *,
     result: RobustnessAudit,
     settings: SuiteSettings,
-    *,
     pgd: PGDSettings | None = None,
     batch_size: int = 100,
     data_range: tuple[float, float] = DATA_RANGE,
 ) -> tuple[list[MaskingCheck], dict[str, float]]:
     """The checks on ``result`` (``run_suite``'s on the same ``model``, ``x``, ``y``); returns them
     and their cost {"forward", "backward", "seconds"}. ``pgd``: the PGD settings the figure started
-    from (the stronger variants double its steps, restarts and EOT draws)."""
+    from (the stronger variants double its steps, restarts and EOT draws).
+
+    Args:
+        model: the classifier ``result`` attacked (a ``JEMDefence`` for JEM-n).
+        x: its inputs (N, ...) in ``data_range``, on any device.
+        y: their labels (N,).
+        result: ``run_suite``'s audit of ``model`` on ``x``, ``y`` (an eps > 0 required).
+        settings: the suite's settings (``result``'s norm, steps, EOT draws and tolerance).
+        pgd: the PGD settings of the figure (default None: ``PGDSettings`` with the suite's norm).
+        batch_size: inputs attacked at once (default 100).
+        data_range: (low, high) bounds of the inputs and adversarials (default ``DATA_RANGE``).
+    """
     s, pgd = settings, (pgd or PGDSettings(norm=settings.norm)).check()
     if pgd.norm != s.norm or max(result.eps) <= 0:
         raise InputError(f"the checks need PGD's norm to be the suite's ({pgd.norm} vs {s.norm}) and an eps > 0")
@@ -67,7 +78,7 @@ def masking_checks(
     correct = []
     for i in range(0, n, batch_size):
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
-        r = apgd(counted, xb, yb, e_inf, norm=s.norm, steps=s.steps, eot=s.eot, data_range=data_range)
+        r = apgd(counted, xb, yb, eps=e_inf, norm=s.norm, steps=s.steps, eot=s.eot, data_range=data_range)
         with frozen_eval(model), torch.no_grad():
             correct.append((counted(r.x_adv).argmax(1) == yb).cpu())
     acc_inf = float(torch.cat(correct).float().mean())
@@ -93,7 +104,7 @@ def masking_checks(
                 "restarts_x2": replace(pgd, restarts=2 * pgd.restarts)}
     if result.randomised:
         variants["eot_x2"] = replace(pgd, eot=2 * pgd.eot)
-    acc = {k: robust_accuracy(counted, x, y, [e_max], v, batch_size=batch_size, data_range=data_range,
+    acc = {k: robust_accuracy(counted, x, y, eps=[e_max], attack=v, batch_size=batch_size, data_range=data_range,
                               progress=False).accuracy[0] for k, v in variants.items()}
     stronger = {k: a for k, a in acc.items() if k != "base"}
     # two attack runs differ by sampling noise too: two standard errors of a fraction of n, at least tol
@@ -179,9 +190,9 @@ def audit(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
+    *,
     eps: Sequence[float],
     settings: SuiteSettings | None = None,
-    *,
     pgd: PGDSettings | None = None,
     start: torch.Tensor | None = None,
     pgd_accuracy: Sequence[float] | None = None,
@@ -190,13 +201,30 @@ def audit(
     progress: bool = True,
 ) -> RobustnessAudit:
     """The suite's worst case (``run_suite``, same arguments), the gradient-masking checks (unless
-    ``settings.checks`` is off; their cost under ``cost["checks"]``) and the verdict."""
+    ``settings.checks`` is off; their cost under ``cost["checks"]``) and the verdict.
+
+    Args:
+        model: any classifier returning logits (a ``JEMDefence`` for JEM-n).
+        x: inputs (N, ...) in ``data_range``, on any device.
+        y: their labels (N,).
+        eps: the radii (E of them), increasing, in the data's scale.
+        settings: how the suite attacks (default ``SuiteSettings()``: "standard", L-inf).
+        pgd: the PGD settings the checks' stronger variants start from (default None: ``PGDSettings``
+            with the suite's norm).
+        start: (E, N) bool, whether each input is still robust after PGD (default: correctly classified).
+        pgd_accuracy: PGD's figure per eps, recorded beside the worst case (default None).
+        batch_size: inputs attacked at once (default 100).
+        data_range: (low, high) bounds of the inputs and adversarials (default ``DATA_RANGE``).
+        progress: show a progress bar (default True).
+
+    Returns the ``RobustnessAudit`` with its checks and verdict.
+    """
     s = (settings or SuiteSettings()).check()
-    result = run_suite(model, x, y, eps, s, start=start, pgd_accuracy=pgd_accuracy, batch_size=batch_size,
+    result = run_suite(model, x, y, eps=eps, settings=s, start=start, pgd_accuracy=pgd_accuracy, batch_size=batch_size,
                        data_range=data_range, progress=progress)
     if s.checks:
         result.checks, result.cost["checks"] = masking_checks(
-            model, x, y, result, s, pgd=pgd, batch_size=batch_size, data_range=data_range
+            model, x, y, result=result, settings=s, pgd=pgd, batch_size=batch_size, data_range=data_range
         )
     result.verdict = verdict(result)
     return result

@@ -99,9 +99,9 @@ def robust_accuracy(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
+    *,
     eps: Sequence[float],
     attack: PGDSettings | None = None,
-    *,
     candidates: torch.Tensor | None = None,
     batch_size: int = 100,
     data_range: tuple[float, float] = DATA_RANGE,
@@ -123,7 +123,10 @@ def robust_accuracy(
         candidates: (E, N, ...) adversarials made against another model (e.g. JEM-0's against
             JEM-n, a transfer attack); where one fools ``model`` and the direct attack did not, it
             is kept instead (``accuracy_direct`` is the figure without them).
-        batch_size, progress, desc: inputs attacked at once; a progress bar and its label.
+        batch_size: inputs attacked at once (default 100).
+        data_range: (low, high) bounds of the inputs and adversarials (default ``DATA_RANGE``).
+        progress: show a progress bar (default True).
+        desc: the progress bar's label (default "PGD").
 
     Returns a ``RobustAccuracy`` (eps, accuracy, accuracy_direct, n, x_adv (E, N, ...) on the CPU,
     robust (E, N) bool). InputError for bad settings, eps list, data range or shapes.
@@ -147,7 +150,7 @@ def robust_accuracy(
         prev, prev_success = xb, None
         for k, e in enumerate(eps):
             if e > 0:
-                res = pgd(model, xb, tb, e, **asdict(attack), data_range=data_range)
+                res = pgd(model, xb, tb, eps=e, **asdict(attack), data_range=data_range)
                 xa, success = res.x_adv, res.success
                 if prev_success is not None:
                     carry = prev_success & ~success
@@ -176,9 +179,9 @@ def robustness_comparison(
     models: dict[str, nn.Module],
     x: torch.Tensor,
     y: torch.Tensor,
+    *,
     eps: Sequence[float],
     attack: PGDSettings | None = None,
-    *,
     transfer: dict[str, str] | None = None,
     batch_size: int = 100,
     progress: bool = True,
@@ -187,6 +190,16 @@ def robustness_comparison(
 
     ``transfer`` {target: source}: the source model's adversarials (attacked earlier in ``models``'
     order) are also tried against the target (see ``robust_accuracy``'s ``candidates``).
+
+    Args:
+        models: {name: classifier returning logits}, attacked in this order.
+        x: inputs (N, ...) in the data range.
+        y: their labels (N,).
+        eps: radii, increasing, in the data's scale.
+        attack: the PGD settings (default ``PGDSettings()``: L-inf, 40 steps).
+        transfer: {target: source} model names (default None: no transfer).
+        batch_size: inputs attacked at once (default 100).
+        progress: show a progress bar per model (default True).
     """
     transfer = transfer or {}
     names = list(models)
@@ -197,7 +210,8 @@ def robustness_comparison(
     for name, model in models.items():
         cand = adversarials[transfer[name]] if name in transfer else None
         res = robust_accuracy(
-            model, x, y, eps, attack, candidates=cand, batch_size=batch_size, progress=progress, desc=f"PGD {name}"
+            model, x, y, eps=eps, attack=attack, candidates=cand, batch_size=batch_size, progress=progress,
+            desc=f"PGD {name}",
         )
         adversarials[name] = res.x_adv
         out[name] = {eps_key(e): a for e, a in zip(res.eps, res.accuracy)}
@@ -221,6 +235,14 @@ def distal_report(
     the fraction of adversarials whose log p(x) is below the 5th percentile of the data's. A JEM
     should give high confidence and still a low log p(x); a plain classifier's logsumexp does not
     carry that meaning. InputError for n < 1 or no data.
+
+    Args:
+        model: the classifier (a JEM for a meaningful log p(x)).
+        x_data: data inputs (M, ...), the reference for log p(x) and the inputs' shape.
+        n: adversarials made, for classes 0, 1, 2, ... in turn (default 100).
+        steps: signed-gradient steps per adversarial (default 100).
+        step_size: the length of each step, in data units (default 0.02).
+        data_range: (low, high) bounds of the adversarials (default ``DATA_RANGE``).
     """
     from sklearn.metrics import roc_auc_score
 

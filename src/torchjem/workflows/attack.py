@@ -81,14 +81,25 @@ class AttackOptions:
 
 
 def defence_settings(
-    run: LoadedRun, refine_steps: Sequence[int], n_chains: int = 5, init_noise: float | None = None,
+    run: LoadedRun, refine_steps: Sequence[int], n_chains: int = 5, *, init_noise: float | None = None,
     gradient: str = "exact",
 ) -> dict[str, nn.Module]:
     """{"JEM-n": model} for a loaded run: JEM-0 is the run's model itself, JEM-n its ``JEMDefence``
-    with the run's SGLD settings (``init_noise`` default: the run's data noise)."""
+    with the run's SGLD settings (``init_noise`` default: the run's data noise).
+
+    Args:
+        run: the loaded run (its model and SGLD settings).
+        refine_steps: the n of each JEM-n (SGLD steps; 0: the plain classifier).
+        n_chains: noisy copies of each input per JEM-n, their logits averaged (default 5).
+        init_noise: the std of the noise added to the copies, in data units (default None: the run's
+            data noise).
+        gradient: "exact" (through the chains) or "bpda" (straight through) (default "exact").
+    """
     init = run.cfg.objective.data_noise if init_noise is None else init_noise
     return {
-        f"JEM-{n}": run.jem if n == 0 else JEMDefence.from_sampler(run.jem, run.langevin, n, n_chains, init, gradient)
+        f"JEM-{n}": run.jem if n == 0 else JEMDefence.from_sampler(
+            run.jem, run.langevin, n, n_chains=n_chains, init_noise=init, gradient=gradient
+        )
         for n in sorted(refine_steps)
     }
 
@@ -147,7 +158,7 @@ def evaluate_saved_run(path: str | Path, run_dir: str | Path, options: AttackOpt
     run = load_run(run_dir, o.checkpoint, o.device)
     check_saved_data(path, run)
     seed_everything(run.cfg.seed if o.seed is None else o.seed)
-    models = defence_settings(run, o.refine_steps, o.n_chains, o.init_noise, o.gradient)
+    models = defence_settings(run, o.refine_steps, o.n_chains, init_noise=o.init_noise, gradient=o.gradient)
     return {name: evaluate_saved(path, m, o.batch_size) for name, m in models.items()}
 
 
@@ -174,18 +185,28 @@ def check_saved_data(path: str | Path, run: LoadedRun) -> None:
 
 
 def suite_audit(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, res: RobustAccuracy, o: AttackOptions,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, res: RobustAccuracy, o: AttackOptions,
     pgd_cost: dict[str, float], name: str = "",
 ) -> dict[str, Any]:
     """The attack suite ``o.suite`` and its gradient-masking checks on ``model``, from where PGD
     (``res``, its cost ``pgd_cost``) left each input, on the first ``o.suite_limit`` inputs;
-    a ``RobustnessAudit``'s dict (attack.json's "audit" of the setting)."""
+    a ``RobustnessAudit``'s dict (attack.json's "audit" of the setting).
+
+    Args:
+        model: the setting's classifier (a ``JEMDefence`` for JEM-n).
+        x: the attacked test inputs (N, ...).
+        y: their labels (N,).
+        res: ``robust_accuracy``'s result on ``model``, ``x``, ``y`` (its ``robust`` (E, N)).
+        o: the checked attack options (suite, suite_limit, eps, PGD settings, batch size).
+        pgd_cost: PGD's cost {"forward", "backward", "seconds"}, recorded first under "PGD".
+        name: the setting's name, for the log (default "").
+    """
     m = len(x) if o.suite_limit is None else min(o.suite_limit, len(x))
     s = suite_settings(o.suite, norm=o.pgd.norm, eot=o.pgd.eot)
     log.info("attack: %s, suite %s (%s) on %d test inputs", name, s.name, ", ".join(ATTACKS), m)
     pgd_accuracy = res.robust[:, :m].float().mean(1).tolist()
-    result = audit(model, x[:m], y[:m], o.eps, s, pgd=o.pgd, start=res.robust[:, :m], pgd_accuracy=pgd_accuracy,
-                   batch_size=o.batch_size, progress=o.progress)
+    result = audit(model, x[:m], y[:m], eps=o.eps, settings=s, pgd=o.pgd, start=res.robust[:, :m],
+                   pgd_accuracy=pgd_accuracy, batch_size=o.batch_size, progress=o.progress)
     result.cost = {"PGD": pgd_cost, **result.cost}
     out = result.to_dict()
     out["settings"]["pgd_n"] = len(x)  # PGD's cost is for all attacked inputs, the suite's for n
@@ -229,7 +250,7 @@ def attack_run(
     data = run.data()
     x, y = data.x_test[: o.limit], data.y_test[: o.limit]
     init = run.cfg.objective.data_noise if o.init_noise is None else o.init_noise
-    settings = defence_settings(run, o.refine_steps, o.n_chains, init, o.gradient)
+    settings = defence_settings(run, o.refine_steps, o.n_chains, init_noise=init, gradient=o.gradient)
     if base is not None:
         settings["baseline"] = base.jem
     curves, direct, files, audits = {}, {}, {}, {}
@@ -239,13 +260,13 @@ def attack_run(
         cand = source if o.transfer and name.startswith("JEM-") and name != "JEM-0" else None
         t_pgd, counted = time.perf_counter(), Counted(model)
         res = robust_accuracy(
-            counted, x, y, o.eps, o.pgd, candidates=cand, batch_size=o.batch_size, progress=o.progress,
+            counted, x, y, eps=o.eps, attack=o.pgd, candidates=cand, batch_size=o.batch_size, progress=o.progress,
             desc=f"PGD {name}",
         )
         if o.suite is not None:
             pgd_cost = {"forward": counted.forwards, "backward": counted.backwards,
                         "seconds": time.perf_counter() - t_pgd}
-            audits[name] = suite_audit(model, x, y, res, o, pgd_cost, name)
+            audits[name] = suite_audit(model, x, y, res=res, o=o, pgd_cost=pgd_cost, name=name)
         if name == "JEM-0":
             source = res.x_adv
         curves[name], direct[name] = res.accuracy, res.accuracy_direct
