@@ -43,11 +43,6 @@ KIND_NAMES = {
 DIRECTION_NAMES = {"forward": "forward", "backward": "backward", "input_backward": "backward to the inputs"}
 
 
-def complete(cost: Cost) -> bool:
-    """Whether ``cost`` covers its whole run and the runs it started from (no ``since_step`` > 0)."""
-    return cost.since_step == 0 and (cost.init is None or complete(cost.init))
-
-
 def cost_entry(cost: Cost) -> dict[str, Any]:
     """report.json's ``cost`` of one model: ``Cost.to_dict()`` with every kind's directions listed
     (zeros included), plus ``total_units``, ``total_cpu_s``, ``total_wall_s`` (this run and the
@@ -58,7 +53,7 @@ def cost_entry(cost: Cost) -> dict[str, Any]:
         passes.setdefault(k, {}).update(counts)
     d["passes"] = passes
     d.update(total_units=cost.total_units, total_cpu_s=cost.total_cpu_s, total_wall_s=cost.total_wall_s,
-             complete=complete(cost))
+             complete=cost.complete)
     return d
 
 
@@ -73,7 +68,7 @@ def cost_ratio(model: Cost | None, baseline: Cost | None) -> dict[str, Any]:
     if model is None or baseline is None:
         which = " and ".join(r for r, c in (("model", model), ("baseline", baseline)) if c is None)
         return {"units": None, "cpu_s": None, "why_not": f"the {which}'s cost is not recorded"}
-    partial = [r for r, c in (("model", model), ("baseline", baseline)) if not complete(c)]
+    partial = [r for r, c in (("model", model), ("baseline", baseline)) if not c.complete]
     if partial:
         return {"units": None, "cpu_s": None, "why_not": f"the {' and '.join(partial)}'s cost covers only the steps "
                 "since a resume from a checkpoint written before costs were recorded"}
@@ -160,7 +155,7 @@ def training_cost(page: Page, report: EvaluationReport) -> None:
         if c is None:
             page.note(f"{_label(report, r)}: cost not recorded (a run trained before costs were recorded, or an "
                       "imported checkpoint).")
-        elif not complete(c):
+        elif not c.complete:
             since = c.since_step if c.since_step else (c.init.since_step if c.init is not None else 0)
             whose = "" if c.since_step else "the run it started from was "
             page.note(f"{_label(report, r)}: <b>partial</b>: {whose}resumed from a checkpoint written before costs "

@@ -52,6 +52,34 @@ class Cost:
                 raise ValueError(f"unknown pass direction {d!r}; expected one of {', '.join(DIRECTIONS)}")
             counts[d] = counts.get(d, 0) + int(n)
 
+    def add_step(self, n_data: int, n_samples: int, sgld_steps: int, *, inner_steps: int = 0,
+                 sam: bool = False) -> None:
+        """Count one optimiser step. What a step costs is spelled here only: the training meter
+        and ``predict_cost`` both call it.
+
+        Args:
+            n_data: data examples through the loss (forward and backward; with ``x_px``, both).
+            n_samples: p(x) and p(x|y) samples through the loss (forward and backward; 0: none).
+            sgld_steps: chain steps per sample, each a forward and an input gradient.
+            inner_steps: PYLD's first-layer steps per outer step (default 0: SGLD).
+            sam: SAM's second pass over data and samples again (default False).
+        """
+        self.add("data", n_data, "forward", "backward")
+        if n_samples:
+            self.add("samples", n_samples, "forward", "backward")
+            self.add("sgld", n_samples * sgld_steps, "forward", "input_backward")
+            if inner_steps:
+                self.add("sgld_inner", n_samples * sgld_steps * inner_steps, "forward", "input_backward")
+        if sam:
+            self.add("sam", n_data + n_samples, "forward", "backward")
+        self.steps += 1
+
+    @property
+    def complete(self) -> bool:
+        """Whether the figures cover the whole run and the runs it started from (no ``since_step``
+        > 0 anywhere along ``init``)."""
+        return self.since_step == 0 and (self.init is None or self.init.complete)
+
     def count(self, kind: str, direction: str) -> int:
         """Examples of ``kind`` passed in ``direction`` (0 when none)."""
         return self.passes.get(kind, {}).get(direction, 0)

@@ -54,20 +54,10 @@ class CostMeter:
         over data and samples again. ``inner_steps``: PYLD's inner steps per outer step (0: SGLD)."""
         if self.cuda and self._events:
             self._events[-1][1].record()
-        w = self.world
         n_data = len(batch.x) + (len(batch.x_px) if batch.x_px is not None else 0)
-        chains = [s for s in (batch.x_q, batch.xy_q) if s is not None]
-        n_samples = sum(len(s) for s in chains)
-        c = self.cost
-        c.add("data", n_data * w, "forward", "backward")
-        if n_samples:
-            c.add("samples", n_samples * w, "forward", "backward")
-            c.add("sgld", n_samples * batch.sgld_steps * w, "forward", "input_backward")
-            if inner_steps:
-                c.add("sgld_inner", n_samples * batch.sgld_steps * inner_steps * w, "forward", "input_backward")
-        if sam:
-            c.add("sam", (n_data + n_samples) * w, "forward", "backward")
-        c.steps += 1
+        n_samples = sum(len(s) for s in (batch.x_q, batch.xy_q) if s is not None)
+        self.cost.add_step(n_data * self.world, n_samples * self.world, batch.sgld_steps, inner_steps=inner_steps,
+                           sam=sam)
 
     def validation(self, n: int) -> None:
         """Count a validation pass over ``n`` examples (all processes together)."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ..config import Config
 from ..rundir import Cost
+from .batches import steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,8 @@ def predict_cost(cfg: Config, *, n_train: int, n_val: int = 0, inner_steps: int 
 
     Returns a ``Cost`` with passes and steps filled in and no seconds.
     """
-    from .batches import steps_per_epoch as _steps_per_epoch
-
     t, o = cfg.train, cfg.objective
-    per_epoch = _steps_per_epoch(n_train, t.batch_size)
+    per_epoch = steps_per_epoch(n_train, t.batch_size)
     total = t.max_steps if t.max_steps is not None else t.epochs * per_epoch
     inner = inner_steps if inner_steps is not None else (cfg.sgld.inner_steps if cfg.sgld.kind == "pyld" else 0)
     n, m = t.batch_size, cfg.sgld.chains or t.batch_size
@@ -80,15 +79,7 @@ def predict_cost(cfg: Config, *, n_train: int, n_val: int = 0, inner_steps: int 
         n_data = n * (2 if on and cfg.data.augment and not cfg.data.augment_px else 1)
         n_samples = (m if o.px > 0 else 0) + (n if o.pxy > 0 else 0) if on else 0
         k = plan.sgld_steps if plan.sgld_steps is not None else cfg.sgld.steps
-        cost.add("data", n_data, "forward", "backward")
-        if n_samples:
-            cost.add("samples", n_samples, "forward", "backward")
-            cost.add("sgld", n_samples * k, "forward", "input_backward")
-            if inner:
-                cost.add("sgld_inner", n_samples * k * inner, "forward", "input_backward")
-        if plan.sam and cfg.optim.sam_rho > 0:
-            cost.add("sam", n_data + n_samples, "forward", "backward")
-        cost.steps += 1
+        cost.add_step(n_data, n_samples, k, inner_steps=inner, sam=plan.sam)
     if n_val:
         # at each epoch's end when due (and at the last one), plus once more at a max_steps run's end
         validations = sum(1 for e in range(1, total // per_epoch + 1)

@@ -59,7 +59,7 @@ def run_trial(
     except DivergenceError:
         final, diverged = {}, True
     cost = trainer.state.meter.fold()  # the training's (before the test evaluation below)
-    complete = cost.since_step == 0  # (a resume from a checkpoint without a cost: only part of it)
+    complete = cost.complete  # (a resume from a checkpoint without a cost: only part of it)
     history = run.history()
     summary = history.summary()
     gap = summary.final["energy_gap"]
