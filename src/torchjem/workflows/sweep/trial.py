@@ -16,12 +16,13 @@ from ...config import load_config
 from ...errors import InputError
 from ...evaluate.calibration import calibration
 from ...evaluate.classification import classification
-from ...evaluate.ood import builtin_ood_set, ood_metrics, ood_scores
+from ...evaluate.ood import ood_metrics, ood_scores
 from ...rundir import History, RunDir, RunLock
 from ...sweep_report import TrialRecord
 from ...training import Trainer
 from ...training.guard import DivergenceError
 from ...training.tensorboard import write_hparams
+from ..inputs import build_ood_sets
 from ..train import resolve_recipe
 from .spec import SweepSpec
 
@@ -115,12 +116,13 @@ def _figures(trainer: Trainer, final: dict[str, Any]) -> dict[str, float | None]
 
 def _log_px_aurocs(jem: Any, x: Any, seed: int) -> dict[str, float | None]:
     """log p(x) AUROC of the test inputs ``x`` against uniform noise and against blends, the sets
-    and seeds of ``jem eval --ood uniform interp`` (seed, seed + 1); None where the scores are not
-    finite (a model that broke)."""
+    ``jem eval --ood uniform interp`` builds (``build_ood_sets``, the same seeds); None where the
+    scores are not finite (a model that broke)."""
+    sets, _ = build_ood_sets(["uniform", "interp"], x, seed=seed)
     s_in = ood_scores(jem, x, ["px"])["px"]
     out: dict[str, float | None] = {}
-    for i, name in enumerate(("uniform", "interp")):
-        s_out = ood_scores(jem, builtin_ood_set(name, x, seed=seed + i), ["px"])["px"]
+    for name, x_out in sets.items():
+        s_out = ood_scores(jem, x_out, ["px"])["px"]
         try:
             out[f"auroc_{name}"] = ood_metrics(s_in, s_out)["auroc"]
         except InputError:
